@@ -1,0 +1,53 @@
+"""What an ingester hands the packer: lazily-decoded videos plus a skip report.
+
+Decoding happens in `VideoSource.load()`, called inside pack workers, so ingest
+itself is a cheap directory/table scan and packing parallelises over videos.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+
+@dataclass
+class LoadedVideo:
+    frames: np.ndarray                 # uint8 (T,H,W) or (T,H,W,3)
+    frame_scores: np.ndarray           # int16 (T,), -1 where not annotated
+    masks: np.ndarray | None = None    # uint8 (T,H,W) marker class ids, 0 = background
+
+
+@dataclass
+class VideoSource:
+    video_id: str
+    patient_id: str
+    hospital_id: str
+    probe: str
+    label: int                         # index into VIDEO_CLASSES, -1 unknown
+    video_score: int                   # 0-3, -1 unknown
+    source: str                        # file path(s): provenance for the manifest
+    loader: Callable[[], LoadedVideo] = field(repr=False, default=None)
+
+    def load(self) -> LoadedVideo:
+        return self.loader()
+
+
+@dataclass
+class Skip:
+    path: str
+    reason: str
+
+
+@dataclass
+class IngestReport:
+    sources: list[VideoSource] = field(default_factory=list)
+    skipped: list[Skip] = field(default_factory=list)
+
+    def skip(self, path: str, reason: str) -> None:
+        self.skipped.append(Skip(str(path), reason))
+
+    def summary(self) -> str:
+        lines = [f"{len(self.sources)} videos ingested, {len(self.skipped)} skipped"]
+        lines += [f"  skipped {s.path}: {s.reason}" for s in self.skipped]
+        return "\n".join(lines)

@@ -1,0 +1,5 @@
+import sys
+
+from lus.cli import main
+
+sys.exit(main())
