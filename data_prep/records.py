@@ -6,7 +6,7 @@ itself is a cheap directory/table scan and packing parallelises over videos.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -28,6 +28,7 @@ class VideoSource:
     video_score: int                   # 0-3, -1 unknown
     source: str                        # file path(s): provenance for the manifest
     loader: Callable[[], LoadedVideo] = field(repr=False, default=None)
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. split, frame_rate
 
     def load(self) -> LoadedVideo:
         return self.loader()
