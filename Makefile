@@ -1,0 +1,39 @@
+# Two commands do all set-up on a fresh machine:
+#   make demo   # venv + install + phantom -> shards -> 2-rank DDP Reg-STN -> video report
+#   make test   # venv + install + the whole test suite (real torchrun, DeepSpeed, Ray, Slurm, HDF5)
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.lus-installed
+DEMO_OUT ?= demo_out
+PYTEST_ARGS ?=
+
+export OMP_NUM_THREADS ?= 1
+export RAY_USAGE_STATS_ENABLED := 0
+export DS_ACCELERATOR ?= cpu
+export TORCH_DISABLE_SHARE_RDZV_TCP_STORE := 1
+
+.PHONY: install demo test bench clean
+
+install: $(STAMP)
+
+# torch/torchvision first and pinned: they come from the machine's local wheels (no download);
+# a bare `torch` requirement resolved by another package could otherwise pull a different build.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip check
+	touch $(STAMP)
+
+demo: install
+	$(VENV)/bin/lus demo --out $(DEMO_OUT)
+
+test: install
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+bench: install
+	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(DEMO_OUT) .pytest_cache
