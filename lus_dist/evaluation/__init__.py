@@ -1,0 +1,1 @@
+"""Reports (`lus eval`), clip prediction (`lus predict`), paper-shaped tables and figures."""
