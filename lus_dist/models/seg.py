@@ -1,0 +1,42 @@
+"""Segmentation of LUS markers (Roy et al.'s pixel-level task) with segmentation-models-pytorch.
+
+Encoders start random (`encoder_weights=None`): this project never downloads weights. A
+local file may hold weights for the whole network or for its encoder only.
+"""
+from __future__ import annotations
+
+from torch import nn
+
+from . import load_weights_file
+
+SEG_ARCHS: dict[str, str] = {"unet": "Unet", "unetplusplus": "UnetPlusPlus",
+                             "deeplabv3plus": "DeepLabV3Plus"}
+
+
+def build_seg_model(arch: str, encoder: str = "resnet18", in_channels: int = 1,
+                    num_classes: int = 4, weights_path: str | None = None) -> nn.Module:
+    """forward(x (B, C, H, W)) -> logits (B, num_classes, H, W); H, W multiples of 32."""
+    import segmentation_models_pytorch as smp
+
+    if arch not in SEG_ARCHS:
+        raise ValueError(f"unknown segmentation arch {arch!r}; choose one of {sorted(SEG_ARCHS)}")
+    try:
+        model = getattr(smp, SEG_ARCHS[arch])(encoder_name=encoder, encoder_weights=None,
+                                              in_channels=in_channels, classes=num_classes)
+    except (KeyError, ValueError) as exc:
+        raise ValueError(f"segmentation encoder {encoder!r} not available for {arch}: "
+                         f"{exc}") from None
+    if weights_path is not None:
+        _load(model, weights_path, f"{arch}/{encoder}")
+    return model
+
+
+def _load(model: nn.Module, path: str, what: str) -> None:
+    """Whole-network weights first; if the keys are the encoder's, load the encoder only."""
+    try:
+        load_weights_file(model, path, what)
+    except ValueError as whole_error:
+        try:
+            load_weights_file(model.encoder, path, f"{what} encoder")
+        except ValueError:
+            raise whole_error from None
