@@ -1,0 +1,85 @@
+#!/bin/bash
+#SBATCH --job-name=lus-tune
+#SBATCH --nodes=2
+#SBATCH --ntasks-per-node=1
+#SBATCH --output=%x-%j.out
+#
+# A Ray Tune sweep inside a Slurm allocation: a Ray head on the first node, one Ray worker
+# node on each of the others (all `ray start --block` under srun, so Slurm owns and cleans
+# them), then `lus tune <args> --address <head>` from this batch step.
+#
+#   sbatch --nodes 4 slurm/tune.sh aggregator --predictions /shared/preds.h5 --trials 256 \
+#          --storage /shared/tune --name agg-a --resume
+#   sbatch --nodes 2 slurm/tune.sh regstn --config configs/regstn.yaml --workers 2 \
+#          --storage /shared/tune
+#
+# --storage must be on a filesystem every node sees. With --resume a requeued job continues
+# the sweep, keeping finished trials. Environment knobs: LUS_PYTHON (python with lus),
+# LUS_RAY_TMP (short local temp dir), LUS_RAY_PORT_BASE, RAY_AUTH_MODE (default disabled).
+set -euo pipefail
+
+PY=${LUS_PYTHON:-python}
+RAY_BIN=${RAY_BIN:-$(dirname "$(command -v "$PY")")/ray}
+export RAY_USAGE_STATS_ENABLED=0
+export RAY_AUTH_MODE=${RAY_AUTH_MODE:-disabled}   # explicit, or a second raylet fails auth
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+
+mapfile -t NODES < <(scontrol show hostnames "$SLURM_JOB_NODELIST")
+NNODES=${#NODES[@]}
+JOB=${SLURM_JOB_ID:?run this under sbatch (SLURM_JOB_ID unset)}
+# One explicit port block per job (200 ports), so two sweeps on a node never collide.
+BASE=${LUS_RAY_PORT_BASE:-$((20000 + (JOB % 200) * 200))}
+GCS_PORT=$BASE
+CPUS=${SLURM_CPUS_ON_NODE:-1}
+TMP_ROOT=${LUS_RAY_TMP:-/tmp/ray-$JOB}   # Ray socket paths must stay < 107 bytes
+
+ip_of() { getent hosts "$1" | awk '{print $1; exit}'; }
+
+HEAD=${NODES[0]}
+HEAD_IP=$(ip_of "$HEAD")
+ADDRESS="$HEAD_IP:$GCS_PORT"
+
+# ray start for node index $1 on host $2; node i gets its own ports and temp dir, which
+# also lets several Slurm "nodes" share one machine (the local test cluster does).
+ray_node() {
+    local i=$1 host=$2 ip
+    ip=$(ip_of "$host")
+    local p=$((BASE + 10 + (i % 4) * 40))   # 4 nodes per host fit the block
+    local common=(--block --node-ip-address="$ip" --num-cpus="$CPUS"
+                  --resources='{"TRAIN_DRIVER": 1}' --object-store-memory=100000000
+                  --temp-dir="$TMP_ROOT-$i" --node-manager-port=$p
+                  --object-manager-port=$((p + 1)) --min-worker-port=$((p + 2))
+                  --max-worker-port=$((p + 39)) --disable-usage-stats)
+    if [ "$i" -eq 0 ]; then
+        srun --overlap --nodes=1 --ntasks=1 -w "$host" "$RAY_BIN" start --head \
+            --port="$GCS_PORT" --include-dashboard=false \
+            --ray-client-server-port=$((BASE + 1)) --dashboard-agent-listen-port=$((BASE + 2)) \
+            --metrics-export-port=$((BASE + 3)) "${common[@]}" &
+    else
+        srun --overlap --nodes=1 --ntasks=1 -w "$host" "$RAY_BIN" start \
+            --address="$ADDRESS" --dashboard-agent-listen-port=$((p + 38)) \
+            --metrics-export-port=$((p + 37)) "${common[@]}" &
+    fi
+    PIDS+=($!)
+}
+
+PIDS=()
+cleanup() {
+    # SIGTERM to our own srun steps: srun forwards it, `ray start --block` drains its node.
+    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    wait || true
+}
+trap cleanup EXIT
+
+echo "lus tune.sh: job $JOB, $NNODES node(s) ${NODES[*]}, Ray head $ADDRESS"
+ray_node 0 "$HEAD"
+"$PY" -m tune.ray_env wait --address "$ADDRESS" --nodes 1 --timeout 120
+for ((i = 1; i < NNODES; i++)); do ray_node "$i" "${NODES[$i]}"; done
+"$PY" -m tune.ray_env wait --address "$ADDRESS" --nodes "$NNODES" --timeout 180
+
+set +e
+"$PY" -m lus tune "$@" --address "$ADDRESS"
+rc=$?
+set -e
+echo "lus tune.sh: sweep exit code $rc"
+exit $rc

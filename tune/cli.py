@@ -1,0 +1,144 @@
+"""`lus tune {aggregator,cnnlstm,regstn,seg}`: one sweep command for a laptop or a cluster."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from lus_dist.config import ConfigError, load_config, to_dict
+
+SPACES_DIR = Path(__file__).resolve().parent / "spaces"
+
+EPILOG = """examples:
+  # 64 ASHA trials of the uninorm aggregator, 5-fold by patient, on a laptop
+  lus tune aggregator --predictions runs/regstn/predictions/test.h5 --trials 64
+  lus aggregate --predictions runs/regstn/predictions/test.h5 --config runs/tune/aggregator/best.yaml
+
+  # Barros et al.'s CNN-LSTM space with Optuna, resumable on shared storage
+  lus tune cnnlstm --config configs/cnnlstm.yaml data.root=data/shards --search optuna \\
+      --trials 32 --storage /shared/tune --name cnnlstm-a --resume
+
+  # Reg-STN: each trial is a 2-worker Ray Train run; join the Ray cluster of slurm/tune.sh
+  lus tune regstn --config configs/demo_regstn.yaml --workers 2 --address 10.0.0.1:6379
+
+outputs in <storage>/<name>/: results.csv, best.yaml (feed to lus train/aggregate --config),
+best.json, metric_vs_trial.png; exit status 1 if any trial failed.
+"""
+
+
+def _common(p: argparse.ArgumentParser, family: str) -> None:
+    p.add_argument("--space", default=str(SPACES_DIR / f"{family}.yaml"),
+                   help="search-space YAML (default: the shipped tune/spaces/%(prog)s.yaml)")
+    p.add_argument("--config", help="base config YAML of the family (else its defaults)")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="dotted overrides of the base config, e.g. data.root=data/shards")
+    p.add_argument("--trials", type=int, default=16, help="number of trials (default 16)")
+    p.add_argument("--scheduler", choices=("asha", "pbt", "fifo"), default="asha")
+    p.add_argument("--search", choices=("random", "grid", "optuna"), default="random")
+    p.add_argument("--storage", default="runs/tune", help="shared directory for sweep state")
+    p.add_argument("--name", default=None, help="sweep name (default: the family)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue <storage>/<name> if it exists: finished trials are kept")
+    p.add_argument("--address", default=None,
+                   help="join a running Ray cluster (host:port); default: embedded local Ray")
+    p.add_argument("--max-concurrent", type=int, default=None, help="cap on parallel trials")
+    p.add_argument("--num-cpus", type=int, default=None, help="CPUs for the embedded Ray")
+    p.add_argument("--seed", type=int, default=0, help="searcher seed (reproducible sweeps)")
+    p.add_argument("--grace-period", type=int, default=1, help="ASHA: reports before a stop")
+    p.add_argument("--quiet", action="store_true", help="no Ray progress table")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lus tune", description="Ray Tune sweeps: ASHA by default, PBT, random/grid or "
+        "Optuna search; local embedded Ray, --address, or slurm/tune.sh.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="family", required=True)
+    agg = sub.add_parser("aggregator", help="uninorm aggregator on a frame-predictions file",
+                         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _common(agg, "aggregator")
+    agg.add_argument("--predictions", required=True, help="frame predictions (.h5/.parquet)")
+    agg.add_argument("--protocol", default="kfold", help="lus aggregate protocol (kfold)")
+    agg.add_argument("--k", type=int, default=5, help="folds (patient-level)")
+    agg.add_argument("--protocol-seed", type=int, default=0, help="fold assignment seed")
+    for fam, helptext in (("cnnlstm", "Barros et al.'s CNN-LSTM"),
+                          ("regstn", "Reg-STN, each trial a Ray Train run"),
+                          ("seg", "segmentation, each trial a Ray Train run")):
+        p = sub.add_parser(fam, help=helptext, epilog=EPILOG,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        _common(p, fam)
+        if fam != "cnnlstm":
+            p.add_argument("--workers", type=int, default=2, help="Ray Train workers per trial")
+    return parser
+
+
+def _base_config(cls: type, args: argparse.Namespace, space) -> dict:
+    from tune.spaces import merge
+
+    data = to_dict(load_config(cls, args.config, args.overrides))
+    return merge(data, space.base)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except (ConfigError, FileNotFoundError, RuntimeError) as exc:
+        print(f"lus tune: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    from tune.ray_env import RayOptions, start_ray, stop_ray
+    from tune.spaces import check_space, load_space
+    from tune.sweep import SweepOptions, build_tuner
+    from tune.trainables import TrialContext, families, make_trainable, resolve_path
+
+    space = load_space(args.space)
+    if space.family != args.family:
+        raise ConfigError(f"{args.space}: is a {space.family} space, not {args.family}")
+    family = families()[args.family]
+    cls = family.config_cls()
+    base = _base_config(cls, args, space)
+    check_space(space, cls, base)
+    predictions = resolve_path(getattr(args, "predictions", None))
+    if predictions and not Path(predictions).is_file():
+        raise ConfigError(f"{predictions}: predictions file not found")
+    ctx = TrialContext(family=args.family, base=base, metric=space.metric,
+                       predictions=predictions, protocol=getattr(args, "protocol", "kfold"),
+                       k=getattr(args, "k", 5), seed=getattr(args, "protocol_seed", 0),
+                       num_workers=getattr(args, "workers", 2))
+    opts = SweepOptions(trials=args.trials, scheduler=args.scheduler, search=args.search,
+                        storage=args.storage, name=args.name or args.family,
+                        resume=args.resume, max_concurrent=args.max_concurrent,
+                        seed=args.seed, grace_period=args.grace_period,
+                        verbose=0 if args.quiet else 1)
+    start_ray(RayOptions(address=args.address, num_cpus=args.num_cpus))
+    try:
+        grid = build_tuner(make_trainable(family, ctx), space, opts).fit()
+    finally:
+        stop_ray()
+    return _report(grid, space, cls, base, opts, family.command, ctx)
+
+
+def _report(grid, space, cls, base, opts, command, ctx) -> int:
+    """Write what finished, then fail loudly if any trial crashed."""
+    from tune.sweep import trial_errors, write_outputs
+
+    errors = trial_errors(grid)
+    command = command.replace("{predictions}", str(ctx.predictions)).replace(
+        "{protocol}", ctx.protocol)
+    if len(errors) < len(grid):
+        paths = write_outputs(grid, space, cls, base, opts.experiment_dir, command)
+        print(f"lus tune: {len(grid)} trials, {len(grid) - len(errors)} finished; "
+              f"results {paths['csv']}; best config {paths['best']}; plot {paths['plot']}")
+    if errors:
+        print(f"lus tune: {len(errors)} trial(s) FAILED:", file=sys.stderr)
+        for line in errors:
+            print(f"  {line}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

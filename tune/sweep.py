@@ -1,0 +1,182 @@
+"""Tuner setup, resume, loud failure and the sweep's outputs.
+
+Ray's `Tuner.fit()` returns normally when trials crash, so `run_sweep` callers must
+check `trial_errors(grid)`; `lus tune` exits non-zero when it is not empty.
+Outputs sit beside Ray's own experiment state in `<storage>/<name>/`: `results.csv`
+(one row per trial), `best.yaml` (the winning config in the exact form the family's
+command reads), `best.json` (score, trial, command) and `metric_vs_trial.png`.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from lus_dist.config import save_config
+from tune.spaces import SearchSpace, build_config, grid_size, to_ray, with_grid
+
+SCHEDULERS = ("asha", "pbt", "fifo")
+SEARCHERS = ("random", "grid", "optuna")
+
+
+@dataclass(frozen=True)
+class SweepOptions:
+    trials: int = 16
+    scheduler: str = "asha"
+    search: str = "random"
+    storage: str = "runs/tune"
+    name: str = "sweep"
+    resume: bool = False
+    max_concurrent: int | None = None
+    seed: int | None = 0
+    grace_period: int = 1
+    reduction_factor: int = 2
+    verbose: int = 1
+
+    @property
+    def experiment_dir(self) -> Path:
+        return Path(self.storage).resolve() / self.name
+
+
+class SweepError(RuntimeError):
+    """The sweep could not start, or finished with failed trials."""
+
+
+def make_scheduler(opts: SweepOptions, space: SearchSpace):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
+
+    if opts.scheduler == "asha":
+        # ASHA needs grace < max_t to ever stop anything; one-report trials just run.
+        grace = max(1, min(opts.grace_period, space.max_t))
+        return ASHAScheduler(time_attr="training_iteration", max_t=space.max_t,
+                             grace_period=grace, reduction_factor=opts.reduction_factor)
+    if opts.scheduler == "pbt":
+        if space.max_t < 2:
+            raise SweepError(f"{space.source}: PBT perturbs between reports, but max_t is "
+                             f"{space.max_t}; use asha/fifo or a multi-epoch family")
+        return PopulationBasedTraining(time_attr="training_iteration",
+                                       perturbation_interval=max(1, space.max_t // 4),
+                                       hyperparam_mutations=to_ray(space), seed=opts.seed)
+    return FIFOScheduler()
+
+
+def make_searcher(opts: SweepOptions, space: SearchSpace):
+    """Random/grid sampling is Ray's BasicVariantGenerator, seeded for reproducible sweeps."""
+    if opts.search == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        return OptunaSearch(seed=opts.seed)
+    from ray.tune.search import BasicVariantGenerator
+
+    return BasicVariantGenerator(random_state=opts.seed)
+
+
+def param_space(opts: SweepOptions, space: SearchSpace) -> tuple[dict[str, Any], int]:
+    """Ray param_space and num_samples: a grid runs each point once, `trials` times over."""
+    if opts.search == "grid":
+        grid = with_grid(space)
+        return to_ray(grid), max(1, opts.trials // grid_size(grid))
+    return to_ray(space), opts.trials
+
+
+def build_tuner(trainable: Callable, space: SearchSpace, opts: SweepOptions):
+    """A fresh Tuner, or the restored one when `--resume` finds a previous run."""
+    from ray import tune
+
+    path = opts.experiment_dir
+    if opts.resume and tune.Tuner.can_restore(str(path)):
+        print(f"lus tune: resuming {path} (finished trials are kept)", flush=True)
+        return tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True,
+                                  resume_errored=False, restart_errored=False)
+    if path.exists() and any(path.iterdir()):
+        if not opts.resume:
+            raise SweepError(f"{path} already holds a sweep; pass --resume to continue it "
+                             f"or --name for a new one")
+        raise SweepError(f"{path} exists but holds no restorable Tune state; move it away")
+    pspace, samples = param_space(opts, space)
+    tune_cfg = tune.TuneConfig(
+        metric=space.metric, mode=space.mode, num_samples=samples,
+        scheduler=make_scheduler(opts, space), search_alg=make_searcher(opts, space),
+        max_concurrent_trials=opts.max_concurrent, reuse_actors=True)
+    run_cfg = tune.RunConfig(storage_path=str(path.parent), name=path.name,
+                             verbose=opts.verbose,
+                             failure_config=tune.FailureConfig(max_failures=0))
+    return tune.Tuner(trainable, param_space=pspace, tune_config=tune_cfg, run_config=run_cfg)
+
+
+def trial_errors(grid) -> list[str]:
+    """One line per failed trial (Ray's fit() does not raise for them)."""
+    out = []
+    for result in grid:
+        if result.error is not None:
+            where = result.path or "?"
+            out.append(f"trial {getattr(result, 'metrics', {}).get('trial_id', '?')} "
+                       f"({where}): {type(result.error).__name__}: {result.error}")
+    return out
+
+
+def results_frame(grid, space: SearchSpace):
+    """One row per trial (last report), ordered by trial id, params as plain columns."""
+    df = grid.get_dataframe()
+    df = df.rename(columns={c: c[len("config/"):] for c in df.columns if c.startswith("config/")})
+    keep = ["trial_id", space.metric, "training_iteration", "time_total_s",
+            *space.params.keys()]
+    rest = [c for c in df.columns if c not in keep and c != "logdir"]
+    cols = [c for c in keep if c in df.columns] + rest
+    return df[cols].sort_values("trial_id").reset_index(drop=True)
+
+
+def best_trial(grid, space: SearchSpace):
+    ok = [r for r in grid if r.error is None and r.metrics and space.metric in r.metrics]
+    if not ok:
+        raise SweepError(f"no trial reported {space.metric!r}; nothing to write")
+    return grid.get_best_result(metric=space.metric, mode=space.mode, scope="last",
+                                filter_nan_and_inf=True)
+
+
+def write_outputs(grid, space: SearchSpace, cls: type, base: dict[str, Any],
+                  out_dir: Path, command: str) -> dict[str, Path]:
+    """results.csv, best.yaml, best.json and metric_vs_trial.png in `out_dir`."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    df = results_frame(grid, space)
+    paths = {"csv": out_dir / "results.csv", "best": out_dir / "best.yaml",
+             "json": out_dir / "best.json", "plot": out_dir / "metric_vs_trial.png"}
+    df.to_csv(paths["csv"], index=False)
+    best = best_trial(grid, space)
+    params = {k: best.config[k] for k in space.params}
+    save_config(build_config(cls, base, params, where="best trial"), paths["best"])
+    summary = {"metric": space.metric, "mode": space.mode,
+               "value": float(best.metrics[space.metric]),
+               "trial_id": best.metrics.get("trial_id"), "params": _jsonable(params),
+               "trials": int(len(df)), "reproduce": command.format(best=paths["best"])}
+    paths["json"].write_text(json.dumps(summary, indent=2) + "\n")
+    plot_metric(df, space, paths["plot"])
+    return paths
+
+
+def _jsonable(params: dict[str, Any]) -> dict[str, Any]:
+    return {k: (v.item() if hasattr(v, "item") else v) for k, v in params.items()}
+
+
+def plot_metric(df, space: SearchSpace, path: Path) -> None:
+    """Each trial's final metric in trial order, with the running best."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    y = df[space.metric].to_numpy(dtype=float)
+    best = np.fmax.accumulate(y) if space.mode == "max" else np.fmin.accumulate(y)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    x = np.arange(1, len(y) + 1)
+    ax.plot(x, y, "o", ms=4, label="trial")
+    ax.plot(x, best, "-", label=f"running {space.mode}")
+    ax.set_xlabel("trial")
+    ax.set_ylabel(space.metric)
+    ax.set_title(f"{space.family} sweep ({len(y)} trials)")
+    ax.legend(loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
