@@ -5,7 +5,158 @@ re-declare these names elsewhere.
 """
 from __future__ import annotations
 
+import hashlib
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
 SCORE_CLASSES: tuple[str, ...] = ("score0", "score1", "score2", "score3")
 VIDEO_CLASSES: tuple[str, ...] = ("covid", "pneumonia", "healthy")
 MASK_CLASSES: tuple[str, ...] = ("background", "pleural_line", "b_line", "consolidation")
 UNKNOWN = -1  # label / score not annotated
+
+# --- files -----------------------------------------------------------------------------
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "manifest.json"   # written last, atomically: its presence means "complete"
+PLAN_NAME = "plan.json"           # the manifest minus checksums; every pack task writes it
+SHARD_GLOB = "shard-*.h5"
+SHARD_DIGITS = 5
+SIDECAR_SUFFIX = ".json"          # shard-NNNNN.h5.json: checksum + counts, written after the rename
+TMP_SUFFIX = ".tmp"
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:0{SHARD_DIGITS}d}.h5"
+
+
+def shard_index(name: str) -> int | None:
+    """Inverse of `shard_name`; None for anything that is not a shard file name."""
+    stem = name.removeprefix("shard-").removesuffix(".h5")
+    if name == stem or len(stem) != SHARD_DIGITS or not stem.isdigit():
+        return None
+    return int(stem)
+
+
+# --- datasets inside a shard (row i of every dataset describes frame i) --------------------
+DS_FRAMES = "frames"    # uint8 (N, H, W, C), one frame per chunk
+DS_SCORES = "scores"    # int16 (N,) frame score index into SCORE_CLASSES, -1 unknown
+DS_LABELS = "labels"    # int16 (N,) video class index into VIDEO_CLASSES, -1 unknown
+DS_VIDEO = "video"      # int32 (N,) global video index (row of the manifest video table)
+DS_FRAME = "frame"      # int32 (N,) frame index within its video
+DS_PATIENT = "patient"  # int32 (N,) global patient index (row of the manifest patient table)
+DS_MASKS = "masks"      # uint8 (N, H, W) marker class ids, only when the source had masks
+DS_HAS_MASK = "has_mask"  # uint8 (N,) 1 where the frame's mask is an annotation, 0 = none
+FRAME_LAYOUT = "NHWC"
+
+# --- shard attributes (self-describing for plain h5py / h5ls users) --------------------------
+ATTR_SCHEMA = "schema_version"
+ATTR_INDEX = "shard_index"
+ATTR_N_FRAMES = "n_frames"
+ATTR_VIDEO_IDS = "video_ids"       # the video ids stored here, in order
+ATTR_PLAN_HASH = "plan_hash"       # which plan (sources + settings) this shard belongs to
+ATTR_LAYOUT = "frame_layout"
+ATTR_SCORE_CLASSES = "score_classes"
+ATTR_VIDEO_CLASSES = "video_classes"
+ATTR_MASK_CLASSES = "mask_classes"
+ATTR_PREPROCESSING = "preprocessing"  # JSON text of the preprocessing block
+ATTR_SKIPPED = "skipped"           # JSON list of {path, reason} for videos that failed to load
+ATTR_DESCRIPTION = "description"
+SHARD_DESCRIPTION = (
+    "lus-dist LUS frame shard. Row i of every dataset is one frame: frames uint8 NHWC, "
+    "scores (index into score_classes, -1 unknown), labels (video class, index into "
+    "video_classes), video/patient (row in manifest.json tables), frame (index in its video), "
+    "masks + has_mask when annotated. A video's frames are contiguous.")
+
+# HDF5 writes object timestamps by default and picks the newest file-format features of the
+# running library; both would make identical input produce different bytes (and checksums).
+H5_LIBVER = ("v110", "v110")
+H5_TRACK_TIMES = False
+
+# --- checksum rule ---------------------------------------------------------------------------
+CHECKSUM_ALGO = "sha256"
+_BLOCK = 1 << 20
+
+
+def file_checksum(path) -> str:
+    """SHA-256 of the file's bytes, the one rule packer, finalize and validate share."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# --- preprocessing (the packer applies it; `lus predict` must apply the very same) ------------
+ASPECTS = ("pad", "crop", "stretch")
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How source frames become stored frames; saved in the manifest and every shard.
+
+    aspect: "pad" (default) zero-pads the shorter side to a centred square before resizing,
+    so the ultrasound fan keeps its geometry; "crop" takes the centred square (loses the
+    sides of wide clips); "stretch" resizes non-uniformly. Downscaling uses area averaging
+    (no aliasing of speckle), upscaling bilinear; masks always nearest-neighbour so class
+    ids stay valid. channels=1 keeps grayscale as one channel (RGB-coded grayscale with equal
+    channels is taken as is, true colour is converted with ITU-R 601 luma weights).
+    """
+    size: int = 256
+    channels: int = 1
+    aspect: str = "pad"
+    interpolation: str = "area-down/linear-up"
+    mask_interpolation: str = "nearest"
+    dtype: str = "uint8"
+
+    def __post_init__(self):
+        if self.size < 8 or self.channels not in (1, 3) or self.aspect not in ASPECTS:
+            raise ValueError(f"bad preprocessing {self}: size >= 8, channels 1 or 3, aspect in {ASPECTS}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _square(img: np.ndarray, aspect: str) -> np.ndarray:
+    h, w = img.shape[:2]
+    if aspect == "stretch" or h == w:
+        return img
+    if aspect == "crop":
+        side = min(h, w)
+        top, left = (h - side) // 2, (w - side) // 2
+        return img[top:top + side, left:left + side]
+    side = max(h, w)
+    out = np.zeros((side, side) + img.shape[2:], dtype=img.dtype)
+    top, left = (side - h) // 2, (side - w) // 2
+    out[top:top + h, left:left + w] = img
+    return out
+
+
+def _to_channels(img: np.ndarray, channels: int) -> np.ndarray:
+    import cv2
+    if img.ndim == 2:
+        img = img[:, :, None]
+    if img.shape[2] == channels:
+        return img
+    if channels == 3:
+        return np.repeat(img, 3, axis=2)
+    if (img[:, :, :1] == img).all():   # RGB-coded grayscale: exact, no rounding
+        return img[:, :, :1]
+    return cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2GRAY)[:, :, None]
+
+
+def preprocess_frame(img: np.ndarray, pre: Preprocessing) -> np.ndarray:
+    """uint8 (H,W) or (H,W,3) -> uint8 (size, size, channels)."""
+    import cv2
+    img = _to_channels(np.asarray(img, dtype=np.uint8), pre.channels)
+    img = _square(img, pre.aspect)
+    down = img.shape[0] >= pre.size and img.shape[1] >= pre.size
+    out = cv2.resize(img, (pre.size, pre.size),
+                     interpolation=cv2.INTER_AREA if down else cv2.INTER_LINEAR)
+    return out.reshape(pre.size, pre.size, pre.channels)
+
+
+def preprocess_mask(mask: np.ndarray, pre: Preprocessing) -> np.ndarray:
+    """uint8 class-id mask (H,W) -> (size, size), nearest-neighbour so ids stay ids."""
+    import cv2
+    sq = _square(np.asarray(mask, dtype=np.uint8), pre.aspect)
+    return cv2.resize(sq, (pre.size, pre.size), interpolation=cv2.INTER_NEAREST)

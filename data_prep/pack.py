@@ -1,0 +1,371 @@
+"""Pack ingested videos into HDF5 shards: plan (pure), write (one shard per job), finalize.
+
+The plan is a pure function of the sorted source list and the settings, so every Slurm
+array task computes the same plan and writes only its own shards; `finalize` then checks
+all shards and writes `manifest.json`. A shard is written to a temporary name, renamed,
+and only then gets its sidecar (`shard-NNNNN.h5.json`: checksum, counts, skips); a re-run
+skips every shard whose sidecar matches its bytes and the current plan, so an interrupted
+pack resumes where it stopped. HDF5 timestamps are off and the file format is pinned, so
+the same input gives byte-identical shards (and checksums).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from data_prep.records import LoadedVideo, VideoSource
+from lus_dist.shards import format as fmt
+from lus_dist.shards.manifest import Manifest
+from lus_dist.shards.partition import task_items
+from lus_dist.shards.splits import group_kfold, patient_split
+
+
+class PackError(RuntimeError):
+    """Input or output problem the user must fix; the message names files and reasons."""
+
+
+@dataclass
+class PackConfig:
+    preprocessing: fmt.Preprocessing = field(default_factory=fmt.Preprocessing)
+    compression: str = "lzf"          # lzf | gzip | none
+    shard_frames: int = 1024          # target frames per shard (videos are never split)
+    folds: int = 5                    # patient-level k-fold, stratified by video label
+    split_seed: int = 0
+    test_frac: float = 0.2            # for patients without a split given by the dataset
+    val_frac: float = 0.0
+    default_frames: int = 64          # planning estimate when a video's length is unknown
+
+    def __post_init__(self):
+        if self.compression not in ("lzf", "gzip", "none"):
+            raise PackError(f"compression must be lzf, gzip or none, got {self.compression!r}")
+        if self.shard_frames < 1:
+            raise PackError(f"--shard-frames must be >= 1, got {self.shard_frames}")
+
+
+def estimate_frames(src: VideoSource, default: int) -> int:
+    """Planning estimate of a video's length, read without decoding it: the ingester's
+    `extra["n_frames"]`, else the container header, else `default`. Only shard sizes
+    depend on it, never correctness, and it is deterministic for the same files."""
+    n = src.extra.get("n_frames")
+    if isinstance(n, (int, np.integer)) and n > 0:
+        return int(n)
+    path = Path(str(src.source))
+    if path.suffix.lower() in (".mp4", ".avi", ".mpeg", ".mpg", ".mov", ".gif") and path.is_file():
+        import cv2
+        cap = cv2.VideoCapture(str(path))
+        n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if cap.isOpened() else 0
+        cap.release()
+        if n > 0:
+            return n
+    return default
+
+
+def plan_shards(estimates: list[int], shard_frames: int) -> list[list[int]]:
+    """Contiguous runs of videos whose estimated frames reach `shard_frames` (pure)."""
+    shards: list[list[int]] = [[]]
+    filled = 0
+    for i, n in enumerate(estimates):
+        if shards[-1] and filled + n > shard_frames:
+            shards.append([])
+            filled = 0
+        shards[-1].append(i)
+        filled += n
+    return shards if shards[0] else []
+
+
+def check_sources(sources: list[VideoSource]) -> list[VideoSource]:
+    """Sorted by video id (the plan must not depend on listing order); duplicates are errors."""
+    seen: dict[str, str] = {}
+    for s in sources:
+        if s.video_id in seen:
+            raise PackError(f"duplicate video id {s.video_id!r}: {seen[s.video_id]} and {s.source}")
+        seen[s.video_id] = str(s.source)
+        if not -1 <= s.label < len(fmt.VIDEO_CLASSES):
+            raise PackError(f"{s.source}: video label {s.label} is outside -1..{len(fmt.VIDEO_CLASSES) - 1}")
+    return sorted(sources, key=lambda s: s.video_id)
+
+
+def _video_table(sources: list[VideoSource], shard_of: np.ndarray, cfg: PackConfig) -> dict:
+    pids = [s.patient_id for s in sources]
+    patients = sorted(set(pids))
+    folds = (group_kfold(pids, cfg.folds, cfg.split_seed, [s.label for s in sources])
+             if cfg.folds >= 2 else np.full(len(sources), -1))
+    split = patient_split(pids, [s.extra.get("split") for s in sources],
+                          cfg.test_frac, cfg.val_frac, cfg.split_seed)
+    cols = {k: [str(getattr(s, k)) for s in sources]
+            for k in ("video_id", "patient_id", "hospital_id", "probe", "source")}
+    cols.update(label=[s.label for s in sources], video_score=[s.video_score for s in sources],
+                n_frames=[-1] * len(sources), shard=shard_of.tolist(), offset=[-1] * len(sources),
+                split=split.tolist(), fold=np.asarray(folds).tolist(),
+                patient=[patients.index(p) for p in pids])
+    return {k: np.asarray(v) for k, v in cols.items()}
+
+
+def make_plan(sources: list[VideoSource], cfg: PackConfig, provenance: dict) -> Manifest:
+    """The manifest minus what only writing reveals (frame counts, offsets, checksums)."""
+    sources = check_sources(sources)
+    if not sources:
+        raise PackError("no videos to pack (every input was skipped; see the skip report)")
+    groups = plan_shards([estimate_frames(s, cfg.default_frames) for s in sources], cfg.shard_frames)
+    shard_of = np.concatenate([np.full(len(g), i) for i, g in enumerate(groups)])
+    videos = _video_table(sources, shard_of, cfg)
+    n = len(groups)
+    shards = {"name": np.array([fmt.shard_name(i) for i in range(n)]), "n_frames": np.full(n, -1),
+              "n_videos": np.array([len(g) for g in groups]), "bytes": np.zeros(n, int),
+              "sha256": np.array([""] * n)}
+    splits = {"split": "patient-level; dataset-given split wins, else seeded fractions",
+              "test_frac": cfg.test_frac, "val_frac": cfg.val_frac, "seed": cfg.split_seed,
+              "folds": cfg.folds, "fold_method": "patient-level k-fold stratified by video label"}
+    plan = Manifest(videos=videos, patients={}, shards=shards,
+                    preprocessing={**cfg.preprocessing.to_dict(), "compression": cfg.compression},
+                    splits=splits, provenance=provenance)
+    plan.patients = _patient_table(plan.videos)
+    plan.plan_hash = hashlib.sha256(plan.to_json().encode()).hexdigest()
+    return plan
+
+
+def _patient_table(videos: dict) -> dict:
+    n = int(videos["patient"].max()) + 1 if len(videos["patient"]) else 0
+    first = [int(np.flatnonzero(videos["patient"] == p)[0]) for p in range(n)]
+    return {"patient_id": videos["patient_id"][first], "hospital_id": videos["hospital_id"][first],
+            "n_videos": np.bincount(videos["patient"], minlength=n),
+            "n_frames": np.bincount(videos["patient"], weights=np.maximum(videos["n_frames"], 0),
+                                    minlength=n).astype(np.int64),
+            "split": videos["split"][first]}
+
+
+# --- writing one shard -----------------------------------------------------------------------
+def _problem(src: VideoSource, video: LoadedVideo) -> str | None:
+    """Why a decoded video cannot be stored, or None. Reported per file, never dropped silently."""
+    f = video.frames
+    if not isinstance(f, np.ndarray) or f.dtype != np.uint8 or f.ndim not in (3, 4):
+        return f"frames must be uint8 (T,H,W) or (T,H,W,3), got {getattr(f, 'dtype', type(f))} {getattr(f, 'shape', '')}"
+    if len(f) == 0:
+        return "0 frames"
+    s = np.asarray(video.frame_scores)
+    if s.shape != (len(f),):
+        return f"{s.shape} frame scores for {len(f)} frames"
+    if ((s < -1) | (s >= len(fmt.SCORE_CLASSES))).any():
+        return f"frame score {int(s[(s < -1) | (s >= len(fmt.SCORE_CLASSES))][0])} outside -1..3"
+    m = video.masks
+    if m is not None and (m.shape != f.shape[:3]):
+        return f"mask size mismatch: masks {m.shape}, frames {f.shape[:3]}"
+    if m is not None and m.size and int(m.max()) >= len(fmt.MASK_CLASSES):
+        return f"mask class id {int(m.max())} outside 0..{len(fmt.MASK_CLASSES) - 1}"
+    return None
+
+
+def _load(src: VideoSource) -> LoadedVideo | str:
+    try:
+        video = src.load()
+    except Exception as exc:  # decoder errors come in many types; all mean "skip, with reason"
+        return f"cannot load: {type(exc).__name__}: {exc}"
+    return _problem(src, video) or video
+
+
+def _append(f: h5py.File, name: str, data: np.ndarray, compression: str | None) -> None:
+    if name not in f:
+        shape = data.shape[1:]
+        f.create_dataset(name, shape=(0,) + shape, maxshape=(None,) + shape, dtype=data.dtype,
+                         chunks=(1,) + shape if shape else (4096,),
+                         compression=compression if shape else None, track_times=fmt.H5_TRACK_TIMES)
+    ds = f[name]
+    n = ds.shape[0]
+    ds.resize(n + len(data), axis=0)
+    ds[n:] = data
+
+
+def _write_video(f, v: int, video: LoadedVideo, plan: Manifest, pre, comp) -> int:
+    frames = np.stack([fmt.preprocess_frame(x, pre) for x in video.frames])
+    t = len(frames)
+    _append(f, fmt.DS_FRAMES, frames, comp)
+    _append(f, fmt.DS_SCORES, np.asarray(video.frame_scores, np.int16), comp)
+    _append(f, fmt.DS_LABELS, np.full(t, plan.videos["label"][v], np.int16), comp)
+    _append(f, fmt.DS_VIDEO, np.full(t, v, np.int32), comp)
+    _append(f, fmt.DS_FRAME, np.arange(t, dtype=np.int32), comp)
+    _append(f, fmt.DS_PATIENT, np.full(t, plan.videos["patient"][v], np.int32), comp)
+    if video.masks is not None:
+        masks = np.stack([fmt.preprocess_mask(m, pre) for m in video.masks])
+        n_before = f[fmt.DS_FRAMES].shape[0] - t
+        if fmt.DS_MASKS not in f and n_before:   # earlier videos had none: background + flag
+            _append(f, fmt.DS_MASKS, np.zeros((n_before, pre.size, pre.size), np.uint8), comp)
+            _append(f, fmt.DS_HAS_MASK, np.zeros(n_before, np.uint8), comp)
+        _append(f, fmt.DS_MASKS, masks, comp)
+        _append(f, fmt.DS_HAS_MASK, np.ones(t, np.uint8), comp)
+    elif fmt.DS_MASKS in f:
+        _append(f, fmt.DS_MASKS, np.zeros((t, pre.size, pre.size), np.uint8), comp)
+        _append(f, fmt.DS_HAS_MASK, np.zeros(t, np.uint8), comp)
+    return t
+
+
+def _shard_attrs(f, index: int, plan: Manifest, rows: np.ndarray, n: int, skipped: list) -> None:
+    a = f.attrs
+    a[fmt.ATTR_SCHEMA] = fmt.SCHEMA_VERSION
+    a[fmt.ATTR_INDEX] = index
+    a[fmt.ATTR_N_FRAMES] = n
+    a[fmt.ATTR_PLAN_HASH] = plan.plan_hash
+    a[fmt.ATTR_LAYOUT] = fmt.FRAME_LAYOUT
+    a[fmt.ATTR_VIDEO_IDS] = [str(x) for x in plan.videos["video_id"][rows]]
+    a[fmt.ATTR_SCORE_CLASSES] = list(fmt.SCORE_CLASSES)
+    a[fmt.ATTR_VIDEO_CLASSES] = list(fmt.VIDEO_CLASSES)
+    a[fmt.ATTR_MASK_CLASSES] = list(fmt.MASK_CLASSES)
+    a[fmt.ATTR_PREPROCESSING] = json.dumps(plan.preprocessing, sort_keys=True)
+    a[fmt.ATTR_SKIPPED] = json.dumps(skipped, sort_keys=True)
+    a[fmt.ATTR_DESCRIPTION] = fmt.SHARD_DESCRIPTION
+
+
+def write_shard(out: Path, index: int, plan: Manifest, sources: list[VideoSource],
+                cfg: PackConfig) -> dict:
+    """Write shard `index` under a temporary name, rename it, then write its sidecar."""
+    rows = np.flatnonzero(plan.videos["shard"] == index)
+    name = fmt.shard_name(index)
+    tmp = out / f"{name}.{os.getpid()}{fmt.TMP_SUFFIX}"
+    comp = None if cfg.compression == "none" else cfg.compression
+    counts, skipped = [], []
+    with h5py.File(tmp, "w", libver=fmt.H5_LIBVER) as f:
+        for v in rows:
+            video = _load(sources[v])
+            if isinstance(video, str):
+                skipped.append({"path": str(sources[v].source), "reason": video})
+                counts.append(0)
+                continue
+            counts.append(_write_video(f, int(v), video, plan, cfg.preprocessing, comp))
+        _shard_attrs(f, index, plan, rows, sum(counts), skipped)
+    info = {"name": name, "bytes": tmp.stat().st_size, "sha256": fmt.file_checksum(tmp),
+            "n_frames": sum(counts), "video_frames": counts, "skipped": skipped,
+            "plan_hash": plan.plan_hash}
+    os.replace(tmp, out / name)
+    side = out / (name + fmt.SIDECAR_SUFFIX)
+    side_tmp = side.with_name(f"{side.name}.{os.getpid()}{fmt.TMP_SUFFIX}")
+    side_tmp.write_text(json.dumps(info, sort_keys=True))
+    os.replace(side_tmp, side)
+    return info
+
+
+def shard_status(out: Path, index: int, plan_hash: str) -> tuple[dict | None, str]:
+    """(sidecar info, "") when shard `index` is complete and intact for this plan, else
+    (None, what is wrong). Used by resume and by finalize."""
+    name = fmt.shard_name(index)
+    path, side = out / name, out / (name + fmt.SIDECAR_SUFFIX)
+    if not path.exists():
+        return None, "missing (its pack task has not written it, or was killed before renaming it)"
+    if not side.exists():
+        return None, f"no {side.name}: written by an interrupted task"
+    try:
+        info = json.loads(side.read_text())
+    except json.JSONDecodeError:
+        return None, f"{side.name} is not valid JSON"
+    if info.get("plan_hash") != plan_hash:
+        return None, "belongs to a different pack plan (other sources or settings)"
+    size = path.stat().st_size
+    if size != info["bytes"]:
+        return None, f"{'truncated' if size < info['bytes'] else 'grown'}: {size} bytes, expected {info['bytes']}"
+    if fmt.file_checksum(path) != info["sha256"]:
+        return None, "SHA-256 mismatch: the file changed after it was written (bit rot or partial copy)"
+    return info, ""
+
+
+# --- running a pack (one task of an array, or all of it) ------------------------------------
+_JOB: tuple | None = None  # (out, plan, sources, cfg): inherited by forked workers, not pickled
+
+
+def _job_write(index: int) -> dict:
+    out, plan, sources, cfg = _JOB
+    return write_shard(out, index, plan, sources, cfg)
+
+
+def _clean_tmp(out: Path, indices) -> None:
+    """Remove leftovers of killed writers of *our* shards (other tasks may be writing theirs)."""
+    for i in indices:
+        for leftover in out.glob(f"{fmt.shard_name(i)}*{fmt.TMP_SUFFIX}"):
+            leftover.unlink(missing_ok=True)
+
+
+def pack(sources: list[VideoSource], out: str | Path, cfg: PackConfig, provenance: dict,
+         workers: int = 1, task_index: int = 0, num_tasks: int = 1,
+         progress: bool = True) -> Manifest | None:
+    """Write this task's shards (skipping those that verify) and, when it is the only
+    task, finalize. Returns the manifest, or None for one task of an array."""
+    global _JOB
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    plan = make_plan(sources, cfg, provenance)
+    old = out / fmt.MANIFEST_NAME
+    if old.exists() and Manifest.load(old).plan_hash != plan.plan_hash:
+        raise PackError(f"{out} already holds a different pack (other sources or settings); "
+                        "choose a new --out or delete it")
+    plan.save(out / fmt.PLAN_NAME)
+    mine = task_items(len(plan.shards["name"]), num_tasks, task_index).tolist()
+    todo = [i for i in mine if shard_status(out, i, plan.plan_hash)[0] is None]
+    _clean_tmp(out, todo)
+    from tqdm import tqdm
+    bar = tqdm(total=len(mine), initial=len(mine) - len(todo), unit="shard", desc=f"pack {out.name}",
+               disable=not progress, file=sys.stderr)
+    _JOB = (out, plan, check_sources(sources), cfg)
+    try:
+        if workers <= 1 or len(todo) <= 1:
+            for i in todo:
+                _job_write(i)
+                bar.update()
+        else:
+            with mp.get_context("fork").Pool(min(workers, len(todo))) as pool:
+                for _ in pool.imap_unordered(_job_write, todo):
+                    bar.update()
+    finally:
+        _JOB = None
+        bar.close()
+    return finalize(out) if num_tasks == 1 else None
+
+
+def finalize(out: str | Path) -> Manifest:
+    """Check every planned shard and write manifest.json; list *all* missing/bad shards."""
+    out = Path(out)
+    plan_path = out / fmt.PLAN_NAME
+    if not plan_path.is_file():
+        raise PackError(f"{plan_path} not found: run `lus prep pack ... --out {out}` first")
+    plan = Manifest.from_json(plan_path.read_text(), str(plan_path))
+    infos, bad = [], []
+    for i, name in enumerate(plan.shards["name"]):
+        info, why = shard_status(out, i, plan.plan_hash)
+        infos.append(info)
+        if info is None:
+            bad.append(f"  {name}: {why}")
+    if bad:
+        raise PackError(f"finalize {out}: {len(bad)} of {len(infos)} shards not ready:\n" + "\n".join(bad)
+                        + "\nre-run the pack tasks that own them (re-running skips finished shards)")
+    manifest = _complete(plan, infos)
+    manifest.save(out / fmt.MANIFEST_NAME)
+    return manifest
+
+
+def _complete(plan: Manifest, infos: list[dict]) -> Manifest:
+    v = plan.videos
+    for i, info in enumerate(infos):
+        rows = np.flatnonzero(v["shard"] == i)
+        counts = np.asarray(info["video_frames"], dtype=np.int64)
+        v["n_frames"][rows] = counts
+        v["offset"][rows] = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    plan.shards.update(n_frames=np.array([x["n_frames"] for x in infos]),
+                       bytes=np.array([x["bytes"] for x in infos]),
+                       sha256=np.array([x["sha256"] for x in infos]))
+    plan.patients = _patient_table(v)
+    skipped = [s for x in infos for s in x["skipped"]]
+    plan.provenance = {**plan.provenance, "pack_skipped": skipped}
+    return plan
+
+
+def provenance(layout: str, src: str | Path, report_skipped: list, options: dict) -> dict:
+    """Where the data came from: deterministic (no clock, no host) so plans agree across tasks."""
+    return {"layout": layout, "src": str(Path(src).resolve()), "options": options,
+            "ingest_skipped": [asdict(s) if hasattr(s, "__dataclass_fields__") else dict(s)
+                               for s in report_skipped],
+            "versions": {"schema": fmt.SCHEMA_VERSION, "h5py": h5py.version.version,
+                         "hdf5": h5py.version.hdf5_version, "numpy": np.__version__}}
