@@ -45,7 +45,8 @@ def build_encoder(name: str, in_channels: int) -> tuple[nn.Module, int]:
         raise ValueError(f"unknown CNN-LSTM encoder {name!r}: use small_cnn, resnet18 or a "
                          f"timm model name (e.g. xception41, efficientnet_b0)")
     net = timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_channels)
-    return net, int(net.num_features)
+    # models with a pre-logits head (MobileNetV3, ...) emit head_hidden_size, not num_features
+    return net, int(getattr(net, "head_hidden_size", None) or net.num_features)
 
 
 class CNNLSTM(nn.Module):
@@ -113,6 +114,9 @@ def extract_features(encoder: nn.Module, frames: torch.Tensor,
     enc = encoder.encoder if isinstance(encoder, CNNLSTM) else encoder
     if enc is None:
         raise ValueError("extract_features: this CNN-LSTM has no frame encoder")
+    if frames.dim() < 4 or frames.numel() == 0:
+        raise ValueError(f"extract_features: expected (N,C,H,W) or (B,T,C,H,W) frames, "
+                         f"got shape {tuple(frames.shape)}")
     lead = frames.shape[:-3]
     flat = frames.reshape(-1, *frames.shape[-3:])
     was_training = enc.training
