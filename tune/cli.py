@@ -73,10 +73,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _base_config(cls: type, args: argparse.Namespace, space) -> dict:
+    """Family defaults <- --config <- overrides <- the space's base, with data paths made
+    absolute: trials run in their own directories, possibly on other nodes."""
     from tune.spaces import merge
 
-    data = to_dict(load_config(cls, args.config, args.overrides))
-    return merge(data, space.base)
+    data = merge(to_dict(load_config(cls, args.config, args.overrides)), space.base)
+    section = data.get("data")
+    if isinstance(section, dict) and isinstance(section.get("root"), str):
+        section["root"] = str(Path(section["root"]).resolve())
+    return data
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from tune.ray_env import RayOptions, start_ray, stop_ray
+    from tune.ray_env import RayOptions, node_ips, start_ray, stop_ray
     from tune.spaces import check_space, load_space
     from tune.sweep import SweepOptions, build_tuner
     from tune.trainables import TrialContext, families, make_trainable, resolve_path
@@ -104,17 +109,19 @@ def _run(args: argparse.Namespace) -> int:
     predictions = resolve_path(getattr(args, "predictions", None))
     if predictions and not Path(predictions).is_file():
         raise ConfigError(f"{predictions}: predictions file not found")
-    ctx = TrialContext(family=args.family, base=base, metric=space.metric,
-                       predictions=predictions, protocol=getattr(args, "protocol", "kfold"),
-                       k=getattr(args, "k", 5), seed=getattr(args, "protocol_seed", 0),
-                       num_workers=getattr(args, "workers", 2))
     opts = SweepOptions(trials=args.trials, scheduler=args.scheduler, search=args.search,
                         storage=args.storage, name=args.name or args.family,
                         resume=args.resume, max_concurrent=args.max_concurrent,
                         seed=args.seed, grace_period=args.grace_period,
                         verbose=0 if args.quiet else 1)
+    ctx = TrialContext(family=args.family, base=base, metric=space.metric,
+                       predictions=predictions, protocol=getattr(args, "protocol", "kfold"),
+                       k=getattr(args, "k", 5), seed=getattr(args, "protocol_seed", 0),
+                       num_workers=getattr(args, "workers", 2),
+                       experiment_dir=str(opts.experiment_dir))
     start_ray(RayOptions(address=args.address, num_cpus=args.num_cpus))
     try:
+        print(f"lus tune: Ray nodes {node_ips()}; sweep {opts.experiment_dir}", flush=True)
         grid = build_tuner(make_trainable(family, ctx), space, opts).fit()
     finally:
         stop_ray()

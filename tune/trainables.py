@@ -7,10 +7,12 @@ so a trial runs exactly what `best.yaml` will say.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
-from dataclasses import dataclass, field
+import importlib
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from tune.ray_env import TRAIN_DRIVER_RESOURCE
 from tune.spaces import build_config
@@ -27,7 +29,7 @@ class TrialContext:
     seed: int = 0
     num_workers: int = 2             # regstn/seg: Ray Train workers per trial
     cpus_per_worker: float = 1.0
-    extra: dict[str, Any] = field(default_factory=dict)
+    experiment_dir: str = ""         # <storage>/<name>: trial run dirs go under it
 
 
 # ---------------------------------------------------------------- aggregator
@@ -38,11 +40,11 @@ def aggregator_config_cls() -> type:
 
 
 @functools.lru_cache(maxsize=4)
-def _predictions(path: str):
-    """Read once per worker process; with reuse_actors hundreds of trials share it."""
-    from lus_dist.aggregator.data import read_predictions
+def _videos(path: str):
+    """Read and pad once per worker process; with reuse_actors hundreds of trials share it."""
+    from lus_dist.aggregator.data import pad_videos, read_predictions
 
-    return read_predictions(path)
+    return pad_videos(read_predictions(path))
 
 
 def aggregator_trial(config: dict[str, Any], ctx: TrialContext) -> None:
@@ -52,23 +54,115 @@ def aggregator_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     from lus_dist.aggregator.train import run_protocol
 
     cfg = build_config(aggregator_config_cls(), ctx.base, config)
-    result = run_protocol(_predictions(ctx.predictions), cfg, protocol=ctx.protocol, k=ctx.k,
+    result = run_protocol(_videos(ctx.predictions), cfg, protocol=ctx.protocol, k=ctx.k,
                           seed=ctx.seed)
-    tune.report(_scalars(result, ctx.metric))
+    tune.report(aggregator_metrics(result))
 
 
-def _scalars(result: Any, metric: str) -> dict[str, float]:
-    """The metric plus any other float fields the protocol result carries."""
-    out: dict[str, float] = {}
-    for name in dir(result):
-        if name.startswith("_"):
-            continue
-        value = getattr(result, name, None)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            out[name] = float(value)
-    if metric not in out:
-        raise KeyError(f"the aggregator result has no {metric!r}; it has {sorted(out)}")
+def aggregator_metrics(result: Any) -> dict[str, float]:
+    """mean_weighted_f1 (the sweep's metric) plus each method's fold means, so the results
+    table shows the baselines beside every trial."""
+    out = {"mean_weighted_f1": float(result.mean_weighted_f1)}
+    for row in result.summary():
+        for key, value in row.items():
+            if key.endswith("_mean"):
+                out[f"{row['method']}/{key}"] = float(value)
     return out
+
+
+# ---------------------------------------------------------------- engine families
+LOOPS = {"regstn": "lus_dist.engine.train_regstn", "seg": "lus_dist.engine.train_seg",
+         "cnnlstm": "lus_dist.engine.train_cnnlstm"}
+
+
+def engine_config_cls(family: str) -> type:
+    from lus_dist.engine.config import FAMILIES as ENGINE_FAMILIES
+
+    return ENGINE_FAMILIES[family]
+
+
+@contextlib.contextmanager
+def epoch_reports(loop: Any, report: Callable[[dict[str, float]], None]) -> Iterator[None]:
+    """Report every epoch's validation metrics while `loop.run` trains.
+
+    The engine has no per-epoch callback (yet); each loop calls `RunLogger.epoch` on every
+    rank after validation, so a subclass that also reports stands in for the run. Ray
+    needs the report on every rank (Ray Train) and raises SystemExit from it when ASHA
+    stops the trial, which unwinds the engine loop like any exception.
+    """
+    base = loop.RunLogger
+
+    class ReportingLogger(base):  # type: ignore[misc, valid-type]
+        def epoch(self, epoch: int, global_step: int, metrics: dict[str, float]) -> None:
+            super().epoch(epoch, global_step, metrics)
+            report({**{k: float(v) for k, v in metrics.items()}, "epoch": int(epoch)})
+
+    loop.RunLogger = ReportingLogger
+    try:
+        yield
+    finally:
+        loop.RunLogger = base
+
+
+def run_engine(family: str, cfg: Any, run_dir: Path,
+               report: Callable[[dict[str, float]], None]) -> None:
+    """One training run of the engine, resuming its own checkpoints after a restart."""
+    loop = importlib.import_module(LOOPS[family])
+    with epoch_reports(loop, report):
+        code = loop.run(cfg, run_dir, resume="auto")
+    if code != 0:
+        raise RuntimeError(f"lus train {family} exited {code} (run dir {run_dir})")
+
+
+def _trial_run_dir(ctx: TrialContext) -> Path:
+    """On the sweep's shared storage, so every node (and a resumed sweep) finds it."""
+    from ray import tune
+
+    return Path(ctx.experiment_dir) / "runs" / tune.get_context().get_trial_id()
+
+
+def cnnlstm_trial(config: dict[str, Any], ctx: TrialContext) -> None:
+    """The CNN-LSTM in the trial process, reporting validation metrics each epoch."""
+    from ray import tune
+
+    cfg = build_config(engine_config_cls("cnnlstm"), ctx.base, config)
+    run_engine("cnnlstm", cfg, _trial_run_dir(ctx), tune.report)
+
+
+def _train_worker(loop_config: dict[str, Any]) -> None:
+    """Ray Train worker: Ray has set RANK/WORLD_SIZE/MASTER_* and joined the process group,
+    which the engine's init_distributed then reuses."""
+    import ray.train
+
+    from lus_dist.config import from_dict
+
+    family = loop_config["family"]
+    cfg = from_dict(engine_config_cls(family), loop_config["config"], "trial config")
+    run_engine(family, cfg, Path(loop_config["run_dir"]), ray.train.report)
+
+
+def distributed_trial(config: dict[str, Any], ctx: TrialContext) -> None:
+    """Reg-STN / segmentation: the trial drives a TorchTrainer with `num_workers` ranks;
+    rank 0's per-epoch reports reach Tune through TuneReportCallback."""
+    import torch
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from lus_dist.config import to_dict
+
+    cfg = build_config(engine_config_cls(ctx.family), ctx.base, config)
+    run_dir = _trial_run_dir(ctx)
+    trainer = TorchTrainer(
+        _train_worker,
+        train_loop_config={"family": ctx.family, "config": to_dict(cfg), "run_dir": str(run_dir)},
+        scaling_config=ScalingConfig(num_workers=ctx.num_workers,
+                                     use_gpu=torch.cuda.is_available(),
+                                     resources_per_worker={"CPU": ctx.cpus_per_worker}),
+        torch_config=TorchConfig(init_method="env", timeout_s=cfg.dist.timeout_s),
+        run_config=RunConfig(name="train", storage_path=str(run_dir.parent / f"{run_dir.name}-ray"),
+                             callbacks=[TuneReportCallback()]))
+    trainer.fit()
 
 
 # ---------------------------------------------------------------- registry
@@ -81,18 +175,16 @@ class Family:
 
 
 def families() -> dict[str, Family]:
-    from tune import engine_trials
-
     return {
         "aggregator": Family("aggregator", aggregator_config_cls, aggregator_trial,
                              "lus aggregate --predictions {predictions} --config {best} "
                              "--protocol {protocol}"),
-        "cnnlstm": Family("cnnlstm", functools.partial(engine_trials.config_cls, "cnnlstm"),
-                          engine_trials.cnnlstm_trial, "lus train cnnlstm --config {best}"),
-        "regstn": Family("regstn", functools.partial(engine_trials.config_cls, "regstn"),
-                         engine_trials.distributed_trial, "lus train regstn --config {best}"),
-        "seg": Family("seg", functools.partial(engine_trials.config_cls, "seg"),
-                      engine_trials.distributed_trial, "lus train seg --config {best}"),
+        "cnnlstm": Family("cnnlstm", functools.partial(engine_config_cls, "cnnlstm"),
+                          cnnlstm_trial, "lus train cnnlstm --config {best}"),
+        "regstn": Family("regstn", functools.partial(engine_config_cls, "regstn"),
+                         distributed_trial, "lus train regstn --config {best}"),
+        "seg": Family("seg", functools.partial(engine_config_cls, "seg"),
+                      distributed_trial, "lus train seg --config {best}"),
     }
 
 
