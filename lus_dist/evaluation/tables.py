@@ -178,9 +178,11 @@ def cnnlstm_table(per_fold: Sequence[Mapping[str, float | None]], classes: Seque
     return Table(title, ["Fold"] + cols, rows, note=note)
 
 
-def published_comparison(ours: Mapping[str, MeanStd | float | None],
+def published_comparison(ours: Mapping[str, Mapping[str, MeanStd | float | None]],
                          published: Mapping[str, float], source: str) -> Table:
-    """Side-by-side with a paper's headline figures, for context (different data sizes)."""
-    rows = [[k, published[k], ours.get(k)] for k in published]
-    return Table(f"Published figures beside ours ({source})", ["Metric", "Published", "Ours"],
-                 rows)
+    """A paper's headline figures beside each of our methods (`ours[method][metric]`), for
+    context only: data sets and sizes differ."""
+    methods = list(ours)
+    rows = [[k, published[k]] + [ours[m].get(k) for m in methods] for k in published]
+    return Table(f"Published figures beside ours ({source})",
+                 ["Metric", "Published"] + [f"Ours: {m}" for m in methods], rows)

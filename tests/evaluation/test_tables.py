@@ -84,3 +84,14 @@ def test_empty_table_renders_its_reason():
     t = video_table({}, note="run has no predictions/test.h5")
     assert not t.is_filled()
     assert "No data: run has no predictions/test.h5" in t.to_markdown()
+
+
+def test_published_comparison_puts_each_method_in_a_column():
+    from lus_dist.evaluation.tables import published_comparison
+    t = published_comparison({"cnnlstm": {"accuracy": mean_std([0.8, 0.9])},
+                              "uninorm": {"accuracy": 0.7}},
+                             {"accuracy": 0.93, "covid_recall": 0.97}, "Barros et al. 2021")
+    assert t.columns == ["Metric", "Published", "Ours: cnnlstm", "Ours: uninorm"]
+    assert t.rows[0][1] == 0.93 and t.rows[0][2].mean == pytest.approx(0.85)
+    assert t.rows[1][2:] == [None, None]
+    assert "| covid_recall | 0.970 | n/a | n/a |" in t.to_markdown()
