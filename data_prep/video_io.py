@@ -43,7 +43,7 @@ def is_image_file(path: str | Path) -> bool:
     return _suffix(Path(path)) in IMAGE_SUFFIXES
 
 
-def _natural_key(name: str) -> list:
+def natural_key(name: str) -> list:
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
 
 
@@ -170,7 +170,7 @@ def _stack(frames: list[np.ndarray], path: Path) -> np.ndarray:
 
 def _read_frame_folder(path: Path) -> np.ndarray:
     files = sorted((p for p in path.iterdir() if is_image_file(p) or _suffix(p) == ".npy"),
-                   key=lambda p: _natural_key(p.name))
+                   key=lambda p: natural_key(p.name))
     if not files:
         raise MediaError(f"{path}: folder holds no image or .npy frames")
     frames = [read_image(f) for f in files]
