@@ -57,14 +57,13 @@ def estimate_frames(src: VideoSource, default: int) -> int:
     n = src.extra.get("n_frames")
     if isinstance(n, (int, np.integer)) and n > 0:
         return int(n)
+    from data_prep.video_io import MediaError, is_video_file, video_info
     path = Path(str(src.source))
-    if path.suffix.lower() in (".mp4", ".avi", ".mpeg", ".mpg", ".mov", ".gif") and path.is_file():
-        import cv2
-        cap = cv2.VideoCapture(str(path))
-        n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if cap.isOpened() else 0
-        cap.release()
-        if n > 0:
-            return n
+    if is_video_file(path) and path.is_file():
+        try:
+            return int(video_info(path)["frame_count_header"] or default)
+        except MediaError:
+            return default   # the writer reports it as a skip, with the decoder's reason
     return default
 
 
@@ -117,6 +116,7 @@ def make_plan(sources: list[VideoSource], cfg: PackConfig, provenance: dict) -> 
     groups = plan_shards([estimate_frames(s, cfg.default_frames) for s in sources], cfg.shard_frames)
     shard_of = np.concatenate([np.full(len(g), i) for i, g in enumerate(groups)])
     videos = _video_table(sources, shard_of, cfg)
+    videos["source"] = np.array([_relative(x, provenance.get("src")) for x in videos["source"]])
     n = len(groups)
     shards = {"name": np.array([fmt.shard_name(i) for i in range(n)]), "n_frames": np.full(n, -1),
               "n_videos": np.array([len(g) for g in groups]), "bytes": np.zeros(n, int),
@@ -128,8 +128,24 @@ def make_plan(sources: list[VideoSource], cfg: PackConfig, provenance: dict) -> 
                     preprocessing={**cfg.preprocessing.to_dict(), "compression": cfg.compression},
                     splits=splits, provenance=provenance)
     plan.patients = _patient_table(plan.videos)
-    plan.plan_hash = hashlib.sha256(plan.to_json().encode()).hexdigest()
+    plan.plan_hash = _plan_hash(plan)
     return plan
+
+
+def _plan_hash(plan: Manifest) -> str:
+    """Identity of a pack: what is stored and how, not where the raw data sat (provenance is
+    left out, and source paths are relative to --src), so shard bytes are location-free."""
+    bare = Manifest(videos=plan.videos, patients=plan.patients, shards=plan.shards,
+                    preprocessing=plan.preprocessing, splits=plan.splits, provenance={})
+    return hashlib.sha256(bare.to_json().encode()).hexdigest()
+
+
+def _relative(source: str, root: str | None) -> str:
+    prefix = (root or "").rstrip("/") + "/"
+    for candidate in (source, str(Path(source).resolve()) if "://" not in source else source):
+        if root and candidate.startswith(prefix):
+            return candidate[len(prefix):]
+    return source
 
 
 def _patient_table(videos: dict) -> dict:

@@ -1,0 +1,176 @@
+"""Map-style dataset over a shard directory.
+
+HDF5 handles are opened lazily, per process: an h5py file inherited through fork shares
+library state with the parent and breaks in subtle ways, so the dataset remembers which
+pid opened its handles and reopens after a fork (DataLoader workers) or unpickling
+(spawn). The index (which shard/row each item reads) lives in numpy arrays built from
+the manifest; at construction the small per-frame arrays are read and the files closed
+again, so nothing is held open before workers fork.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable
+
+import h5py
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from lus_dist.shards import format as fmt
+from lus_dist.shards.manifest import Manifest
+from lus_dist.shards.partition import epoch_rng
+from lus_dist.shards.splits import SPLITS
+
+
+def _as_set(value) -> set | None:
+    if value is None:
+        return None
+    return {value} if isinstance(value, (str, int, np.integer)) else set(value)
+
+
+def select_videos(videos: dict, split=None, folds: Iterable[int] | None = None,
+                  exclude_folds: Iterable[int] | None = None, patients=None, probes=None) -> np.ndarray:
+    """Boolean mask over the manifest video table (pure). Filters combine with AND."""
+    keep = videos["n_frames"] > 0
+    for column, wanted in (("split", _as_set(split)), ("fold", _as_set(folds)),
+                           ("patient_id", _as_set(patients)), ("probe", _as_set(probes))):
+        if wanted is not None:
+            keep &= np.isin(videos[column], list(wanted))
+    if split is not None and not _as_set(split) <= set(SPLITS):
+        raise ValueError(f"unknown split(s) {sorted(_as_set(split) - set(SPLITS))}; splits are {SPLITS}")
+    if exclude_folds is not None:
+        keep &= ~np.isin(videos["fold"], list(_as_set(exclude_folds)))
+    return keep
+
+
+def clip_indices(n_frames: int, clip_len: int, sampling: str, rng: np.random.Generator | None) -> np.ndarray:
+    """Frame indices of one clip (pure). "uniform": evenly spaced over the whole video, as
+    Barros et al.; "random": a random window of consecutive frames. Videos shorter than
+    the clip repeat frames (uniform) or their last frame (random)."""
+    if sampling == "uniform":
+        return np.linspace(0, n_frames - 1, clip_len).round().astype(np.int64)
+    if sampling == "random":
+        start = int(rng.integers(0, max(n_frames - clip_len, 0) + 1))
+        return np.minimum(start + np.arange(clip_len), n_frames - 1)
+    raise ValueError(f"clip_sampling must be 'uniform' or 'random', got {sampling!r}")
+
+
+class ShardDataset(Dataset):
+    """Frames (mode="frame") or fixed-length clips per video (mode="clip") from shards.
+
+    Frame item: image float32 (C,H,W) in [0,1], score, label, video, frame (+ mask (H,W)
+    with `with_masks`, which keeps only frames whose mask is an annotation). Clip item:
+    frames float32 (T,C,H,W), label, video. `channels` converts on the fly (1 <-> 3).
+    `locking=False` opens read-only without HDF5 file locking (needed on many NFS/Lustre
+    mounts; safe because shards never change after packing). Random clips depend on
+    (seed, epoch, item), not on the worker that reads them; call `set_epoch` each epoch.
+    """
+
+    def __init__(self, root, split=None, folds=None, exclude_folds=None, mode: str = "frame",
+                 clip_len: int = 10, clip_sampling: str = "uniform", with_masks: bool = False,
+                 channels: int | None = None, patients=None, probes=None, locking: bool = False,
+                 seed: int = 0):
+        if mode not in ("frame", "clip"):
+            raise ValueError(f"mode must be 'frame' or 'clip', got {mode!r}")
+        self.root, self.mode, self.clip_len, self.clip_sampling = Path(root), mode, clip_len, clip_sampling
+        self.with_masks, self.locking, self.seed, self.epoch = with_masks, locking, seed, 0
+        self.manifest = Manifest.load(self.root)
+        self.stored_channels = int(self.manifest.preprocessing["channels"])
+        self.channels = channels or self.stored_channels
+        v = self.manifest.videos
+        self.video_rows = np.flatnonzero(select_videos(v, split, folds, exclude_folds, patients, probes))
+        self._build_index(v)
+        self._pid, self._files = None, {}
+
+    def _read_column(self, shard: int, name: str) -> np.ndarray:
+        path = self.root / self.manifest.shards["name"][shard]
+        with h5py.File(path, "r", locking=self.locking) as f:
+            if name not in f:
+                raise KeyError(f"{path}: no dataset {name!r}")
+            return f[name][:]
+
+    def _build_index(self, v: dict) -> None:
+        rows = self.video_rows
+        shard, offset, n = v["shard"][rows], v["offset"][rows], v["n_frames"][rows]
+        self.labels_video = v["label"][rows]
+        per_shard = {int(s): self._read_column(int(s), fmt.DS_SCORES) for s in np.unique(shard)}
+        spans = [np.arange(o, o + k) for o, k in zip(offset, n)]
+        frame_row = np.concatenate(spans) if spans else np.zeros(0, np.int64)
+        frame_shard = np.repeat(shard, n)
+        self.frame_scores = np.concatenate(
+            [per_shard[int(s)][sp] for s, sp in zip(shard, spans)]).astype(np.int64) if spans else frame_row
+        frame_video = np.repeat(rows, n)
+        frame_index = np.concatenate([np.arange(k) for k in n]) if spans else frame_row
+        if self.with_masks and self.mode == "frame":
+            has = np.concatenate([self._has_mask(int(s))[sp] for s, sp in zip(shard, spans)]) \
+                if spans else np.zeros(0, bool)
+            frame_row, frame_shard, frame_video, frame_index = (
+                a[has] for a in (frame_row, frame_shard, frame_video, frame_index))
+            self.frame_scores = self.frame_scores[has]
+        if self.mode == "frame":
+            self.shard_ids, self.rows = frame_shard, frame_row
+            self.video_index, self.frame_index = frame_video, frame_index
+            self.labels = v["label"][frame_video]
+        else:
+            self.shard_ids, self.rows, self.video_index = shard, offset, rows
+            self.n_frames, self.labels = n, self.labels_video
+
+    def _has_mask(self, shard: int) -> np.ndarray:
+        try:
+            return self._read_column(shard, fmt.DS_HAS_MASK).astype(bool)
+        except KeyError:
+            return np.zeros(int(self.manifest.shards["n_frames"][shard]), bool)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.shard_ids)
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_pid"], state["_files"] = None, {}
+        return state
+
+    def _dataset(self, shard: int, name: str) -> h5py.Dataset:
+        if self._pid != os.getpid():   # first use in this process: drop inherited handles
+            self._pid, self._files = os.getpid(), {}
+        if shard not in self._files:
+            path = self.root / self.manifest.shards["name"][shard]
+            self._files[shard] = (h5py.File(path, "r", locking=self.locking), {})
+        f, cache = self._files[shard]
+        if name not in cache:
+            cache[name] = f[name]
+        return cache[name]
+
+    def _image(self, raw: np.ndarray) -> torch.Tensor:
+        """uint8 (..., H, W, C) -> float32 (..., C, H, W) in [0,1], channel count converted."""
+        x = torch.from_numpy(np.ascontiguousarray(raw)).movedim(-1, -3).float().div_(255.0)
+        if self.channels != self.stored_channels:
+            x = x.expand(*x.shape[:-3], 3, *x.shape[-2:]).clone() if self.channels == 3 \
+                else (x * torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)).sum(-3, keepdim=True)
+        return x
+
+    def __getitem__(self, i: int) -> dict:
+        s, r = int(self.shard_ids[i]), int(self.rows[i])
+        if self.mode == "clip":
+            return self._clip(i, s, r)
+        item = {"image": self._image(self._dataset(s, fmt.DS_FRAMES)[r]),
+                "score": torch.tensor(self.frame_scores[i], dtype=torch.int64),
+                "label": torch.tensor(self.labels[i], dtype=torch.int64),
+                "video": torch.tensor(self.video_index[i], dtype=torch.int64),
+                "frame": torch.tensor(self.frame_index[i], dtype=torch.int64)}
+        if self.with_masks:
+            item["mask"] = torch.from_numpy(self._dataset(s, fmt.DS_MASKS)[r].astype(np.int64))
+        return item
+
+    def _clip(self, i: int, s: int, offset: int) -> dict:
+        rng = epoch_rng(self.seed, self.epoch, i) if self.clip_sampling == "random" else None
+        idx = clip_indices(int(self.n_frames[i]), self.clip_len, self.clip_sampling, rng)
+        uniq, inverse = np.unique(idx, return_inverse=True)   # h5py wants increasing indices
+        raw = self._dataset(s, fmt.DS_FRAMES)[(offset + uniq).tolist()][inverse]
+        return {"frames": self._image(raw),
+                "label": torch.tensor(self.labels[i], dtype=torch.int64),
+                "video": torch.tensor(self.video_index[i], dtype=torch.int64)}
