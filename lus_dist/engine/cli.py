@@ -47,7 +47,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    args = parser().parse_intermixed_args(argv)
     from lus_dist.config import ConfigError
     try:
         cfg = load_run_config(args.family, args.config, args.overrides)

@@ -24,6 +24,7 @@ from lus_dist.config import ConfigError, save_config
 from lus_dist.shards.partition import class_balanced_weights, split_even
 from lus_dist.shards.sampler import DistributedShardSampler
 
+from .checkpoint import unwrap
 from .config import RunConfig
 
 
@@ -259,9 +260,18 @@ def deepspeed_engine(model, optimizer, cfg: RunConfig, session: Session):
     return engine
 
 
+def sync_buffers(fit: Fit) -> None:
+    """DeepSpeed, unlike DDP, never broadcasts buffers: make rank 0's BatchNorm statistics
+    everyone's before evaluating or saving, so every rank holds the same model."""
+    if fit.engine is None or not (dist.is_available() and dist.is_initialized()):
+        return
+    for buf in unwrap(fit.model).buffers():
+        dist.broadcast(buf, 0)
+
+
 def params_digest(model: torch.nn.Module) -> str:
     """SHA-256 over every parameter and buffer: equal digests mean bitwise-equal weights."""
-    net = getattr(model, "module", model)
+    net = unwrap(model)
     h = hashlib.sha256()
     for name, t in sorted(net.state_dict().items()):
         h.update(name.encode())

@@ -123,6 +123,7 @@ def run(cfg: RegSTNConfig, run_dir: Path, resume: str | None = None) -> int:
                 stop = preempt.should_stop()
                 every = cfg.checkpoint.every_steps
                 if stop or (every and progress.global_step % every == 0):
+                    C.sync_buffers(fit)
                     save()
                 if stop:
                     log.info(f"preempted at step {progress.global_step}: checkpoint saved, "
@@ -131,6 +132,7 @@ def run(cfg: RegSTNConfig, run_dir: Path, resume: str | None = None) -> int:
                     destroy_distributed()
                     return REQUEUE_EXIT_CODE
             fit.scheduler.step()
+            C.sync_buffers(fit)
             val = scores(evaluate(fit, val_ds, cfg, session))
             progress.epoch, progress.step_in_epoch = epoch + 1, 0
             if val[BEST_METRIC] > progress.best_metric:
