@@ -18,20 +18,28 @@ from .models import FrameOutput
 IGNORE = -1  # unknown score: contributes nothing to the loss
 
 
-def class_positions(num_classes: int, zero_gap: float = 0.0,
-                    device: torch.device | None = None) -> torch.Tensor:
-    pos = torch.arange(num_classes, dtype=torch.float32, device=device)
+def class_positions(num_classes: int, zero_gap: float = 0.0, device: torch.device | None = None,
+                    dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    pos = torch.arange(num_classes, dtype=dtype, device=device)
     if zero_gap:
         pos[0] = -float(zero_gap)
     return pos
 
 
 def sord_targets(labels: torch.Tensor, num_classes: int, multiplier: float = 2.0,
-                 zero_gap: float = 0.0) -> torch.Tensor:
-    """labels (...) int in [0, num_classes) -> soft targets (..., num_classes), rows sum to 1."""
+                 zero_gap: float = 0.0, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """labels (...) int in [0, num_classes) -> soft targets (..., num_classes), rows sum to 1.
+
+    The range is checked on CPU only (a check on GPU would cost a host sync every step);
+    `sord_loss` masks unknown (-1) labels before calling this. float64 for exact references.
+    """
     if multiplier <= 0:
         raise ValueError(f"SORD multiplier must be > 0, got {multiplier}")
-    pos = class_positions(num_classes, zero_gap, labels.device)
+    if labels.device.type == "cpu" and labels.numel() and (
+            labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"SORD labels must be in [0, {num_classes}), got "
+                         f"{sorted(set(labels.flatten().tolist()))[:8]}")
+    pos = class_positions(num_classes, zero_gap, labels.device, dtype)
     dist2 = (pos[labels.long()].unsqueeze(-1) - pos) ** 2
     return torch.softmax(-multiplier * dist2, dim=-1)
 

@@ -50,9 +50,14 @@ def test_wide_gap_moves_score0_away():
                        sord_targets(torch.tensor([2]), 4, 2.0))
 
 
-def test_sord_multiplier_must_be_positive():
+def test_sord_bad_inputs_and_float64():
     with pytest.raises(ValueError, match="multiplier"):
         sord_targets(torch.tensor([0]), 4, 0.0)
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 4\), got \[-1, 2\]"):
+        sord_targets(torch.tensor([2, -1]), 4)
+    t = sord_targets(torch.tensor([1, 3]), 4, 2.0, 0.5, dtype=torch.float64)
+    want = torch.tensor([formula(1, 4, 2.0, 0.5), formula(3, 4, 2.0, 0.5)], dtype=torch.float64)
+    assert t.dtype == torch.float64 and torch.allclose(t, want, atol=1e-15)
 
 
 def test_sord_loss_is_kl_per_sample_and_ignores_unknown():

@@ -142,3 +142,16 @@ def test_dice_iou_against_direct_counts():
     assert np.isnan(scores["dice"]["absent"]) and np.isnan(scores["iou"]["absent"])
     with pytest.raises(ValueError, match="differ"):
         segmentation_confusion(pred, target[:, :4])
+
+
+def test_video_metrics_single_class_present():
+    prob = np.array([[0.8, 0.1, 0.1], [0.2, 0.7, 0.1], [0.6, 0.3, 0.1]])
+    got = video_metrics([0, 0, 0], prob)
+    assert got["accuracy"] == pytest.approx(2 / 3)
+    assert got["covid_recall"] == pytest.approx(2 / 3) and got["covid_precision"] == 1.0
+    assert got["pneumonia_specificity"] == pytest.approx(2 / 3)
+    assert got["healthy_specificity"] == 1.0 and got["healthy_recall"] == 0.0
+    assert all(np.isnan(got[f"{c}_auc"]) for c in ("covid", "pneumonia", "healthy"))
+    assert got["covid_vs_rest_accuracy"] == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match=r"prob must be \(N, 3\)"):
+        video_metrics([0], np.ones((1, 4)))
