@@ -15,6 +15,8 @@ unknown too ("unknown"). There are no frame scores (all -1) and no video score.
 
 Ingest decodes only the first frame of each clip (to report unreadable and 0-frame
 files now, not mid-pack); `VideoSource.load()` decodes the whole clip later.
+`extra["n_frames"]` is the container header's count, a planning estimate only (mpeg and
+mov headers are off by a few frames); the decoded clip is the truth.
 """
 from __future__ import annotations
 
@@ -117,5 +119,5 @@ def ingest_pocus(root, include_images: bool = True, viral: str = "skip") -> Inge
             video_score=UNKNOWN, source=str(path), loader=POCUSLoader(str(path)),
             extra={"split": None, "frame_rate": info.get("fps"), "kind": kind[:-1],
                    "container": path.suffix.lower().lstrip("."), "height": info["height"],
-                   "width": info["width"]}))
+                   "width": info["width"], "n_frames": info.get("frame_count_header", 1)}))
     return report
