@@ -65,11 +65,13 @@ def uninorm_pair(a: Tensor, b: Tensor, e: Tensor, kind: str = "product",
 class TreeSchedule:
     """The halving recursion of every video, by node height.
 
-    Buffer positions: the N frames (videos concatenated) first, then the internal nodes
-    in height order. `levels[h-1] = (left, right, video)` for all nodes of height h.
+    Level 0 holds the N frames (videos concatenated); level h the nodes of height h
+    (ordered by start). `levels[h-1] = (left, right, video, n_prev)`: children indices
+    into concat(level h-2, level h-1) (just level 0 for h = 1), n_prev = len(level h-2).
     """
-    levels: tuple[tuple[Tensor, Tensor, Tensor], ...]
-    roots: Tensor           # (V,) buffer position of each video's result
+    levels: tuple[tuple[Tensor, Tensor, Tensor, int], ...]
+    roots: Tensor           # (V,) index of each video's result within its level
+    root_level: Tensor      # (V,) the level (= height) holding it
     lengths: np.ndarray     # (V,)
 
 
@@ -81,47 +83,61 @@ def _height(size: np.ndarray) -> np.ndarray:
 @functools.lru_cache(maxsize=64)
 def _schedule_cached(lengths_bytes: bytes) -> TreeSchedule:
     lengths = np.frombuffer(lengths_bytes, dtype=np.int64)
-    n_frames = int(lengths.sum())
     offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    st, sz, vid = _internal_nodes(offsets, lengths)
+    h = _height(sz)
+    order = np.lexsort((st, h))
+    st, sz, vid, h = st[order], sz[order], vid[order], h[order]
+    # level 0 = the frames; level h = nodes of height h, ordered by start. A node's
+    # children have height h-1 or h-2, so each level gathers from the previous two.
+    level_nodes = [(np.arange(int(lengths.sum())), np.ones(int(lengths.sum()), np.int64))]
+    for height in range(1, int(h.max()) + 1 if len(h) else 1):
+        sel = h == height
+        level_nodes.append((st[sel], sz[sel]))
+    levels = []
+    for height in range(1, len(level_nodes)):
+        (s2, z2), (s1, z1) = level_nodes[max(height - 2, 0)], level_nodes[height - 1]
+        if height == 1:
+            s2, z2 = s2[:0], z2[:0]
+        src_start, src_size = np.concatenate([s2, s1]), np.concatenate([z2, z1])
+        starts, sizes = level_nodes[height]
+        half = sizes // 2
+        left = _lookup(starts, half, src_start, src_size)
+        right = _lookup(starts + half, sizes - half, src_start, src_size)
+        levels.append((torch.from_numpy(left), torch.from_numpy(right),
+                       torch.from_numpy(vid[h == height].copy()), len(s2)))
+    roots = np.zeros(len(lengths), np.int64)
+    roots_level = _height(lengths)
+    for height, (starts, sizes) in enumerate(level_nodes):
+        here = np.nonzero(roots_level == height)[0]
+        roots[here] = _lookup(offsets[here], lengths[here], starts, sizes)
+    return TreeSchedule(tuple(levels), torch.from_numpy(roots),
+                        torch.from_numpy(roots_level), lengths.copy())
+
+
+def _internal_nodes(offsets: np.ndarray, lengths: np.ndarray):
+    """(start, size, video) of every recursion node over >= 2 frames, top-down."""
     starts, sizes, videos = offsets, lengths, np.arange(len(lengths))
-    nodes = []  # (start, size, video) of internal nodes, top-down
+    found = []
     while len(starts):
         keep = sizes >= 2
         starts, sizes, videos = starts[keep], sizes[keep], videos[keep]
-        nodes.append((starts, sizes, videos))
+        found.append((starts, sizes, videos))
         half = sizes // 2
         starts = np.concatenate([starts, starts + half])
         sizes = np.concatenate([half, sizes - half])
         videos = np.concatenate([videos, videos])
-    if nodes:
-        st, sz, vid = (np.concatenate(p) for p in zip(*nodes))
-    else:
-        st = sz = vid = np.zeros(0, np.int64)
-    h = _height(sz)
-    order = np.lexsort((st, h))
-    st, sz, vid, h = st[order], sz[order], vid[order], h[order]
-    levels = []
-    for height in range(1, int(h.max()) + 1 if len(h) else 1):
-        sel = np.nonzero(h == height)[0]
-        half = sz[sel] // 2
-        left = _lookup(st[sel], half, st, sz, n_frames)
-        right = _lookup(st[sel] + half, sz[sel] - half, st, sz, n_frames)
-        levels.append((torch.from_numpy(left), torch.from_numpy(right),
-                       torch.from_numpy(vid[sel].copy())))
-    roots = _lookup(offsets, lengths, st, sz, n_frames)
-    return TreeSchedule(tuple(levels), torch.from_numpy(roots), lengths.copy())
+    return tuple(np.concatenate(p).astype(np.int64) for p in zip(*found))
 
 
 def _lookup(start: np.ndarray, size: np.ndarray, all_start: np.ndarray,
-            all_size: np.ndarray, n_frames: int) -> np.ndarray:
-    """Buffer position of the node covering [start, start + size)."""
-    if not len(all_start):
-        return start.astype(np.int64)
-    scale = int(max(all_size.max(), size.max())) + 1
+            all_size: np.ndarray) -> np.ndarray:
+    """Index in (all_start, all_size) of each node (start, size); they must be there."""
+    scale = int(max(all_size.max(initial=0), size.max(initial=0))) + 1
     keys = all_start * scale + all_size
     order = np.argsort(keys, kind="stable")
     idx = order[np.searchsorted(keys[order], start * scale + size).clip(0, len(keys) - 1)]
-    return np.where(size == 1, start, n_frames + idx).astype(np.int64)
+    return idx.astype(np.int64)
 
 
 def build_schedule(lengths: np.ndarray | list[int]) -> TreeSchedule:
@@ -135,12 +151,18 @@ def uninorm_reduce(frames: Tensor, schedule: TreeSchedule, neutral: Tensor,
                    kind: str = "product", off: str = "min") -> Tensor:
     """frames (*B, N, C), neutral (*B, V, C) per video -> (*B, V, C)."""
     batch = torch.broadcast_shapes(frames.shape[:-2], neutral.shape[:-2])
-    buf = frames.expand(*batch, *frames.shape[-2:])
-    for left, right, video in schedule.levels:
+    levels = [frames.expand(*batch, *frames.shape[-2:])]
+    for left, right, video, _ in schedule.levels:
+        src = levels[-1] if len(levels) == 1 else torch.cat(levels[-2:], dim=-2)
         e = neutral.index_select(-2, video)
-        new = uninorm_pair(buf.index_select(-2, left), buf.index_select(-2, right), e, kind, off)
-        buf = torch.cat([buf, new], dim=-2)
-    return buf.index_select(-2, schedule.roots)
+        levels.append(uninorm_pair(src.index_select(-2, left), src.index_select(-2, right),
+                                   e, kind, off))
+    out = torch.zeros(*batch, len(schedule.lengths), frames.shape[-1], dtype=levels[-1].dtype)
+    for height, values in enumerate(levels):
+        here = torch.nonzero(schedule.root_level == height).squeeze(1)
+        if len(here):
+            out = out.index_copy(-2, here, values.index_select(-2, schedule.roots[here]))
+    return out
 
 
 @dataclass(frozen=True)
