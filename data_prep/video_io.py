@@ -63,8 +63,17 @@ def to_gray_if_equal(frames: np.ndarray) -> np.ndarray:
     if not is_rgb_gray(frames):
         return frames
     # Luma of equal channels is the channel itself; it also averages away codec noise.
-    weights = np.array([0.299, 0.587, 0.114], dtype=np.float32)
-    return np.clip(frames.astype(np.float32) @ weights + 0.5, 0, 255).astype(np.uint8)
+    return luma(frames)
+
+
+def luma(frames: np.ndarray) -> np.ndarray:
+    """RGB (…,H,W,3) -> uint8 (…,H,W), frame by frame (no float copy of a whole clip)."""
+    if frames.ndim == 3:
+        return cv2.cvtColor(np.ascontiguousarray(frames), cv2.COLOR_RGB2GRAY)
+    out = np.empty(frames.shape[:-1], np.uint8)
+    for i, f in enumerate(frames):
+        out[i] = cv2.cvtColor(np.ascontiguousarray(f), cv2.COLOR_RGB2GRAY)
+    return out
 
 
 def _as_uint8(arr: np.ndarray, path: Path) -> np.ndarray:
@@ -215,8 +224,7 @@ def _apply_gray(clip: np.ndarray, gray: str) -> np.ndarray:
     if gray == "never" or clip.ndim == 3:
         return clip
     if gray == "always":
-        return np.clip(clip.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32) + 0.5,
-                       0, 255).astype(np.uint8)
+        return luma(clip)
     return to_gray_if_equal(clip)
 
 
