@@ -128,6 +128,8 @@ def steps_per_epoch(loader: DataLoader, cfg: RunConfig) -> int:
 def epoch_batches(loader: DataLoader, sampler: DistributedShardSampler, epoch: int,
                   seed: int, rank: int) -> Iterator[Any]:
     sampler.set_epoch(epoch)
+    if hasattr(loader.dataset, "set_epoch"):
+        loader.dataset.set_epoch(epoch)      # random clip windows depend on (seed, epoch, item)
     loader.generator.manual_seed(seed * 1_000_003 + epoch * 7919 + rank)
     return iter(loader)
 
