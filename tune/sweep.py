@@ -106,13 +106,13 @@ def build_tuner(trainable: Callable, space: SearchSpace, opts: SweepOptions):
 
 
 def trial_errors(grid) -> list[str]:
-    """One line per failed trial (Ray's fit() does not raise for them)."""
+    """One line per failed trial: the exception's last line and where the full traceback
+    is (Ray's fit() does not raise for failed trials)."""
     out = []
     for result in grid:
         if result.error is not None:
-            where = result.path or "?"
-            out.append(f"trial {getattr(result, 'metrics', {}).get('trial_id', '?')} "
-                       f"({where}): {type(result.error).__name__}: {result.error}")
+            lines = str(result.error).strip().splitlines() or [type(result.error).__name__]
+            out.append(f"{lines[-1]}\n    traceback: {Path(result.path or '?') / 'error.txt'}")
     return out
 
 
