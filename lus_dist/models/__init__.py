@@ -29,7 +29,8 @@ def load_weights_file(module: torch.nn.Module, path: str, what: str) -> None:
     """Load a local state dict into `module`; the error names the file and the mismatch.
 
     Accepts a bare state dict or one wrapped under "state_dict"/"model" (common checkpoint
-    layouts). Nothing is ever downloaded: pretrained weights must be files on disk.
+    layouts) and strips a DDP "module." prefix. Nothing is ever downloaded: pretrained
+    weights must be files on disk.
     """
     from pathlib import Path
 
@@ -45,6 +46,8 @@ def load_weights_file(module: torch.nn.Module, path: str, what: str) -> None:
             state = state[key]
     if not isinstance(state, dict):
         raise ValueError(f"{file}: expected a state dict for {what}, got {type(state).__name__}")
+    if state and all(isinstance(k, str) and k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}  # saved from a DDP wrapper
     own = module.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -61,5 +64,5 @@ from .localization import draw_boxes, stn_boxes  # noqa: E402
 from .seg import SEG_ARCHS, build_seg_model  # noqa: E402
 from .cnnlstm import CNNLSTM, CNNLSTMConfig, extract_features  # noqa: E402
 
-__all__ = ["FrameOutput", "load_weights_file", "FRAME_MODELS", "build_frame_model", "stn_boxes", "draw_boxes",
-           "SEG_ARCHS", "build_seg_model", "CNNLSTM", "CNNLSTMConfig", "extract_features"]
+__all__ = ["FrameOutput", "load_weights_file", "FRAME_MODELS", "build_frame_model",
+           "stn_boxes", "draw_boxes", "SEG_ARCHS", "build_seg_model", "CNNLSTM", "CNNLSTMConfig", "extract_features"]

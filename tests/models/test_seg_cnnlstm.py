@@ -24,6 +24,10 @@ def test_seg_weights_file(tmp_path):
     torch.save({"state_dict": src.encoder.state_dict()}, enc)
     a = build_seg_model("unet", weights_path=str(whole))
     assert torch.equal(a.decoder.blocks[0].conv1[0].weight, src.decoder.blocks[0].conv1[0].weight)
+    ddp = tmp_path / "ddp.pt"
+    torch.save({f"module.{k}": v for k, v in src.state_dict().items()}, ddp)
+    assert torch.equal(build_seg_model("unet", weights_path=str(ddp)).encoder.conv1.weight,
+                       src.encoder.conv1.weight)
     b = build_seg_model("unet", weights_path=str(enc))
     assert torch.equal(b.encoder.conv1.weight, src.encoder.conv1.weight)
     with pytest.raises(FileNotFoundError, match="missing.pt"):
