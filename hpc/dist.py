@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+import socket
+import sys
 
 from hpc.world import World, WorldError, device_for
 
@@ -56,6 +58,11 @@ def init_distributed(world: World, backend: str = "auto", timeout_s: float = DEF
     dist.init_process_group(chosen, init_method="env://", rank=world.rank,
                             world_size=world.world_size,
                             timeout=_dt.timedelta(seconds=timeout_s))
+    # One line per rank in the job log: which rank ran where is the first question
+    # when a multi-node job misbehaves (and the tests read the rank-to-node map from it).
+    print(f"hpc: rank {world.rank}/{world.world_size} local {world.local_rank} on "
+          f"{world.hostname or socket.gethostname()} node {world.node_rank} "
+          f"backend {chosen} launcher {world.launcher}", file=sys.stderr, flush=True)
     return chosen
 
 

@@ -150,7 +150,8 @@ class LocalSlurmCluster:
         holder = self._holder_pid()
         if holder is None:
             raise RuntimeError(f"no local cluster is running from {self.workdir}")
-        r = subprocess.run(self._ns(holder) + list(argv), env=self.env(env), cwd=cwd,
+        wd = Path(cwd or os.getcwd()).resolve()
+        r = subprocess.run(self._ns(holder, wd) + list(argv), env=self.env(env), cwd=wd,
                            capture_output=True, text=True, timeout=timeout)
         if check and r.returncode != 0:
             raise RuntimeError(f"{' '.join(argv)} exited {r.returncode}: {r.stderr.strip()}")
@@ -237,8 +238,10 @@ class LocalSlurmCluster:
             raise RuntimeError(f"{name} exited at start ({proc.returncode}); see {self.log_dir}/{name}.out")
 
     @staticmethod
-    def _ns(holder: int) -> list[str]:
-        return ["nsenter", f"--net=/proc/{holder}/ns/net", f"--mount=/proc/{holder}/ns/mnt", "--"]
+    def _ns(holder: int, wd: Path | None = None) -> list[str]:
+        """Enter the holder's namespaces (nsenter --mount alone would start in /)."""
+        return ["nsenter", f"--net=/proc/{holder}/ns/net", f"--mount=/proc/{holder}/ns/mnt",
+                f"--wd={wd or '/'}", "--"]
 
     def _holder_pid(self) -> int | None:
         """The recorded holder pid, only if that pid still owns the recorded namespace."""

@@ -1,0 +1,125 @@
+# shellcheck shell=bash
+# Shared logic of the lus sbatch scripts; sourced, never run. One place for:
+#   - finding the project's python   (LUS_PYTHON, else $VIRTUAL_ENV/bin/python,
+#                                     else $LUS_ROOT/.venv/bin/python, else python3)
+#   - the rendezvous                 (first host of the allocation, port from the job id)
+#   - processes per node             (NPROC_PER_NODE, else GPUs per node, else
+#                                     CPU_PROCS_PER_NODE (default 1) on CPU-only nodes)
+#   - preemption                     (USR1 to the batch shell is forwarded to the trainers;
+#                                     exit code LUS_REQUEUE_EXIT_CODE -> scontrol requeue)
+#   - DRY_RUN=1 / --dry-run          (print the exact commands instead of running them)
+#
+# Launching: one `python -m hpc.launch` (torchrun, keeping the requeue exit code and leaving
+# USR1 to the workers) per node through srun, c10d rendezvous, --rdzv-id $SLURM_JOB_ID.
+
+# Must equal hpc.signals.REQUEUE_EXIT_CODE (EX_TEMPFAIL); tests/hpc checks that they agree.
+LUS_REQUEUE_EXIT_CODE=75
+
+# Elastic restarts: a fresh rendezvous store per restart (see hpc/dist.py).
+export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+export PYTHONUNBUFFERED=1
+
+# lus_init "$@": read --dry-run, set LUS_PY and LUS_ARGS (the remaining arguments).
+lus_init() {
+    LUS_ARGS=()
+    local a
+    for a in "$@"; do
+        if [[ "$a" == "--dry-run" ]]; then DRY_RUN=1; else LUS_ARGS+=("$a"); fi
+    done
+    DRY_RUN="${DRY_RUN:-0}"
+    LUS_PY="$(lus_python)"
+    export PYTHONPATH="$LUS_ROOT${PYTHONPATH:+:$PYTHONPATH}"
+    echo "lus: job ${SLURM_JOB_ID:-none} ${SLURM_JOB_NAME:-} on ${SLURM_JOB_NODELIST:-$(hostname)}" \
+         "restart ${SLURM_RESTART_COUNT:-0} python $LUS_PY"
+}
+
+lus_python() {
+    if [[ -n "${LUS_PYTHON:-}" ]]; then echo "$LUS_PYTHON"
+    elif [[ -n "${VIRTUAL_ENV:-}" ]]; then echo "$VIRTUAL_ENV/bin/python"
+    elif [[ -x "$LUS_ROOT/.venv/bin/python" ]]; then echo "$LUS_ROOT/.venv/bin/python"
+    else command -v python3
+    fi
+}
+
+# lus_run CMD...: run it, or print it (shell-quoted, one line, prefixed "+ ") in dry-run mode.
+lus_run() {
+    if [[ "$DRY_RUN" == 1 ]]; then
+        printf '+'; printf ' %q' "$@"; printf '\n'
+        return 0
+    fi
+    "$@"
+}
+
+# lus_rdzv: LUS_NNODES, LUS_MASTER_ADDR, LUS_MASTER_PORT for this allocation.
+lus_rdzv() {
+    local nodelist="${SLURM_JOB_NODELIST:-localhost}"
+    LUS_NNODES="${SLURM_NNODES:-${SLURM_JOB_NUM_NODES:-1}}"
+    LUS_MASTER_ADDR="$(scontrol show hostnames "$nodelist" 2>/dev/null | head -n1 || true)"
+    if [[ -z "$LUS_MASTER_ADDR" ]]; then  # no scontrol (dry run on a laptop): same parser in python
+        LUS_MASTER_ADDR="$("$LUS_PY" -c 'import sys; from hpc.world import expand_nodelist
+print(expand_nodelist(sys.argv[1])[0])' "$nodelist")"
+    fi
+    # Mirrors hpc.world.port_from_job_id: two jobs sharing a node get different ports.
+    LUS_MASTER_PORT=$(( 20000 + ${SLURM_JOB_ID:-0} % 20000 ))
+}
+
+# lus_nproc_per_node: training processes per node.
+lus_nproc_per_node() {
+    local gpus="${SLURM_GPUS_ON_NODE:-${SLURM_GPUS_PER_NODE:-}}"
+    gpus="${gpus##*:}"                       # "a100:4" -> "4"
+    if [[ -n "${NPROC_PER_NODE:-}" ]]; then echo "$NPROC_PER_NODE"
+    elif [[ "$gpus" =~ ^[1-9][0-9]*$ ]]; then echo "$gpus"
+    else echo "${CPU_PROCS_PER_NODE:-1}"
+    fi
+}
+
+# lus_torchrun_cmd ARGS...: fill LUS_CMD with srun + one torchrun per node running `lus ARGS`.
+lus_torchrun_cmd() {
+    lus_rdzv
+    LUS_CMD=(srun --nodes="$LUS_NNODES" --ntasks="$LUS_NNODES" --ntasks-per-node=1
+             --cpus-per-task="${SLURM_CPUS_PER_TASK:-1}" --kill-on-bad-exit=1
+             "$LUS_PY" -m hpc.launch --nnodes="$LUS_NNODES"
+             --nproc-per-node="$(lus_nproc_per_node)" --rdzv-backend=c10d
+             --rdzv-endpoint="$LUS_MASTER_ADDR:$LUS_MASTER_PORT" --rdzv-id="${SLURM_JOB_ID:-0}"
+             --max-restarts="${MAX_RESTARTS:-0}" -m lus "$@")
+}
+
+# lus_step CMD...: run a job step in the background so the batch shell can take USR1
+# (#SBATCH --signal=B:USR1@...) and pass it on; requeue when it exits with the requeue code.
+lus_step() {
+    if [[ "$DRY_RUN" == 1 ]]; then
+        lus_run "$@"
+        return 0
+    fi
+    "$@" &
+    local pid=$! rc=0
+    # shellcheck disable=SC2064  # expand $pid now: the trap must signal this step
+    trap "echo 'lus: USR1 received, forwarding to the trainers'; kill -USR1 $pid 2>/dev/null || true" USR1
+    while true; do
+        wait "$pid" && rc=0 || rc=$?
+        kill -0 "$pid" 2>/dev/null || break     # wait was only interrupted by the trap
+    done
+    trap - USR1
+    if (( rc == LUS_REQUEUE_EXIT_CODE )); then
+        echo "lus: trainer checkpointed and asked to be requeued (exit $rc); requeueing ${SLURM_JOB_ID}"
+        scontrol requeue "$SLURM_JOB_ID"
+        exit 0
+    fi
+    echo "lus: step finished with exit code $rc"
+    return "$rc"
+}
+
+# lus_train FAMILY: the whole body of train_<family>.sh.
+#   CONFIG (default configs/<family>.yaml), RUN_DIR (default runs/<family>-$SLURM_JOB_ID),
+#   DATA (-> data.root=$DATA), remaining arguments are dotted overrides.
+lus_train() {
+    local family="$1"
+    local config="${CONFIG:-configs/$family.yaml}"
+    local run_dir="${RUN_DIR:-runs/$family-${SLURM_JOB_ID:-local}}"
+    local extra=()
+    [[ -n "${DATA:-}" ]] && extra+=("data.root=$DATA")
+    lus_torchrun_cmd train "$family" --config "$config" --run-dir "$run_dir" --resume auto \
+        "${extra[@]}" "${LUS_ARGS[@]}"
+    lus_step "${LUS_CMD[@]}"
+}
