@@ -149,6 +149,49 @@ def seg_metrics(summary: Mapping) -> dict | None:
     return out
 
 
+# ---------------------------------------------------------------- localisation
+def box_coverage(boxes: np.ndarray, masks: np.ndarray, marker_ids: Sequence[int]) -> np.ndarray:
+    """Fraction of each frame's marker pixels inside its box (N,4 x0,y0,x1,y1, pixel edges);
+    NaN for frames without markers. Pixel (r, c) is inside when its centre is."""
+    masks = np.asarray(masks)
+    n, h, w = masks.shape
+    rows, cols = np.arange(h)[None, :] + 0.5, np.arange(w)[None, :] + 0.5
+    b = np.asarray(boxes, np.float64).reshape(n, 4)
+    in_r = (rows >= b[:, 1:2]) & (rows < b[:, 3:4])            # (N, H)
+    in_c = (cols >= b[:, 0:1]) & (cols < b[:, 2:3])            # (N, W)
+    marker = np.isin(masks, list(marker_ids))
+    inside = (marker & in_r[:, :, None] & in_c[:, None, :]).sum((1, 2))
+    total = marker.sum((1, 2))
+    return np.where(total > 0, inside / np.maximum(total, 1), np.nan)
+
+
+def random_boxes_like(boxes: np.ndarray, height: int, width: int, draws: int,
+                      rng: np.random.Generator) -> np.ndarray:
+    """(draws, N, 4): boxes of the same sizes placed uniformly inside the frame (clipped
+    sizes when a box is larger than the frame): the chance baseline for localisation."""
+    b = np.asarray(boxes, np.float64)
+    bw = np.minimum(b[:, 2] - b[:, 0], width)
+    bh = np.minimum(b[:, 3] - b[:, 1], height)
+    x0 = rng.uniform(0, 1, (draws, len(b))) * (width - bw)
+    y0 = rng.uniform(0, 1, (draws, len(b))) * (height - bh)
+    return np.stack([x0, y0, x0 + bw, y0 + bh], -1)
+
+
+def localisation_vs_random(boxes: np.ndarray, masks: np.ndarray, marker_ids: Sequence[int],
+                           hit: float = 0.5, draws: int = 200, seed: int = 0) -> dict[str, float]:
+    """How often the STN crop holds >= `hit` of the markers, against same-size random boxes."""
+    cov = box_coverage(boxes, masks, marker_ids)
+    ok = ~np.isnan(cov)
+    if not ok.any():
+        return {"frames": 0}
+    h, w = masks.shape[1:]
+    rnd = random_boxes_like(np.asarray(boxes)[ok], h, w, draws, np.random.default_rng(seed))
+    rcov = np.stack([box_coverage(r, masks[ok], marker_ids) for r in rnd])
+    return {"frames": int(ok.sum()), "stn_hit_rate": float((cov[ok] >= hit).mean()),
+            "random_hit_rate": float((rcov >= hit).mean()),
+            "stn_mean_coverage": float(cov[ok].mean()), "random_mean_coverage": float(rcov.mean())}
+
+
 # ---------------------------------------------------------------- writing
 def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_").lower() or "table"
@@ -201,7 +244,7 @@ def confusion_and_roc(rep: Report, stem: str, y: np.ndarray, probs: np.ndarray,
                             f"{what}: ROC"), f"{what} ROC")
 
 
-__all__ = ["RunInfo", "Report", "ReportError", "load_run", "frame_scores", "frame_scores_of",
+__all__ = ["box_coverage", "random_boxes_like", "localisation_vs_random", "RunInfo", "Report", "ReportError", "load_run", "frame_scores", "frame_scores_of",
            "video_folds_of", "aggregate_for", "read_aggregate_dir", "cnnlstm_metrics",
            "seg_metrics", "confusion_and_roc", "frame_table", "video_table", "seg_table",
            "cnnlstm_table", "MASK_CLASSES", "SCORE_CLASSES", "VIDEO_CLASSES"]

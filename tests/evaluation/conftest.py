@@ -1,0 +1,66 @@
+"""Phantom runs shared by the evaluation tests: trained once per session by the real engine.
+
+Each fixture runs the commands a user types (`lus prep phantom`, `lus prep pack`,
+`lus train ...`) as subprocesses, CI-sized (64 px, a few epochs).
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SIZE = 64
+
+
+def lus(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu", RAY_USAGE_STATS_ENABLED="0")
+    proc = subprocess.run([sys.executable, "-m", "lus", *args], capture_output=True, text=True,
+                          env=env, timeout=timeout)
+    return proc
+
+
+def lus_ok(*args: str) -> subprocess.CompletedProcess:
+    proc = lus(*args)
+    assert proc.returncode == 0, f"lus {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+@pytest.fixture(scope="session")
+def phantom(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("phantom")
+    lus_ok("prep", "phantom", "--out", str(root / "raw"), "--seed", "0")
+    lus_ok("prep", "pack", "--layout", "iclus", "--src", str(root / "raw" / "iclus"),
+           "--out", str(root / "shards"), "--size", str(SIZE), "--workers", "1", "--quiet")
+    return root
+
+
+COMMON = ("logging.progress=plain", "logging.tensorboard=false", "seed=0")
+
+
+@pytest.fixture(scope="session")
+def regstn_run(phantom) -> Path:
+    run = phantom / "runs" / "regstn"
+    lus_ok("train", "regstn", "--run-dir", str(run), f"data.root={phantom / 'shards'}",
+           "model.name=regstn_fixed", "train.epochs=4", "data.batch_size=16",
+           "schedule.milestones=[3]", "viz_frames=0", "predict_splits=[train,test]", *COMMON)
+    return run
+
+
+@pytest.fixture(scope="session")
+def seg_run(phantom) -> Path:
+    run = phantom / "runs" / "seg"
+    lus_ok("train", "seg", "--run-dir", str(run), f"data.root={phantom / 'shards'}",
+           "train.epochs=6", "data.batch_size=16", "optim.lr=3e-3", "schedule.milestones=[5]",
+           *COMMON)
+    return run
+
+
+@pytest.fixture(scope="session")
+def cnnlstm_run(phantom) -> Path:
+    run = phantom / "runs" / "cnnlstm"
+    lus_ok("train", "cnnlstm", "--run-dir", str(run), f"data.root={phantom / 'shards'}",
+           "train.epochs=2", "data.clip_len=4", "data.batch_size=4", *COMMON)
+    return run
