@@ -19,12 +19,12 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Subset
 
-from hpc import World, device_for, init_distributed, world_from_env
-from lus_dist.config import ConfigError, save_config
+from hpc import World, destroy_distributed, device_for, init_distributed, world_from_env
+from lus_dist.config import ConfigError, save_config, to_dict
 from lus_dist.shards.partition import class_balanced_weights, split_even
 from lus_dist.shards.sampler import DistributedShardSampler
 
-from .checkpoint import unwrap
+from .checkpoint import Checkpointer, Progress, find_resume, unwrap
 from .config import RunConfig
 
 
@@ -319,3 +319,56 @@ def write_frame_predictions(path: Path, pred: dict[str, np.ndarray], ds, split: 
         hospital_id=videos["hospital_id"][v], frame_index=pred["frame"],
         frame_score=pred["score"], video_score=videos["video_score"][v],
         video_label=videos["label"][v], split=np.full(len(v), split), class_names=SCORE_CLASSES)
+
+
+# ---------------------------------------------------------------- the run's life cycle
+
+def micro_step(fit: Fit, micro: int, loss_fn) -> tuple[bool, torch.Tensor, dict[str, float]]:
+    """Forward (autocast) + backward of one micro-batch; True when the optimizer stepped.
+    `loss_fn()` runs the model and returns (loss, parts)."""
+    with fit.sync_context(micro):
+        with fit.autocast():
+            loss, parts = loss_fn()
+        stepped = fit.backward(loss, micro)
+    return stepped, loss, parts
+
+
+def checkpointer(cfg: RunConfig, session: Session) -> Checkpointer:
+    w = session.world
+    return Checkpointer(session.run_dir / "checkpoints", w.rank, w.world_size, cfg.checkpoint.keep)
+
+
+def resume(ckpt: Checkpointer, fit: Fit, sampler, spec: str | None) -> tuple[Progress, Path | None]:
+    """Restore the newest valid (or the given) checkpoint; a fresh Progress if there is none."""
+    path = find_resume(ckpt.dir, spec)
+    if path is None:
+        return Progress(), None
+    progress, sampler_state, _ = ckpt.load(path, model=fit.model, optimizer=fit.optimizer,
+                                           scheduler=fit.scheduler, ds_engine=fit.engine)
+    sampler.load_state_dict(sampler_state)
+    return progress, path
+
+
+def save(ckpt: Checkpointer, fit: Fit, sampler, progress: Progress, cfg: RunConfig) -> Path:
+    """Checkpoint the whole state; the sampler position is what the loop consumed."""
+    sync_buffers(fit)
+    consumed = progress.step_in_epoch * cfg.optim.grad_accum * cfg.data.batch_size
+    return ckpt.save(progress, model=fit.model, optimizer=fit.optimizer, scheduler=fit.scheduler,
+                     sampler_state=sampler.state_dict(consumed=consumed), config=to_dict(cfg),
+                     ds_engine=fit.engine)
+
+
+def after_step(ckpt: Checkpointer, fit: Fit, sampler, progress: Progress, cfg: RunConfig,
+               preempt) -> bool:
+    """Step-boundary duties: agree on preemption, checkpoint if due; True means stop now."""
+    stop = preempt.should_stop()
+    every = cfg.checkpoint.every_steps
+    if stop or (every and progress.global_step % every == 0):
+        save(ckpt, fit, sampler, progress, cfg)
+    return stop
+
+
+def finish(log, code: int = 0) -> int:
+    log.close()
+    destroy_distributed()
+    return code

@@ -12,15 +12,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hpc import REQUEUE_EXIT_CODE, PreemptionFlag, destroy_distributed
-from lus_dist.config import to_dict
+from hpc import REQUEUE_EXIT_CODE, PreemptionFlag
 from lus_dist.losses import frame_loss
 from lus_dist.metrics import frame_metrics
 from lus_dist.models import build_frame_model, draw_boxes, stn_boxes
 from lus_dist.shards.format import SCORE_CLASSES
 
 from . import common as C
-from .checkpoint import Checkpointer, Progress, find_resume, load_best, save_best, unwrap
+from .checkpoint import load_best, save_best, unwrap
 from .config import RegSTNConfig
 from .logging import RunLogger
 
@@ -70,7 +69,8 @@ def run(cfg: RegSTNConfig, run_dir: Path, resume: str | None = None) -> int:
     session = C.start(cfg, run_dir)
     world = session.world
     train_ds = C.open_split(cfg, cfg.data.train_split, mode="frame")
-    val_ds = C.open_split(cfg, cfg.data.val_split or cfg.data.test_split, mode="frame")
+    val_split = cfg.data.val_split or cfg.data.test_split
+    val_ds = C.open_split(cfg, val_split, mode="frame")
     channels, height, width = train_ds[0]["image"].shape
     model = build_frame_model(cfg.model.name, in_channels=channels, num_classes=len(SCORE_CLASSES),
                               image_size=(height, width), **cfg.model.kwargs)
@@ -78,24 +78,12 @@ def run(cfg: RegSTNConfig, run_dir: Path, resume: str | None = None) -> int:
     fit = C.build_fit(model, cfg, session)
     loader, sampler = C.train_loader(train_ds, train_ds.frame_scores, cfg, world)
     n_steps = C.steps_per_epoch(loader, cfg)
-
-    ckpt = Checkpointer(run_dir / "checkpoints", world.rank, world.world_size, cfg.checkpoint.keep)
-    progress = Progress()
-    path = find_resume(ckpt.dir, resume)
-    if path is not None:
-        progress, sampler_state, _ = ckpt.load(path, model=fit.model, optimizer=fit.optimizer,
-                                               scheduler=fit.scheduler, ds_engine=fit.engine)
-        sampler.load_state_dict(sampler_state)
+    ckpt = C.checkpointer(cfg, session)
+    progress, resumed = C.resume(ckpt, fit, sampler, resume)
     log = RunLogger(run_dir, world.rank, cfg.logging, purge_step=progress.global_step or None)
-    log.info(f"Reg-STN {cfg.model.name}: {len(train_ds)} train / {len(val_ds)} val frames, "
+    log.info(f"Reg-STN {cfg.model.name}: {len(train_ds)} train / {len(val_ds)} {val_split} frames, "
              f"{world.world_size} rank(s) on {session.device}, {n_steps} steps/epoch"
-             + (f", resumed from {path.name}" if path else ""))
-
-    def save() -> None:
-        consumed = progress.step_in_epoch * cfg.optim.grad_accum * cfg.data.batch_size
-        ckpt.save(progress, model=fit.model, optimizer=fit.optimizer, scheduler=fit.scheduler,
-                  sampler_state=sampler.state_dict(consumed=consumed), config=to_dict(cfg),
-                  ds_engine=fit.engine)
+             + (f", resumed from {resumed.name}" if resumed else ""))
 
     samples, t_train = 0, time.time()
     with PreemptionFlag() as preempt:
@@ -107,30 +95,21 @@ def run(cfg: RegSTNConfig, run_dir: Path, resume: str | None = None) -> int:
                 if progress.step_in_epoch >= n_steps:
                     break
                 b = C.to_device(batch, session.device, cfg.model.channels_last)
-                with fit.sync_context(micro):
-                    with fit.autocast():
-                        out = fit.model(b["image"].to(fit.input_dtype()))
-                        loss, parts = frame_loss(out, b["score"], cfg.loss)
-                    stepped = fit.backward(loss, micro)
+                x = b["image"].to(fit.input_dtype())
+                stepped, loss, parts = C.micro_step(
+                    fit, micro, lambda: frame_loss(fit.model(x), b["score"], cfg.loss))
                 micro += 1
-                samples += len(b["image"])
+                samples += len(x)
                 if not stepped:
                     continue
                 progress.step_in_epoch += 1
                 progress.global_step += 1
                 log.step(epoch, progress.global_step,
                          {"loss": loss.item(), **parts, "lr": fit.optimizer.param_groups[0]["lr"]})
-                stop = preempt.should_stop()
-                every = cfg.checkpoint.every_steps
-                if stop or (every and progress.global_step % every == 0):
-                    C.sync_buffers(fit)
-                    save()
-                if stop:
+                if C.after_step(ckpt, fit, sampler, progress, cfg, preempt):
                     log.info(f"preempted at step {progress.global_step}: checkpoint saved, "
                              f"exit {REQUEUE_EXIT_CODE} to be requeued")
-                    log.close()
-                    destroy_distributed()
-                    return REQUEUE_EXIT_CODE
+                    return C.finish(log, REQUEUE_EXIT_CODE)
             fit.scheduler.step()
             C.sync_buffers(fit)
             val = scores(evaluate(fit, val_ds, cfg, session))
@@ -142,18 +121,16 @@ def run(cfg: RegSTNConfig, run_dir: Path, resume: str | None = None) -> int:
                                                     if k in ("accuracy", BEST_METRIC)})
             if world.rank == 0 and cfg.viz_frames > 0 and hasattr(unwrap(fit.model), "transforms"):
                 stn_grid(fit.model, val_ds, cfg.viz_frames, run_dir / "viz" / f"epoch-{epoch:03d}.png")
-            save()
+            C.save(ckpt, fit, sampler, progress, cfg)
             if preempt.should_stop():
-                log.close()
-                destroy_distributed()
-                return REQUEUE_EXIT_CODE
+                return C.finish(log, REQUEUE_EXIT_CODE)
     train_s = time.time() - t_train
     digests = C.all_digests(fit.model)
+
     load_best(fit.model, run_dir)
     results = {}
     for split in dict.fromkeys([*cfg.predict_splits, cfg.data.test_split]):
-        ds = val_ds if split == (cfg.data.val_split or cfg.data.test_split) else \
-            C.open_split(cfg, split, mode="frame")
+        ds = val_ds if split == val_split else C.open_split(cfg, split, mode="frame")
         pred = evaluate(fit, ds, cfg, session)
         results[split] = scores(pred)
         if split in cfg.predict_splits and world.rank == 0:
@@ -162,12 +139,11 @@ def run(cfg: RegSTNConfig, run_dir: Path, resume: str | None = None) -> int:
         C.write_json(run_dir / "summary.json", {
             "family": "regstn", "name": cfg.name, "model": cfg.model.name,
             "epochs": cfg.train.epochs, "global_step": progress.global_step,
-            "best_epoch": progress.best_epoch, f"best_val_{BEST_METRIC}": progress.best_metric,
-            "test": results.get(cfg.data.test_split, {}), "splits": results,
+            "best_epoch": progress.best_epoch, f"best_{val_split}_{BEST_METRIC}": progress.best_metric,
+            "best_selected_on": val_split, "test": results[cfg.data.test_split], "splits": results,
             "param_digests": digests, "world_size": world.world_size, "backend": cfg.dist.backend,
-            "train_seconds": train_s, "train_samples_per_s": samples * world.world_size / max(train_s, 1e-9),
+            "train_seconds": train_s,
+            "train_samples_per_s": samples * world.world_size / max(train_s, 1e-9),
             "wall_seconds": time.time() - t_start})
     log.info(f"done: test {BEST_METRIC}={results[cfg.data.test_split][BEST_METRIC]:.4f}")
-    log.close()
-    destroy_distributed()
-    return 0
+    return C.finish(log)
