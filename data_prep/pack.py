@@ -200,7 +200,7 @@ def _append(f: h5py.File, name: str, data: np.ndarray, compression: str | None) 
 
 
 def _write_video(f, v: int, video: LoadedVideo, plan: Manifest, pre, comp) -> int:
-    frames = np.stack([fmt.preprocess_frame(x, pre) for x in video.frames])
+    frames = fmt.preprocess_clip(video.frames, pre)
     t = len(frames)
     _append(f, fmt.DS_FRAMES, frames, comp)
     _append(f, fmt.DS_SCORES, np.asarray(video.frame_scores, np.int16), comp)

@@ -94,8 +94,8 @@ ASPECTS = ("pad", "crop", "stretch")
 class Preprocessing:
     """How source frames become stored frames; saved in the manifest and every shard.
 
-    aspect: "pad" (default) zero-pads the shorter side to a centred square before resizing,
-    so the ultrasound fan keeps its geometry; "crop" takes the centred square (loses the
+    aspect: "pad" (default) scales the longer side to `size` and zero-pads the shorter one
+    (centred), so the ultrasound fan keeps its geometry; "crop" takes the centred square (loses the
     sides of wide clips); "stretch" resizes non-uniformly. Downscaling uses area averaging
     (no aliasing of speckle), upscaling bilinear; masks always nearest-neighbour so class
     ids stay valid. channels=1 keeps grayscale as one channel (RGB-coded grayscale with equal
@@ -116,47 +116,54 @@ class Preprocessing:
         return asdict(self)
 
 
-def _square(img: np.ndarray, aspect: str) -> np.ndarray:
+def _fit(img: np.ndarray, pre: Preprocessing, interpolation: int | None) -> np.ndarray:
+    """Crop (a view) or resize-then-place (no full-size padded copy) to size x size."""
+    import cv2
     h, w = img.shape[:2]
-    if aspect == "stretch" or h == w:
-        return img
-    if aspect == "crop":
+    if pre.aspect == "crop" and h != w:
         side = min(h, w)
-        top, left = (h - side) // 2, (w - side) // 2
-        return img[top:top + side, left:left + side]
-    side = max(h, w)
-    out = np.zeros((side, side) + img.shape[2:], dtype=img.dtype)
-    top, left = (side - h) // 2, (side - w) // 2
-    out[top:top + h, left:left + w] = img
+        img = img[(h - side) // 2:(h - side) // 2 + side, (w - side) // 2:(w - side) // 2 + side]
+        h = w = side
+    if interpolation is None:
+        interpolation = cv2.INTER_AREA if min(h, w) >= pre.size else cv2.INTER_LINEAR
+    if pre.aspect != "pad" or h == w:
+        return cv2.resize(np.ascontiguousarray(img), (pre.size, pre.size), interpolation=interpolation)
+    scale = pre.size / max(h, w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    small = cv2.resize(np.ascontiguousarray(img), (nw, nh), interpolation=interpolation)
+    out = np.zeros((pre.size, pre.size) + img.shape[2:], dtype=img.dtype)
+    top, left = (pre.size - nh) // 2, (pre.size - nw) // 2
+    out[top:top + nh, left:left + nw] = small.reshape((nh, nw) + img.shape[2:])
     return out
 
 
-def _to_channels(img: np.ndarray, channels: int) -> np.ndarray:
+def _to_channels(clip: np.ndarray, channels: int) -> np.ndarray:
+    """(T,S,S[,3]) -> (T,S,S,channels), decided once per clip so a clip is consistent."""
     import cv2
-    if img.ndim == 2:
-        img = img[:, :, None]
-    if img.shape[2] == channels:
-        return img
+    if clip.ndim == 3:
+        clip = clip[..., None]
+    if clip.shape[-1] == channels:
+        return clip
     if channels == 3:
-        return np.repeat(img, 3, axis=2)
-    if (img[:, :, :1] == img).all():   # RGB-coded grayscale: exact, no rounding
-        return img[:, :, :1]
-    return cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2GRAY)[:, :, None]
+        return np.repeat(clip, 3, axis=-1)
+    if (clip[..., :1] == clip).all():   # RGB-coded grayscale: exact, no rounding
+        return np.ascontiguousarray(clip[..., :1])
+    return np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in clip])[..., None]
+
+
+def preprocess_clip(frames: np.ndarray, pre: Preprocessing) -> np.ndarray:
+    """uint8 (T,H,W) or (T,H,W,3) -> uint8 (T, size, size, channels). Resizing comes before
+    the channel conversion: same result for grayscale, far less memory traffic for big RGB."""
+    small = np.stack([_fit(np.asarray(f, dtype=np.uint8), pre, None) for f in frames])
+    return _to_channels(small, pre.channels)
 
 
 def preprocess_frame(img: np.ndarray, pre: Preprocessing) -> np.ndarray:
     """uint8 (H,W) or (H,W,3) -> uint8 (size, size, channels)."""
-    import cv2
-    img = _to_channels(np.asarray(img, dtype=np.uint8), pre.channels)
-    img = _square(img, pre.aspect)
-    down = img.shape[0] >= pre.size and img.shape[1] >= pre.size
-    out = cv2.resize(img, (pre.size, pre.size),
-                     interpolation=cv2.INTER_AREA if down else cv2.INTER_LINEAR)
-    return out.reshape(pre.size, pre.size, pre.channels)
+    return preprocess_clip(np.asarray(img)[None], pre)[0]
 
 
 def preprocess_mask(mask: np.ndarray, pre: Preprocessing) -> np.ndarray:
     """uint8 class-id mask (H,W) -> (size, size), nearest-neighbour so ids stay ids."""
     import cv2
-    sq = _square(np.asarray(mask, dtype=np.uint8), pre.aspect)
-    return cv2.resize(sq, (pre.size, pre.size), interpolation=cv2.INTER_NEAREST)
+    return _fit(np.asarray(mask, dtype=np.uint8), pre, cv2.INTER_NEAREST)
