@@ -65,4 +65,5 @@ from .seg import SEG_ARCHS, build_seg_model  # noqa: E402
 from .cnnlstm import CNNLSTM, CNNLSTMConfig, extract_features  # noqa: E402
 
 __all__ = ["FrameOutput", "load_weights_file", "FRAME_MODELS", "build_frame_model",
-           "stn_boxes", "draw_boxes", "SEG_ARCHS", "build_seg_model", "CNNLSTM", "CNNLSTMConfig", "extract_features"]
+           "stn_boxes", "draw_boxes", "SEG_ARCHS", "build_seg_model", "CNNLSTM",
+           "CNNLSTMConfig", "extract_features"]
