@@ -201,20 +201,27 @@ def slide_offset(params: VideoParams, t: float) -> float:
 
 def _speckle_texture(params: VideoParams) -> np.ndarray:
     """Complex Gaussian field in beam coordinates, 2x wide so the lung can slide over it."""
-    return _complex_noise(np.random.default_rng(params.speckle_seed), params.size, 2 * params.size)
+    return _complex_noise(np.random.default_rng(params.speckle_seed), params.size, 2 * params.size, params.size)
 
 
-@lru_cache(maxsize=1)
-def _blur_gain() -> float:
+def _grain(size: int) -> tuple[float, float]:
+    """Speckle grain (lateral, axial sigma in pixels): a fixed fraction of the field, so a
+    phantom looks the same at any size, as a real clip does after downsampling."""
+    return 1.4 * size / 128, 0.9 * size / 128
+
+
+@lru_cache(maxsize=16)
+def _blur_gain(size: int) -> float:
     """Std of unit white noise after the speckle blur (measured once, fixed sample)."""
-    z = np.random.default_rng(0).standard_normal((256, 256, 2), dtype=np.float32)
-    return float(cv2.GaussianBlur(z, (0, 0), sigmaX=1.1, sigmaY=0.7)[8:-8, 8:-8].std())
+    z = np.random.default_rng(0).standard_normal((2 * size, 2 * size, 2), dtype=np.float32)
+    sx, sy = _grain(size)
+    return float(cv2.GaussianBlur(z, (0, 0), sigmaX=sx, sigmaY=sy)[16:-16, 16:-16].std())
 
 
-def _complex_noise(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+def _complex_noise(rng: np.random.Generator, h: int, w: int, size: int) -> np.ndarray:
     z = rng.standard_normal((h, w, 2), dtype=np.float32)
-    # Anisotropic blur: speckle grains are longer laterally than axially.
-    return cv2.GaussianBlur(z, (0, 0), sigmaX=1.1, sigmaY=0.7) * np.float32(1 / _blur_gain())
+    sx, sy = _grain(size)   # anisotropic: speckle grains are longer laterally than axially
+    return cv2.GaussianBlur(z, (0, 0), sigmaX=sx, sigmaY=sy) * np.float32(1 / _blur_gain(size))
 
 
 def _speckle(params: VideoParams, g: Geometry, u_tex: np.ndarray, texture: np.ndarray,
@@ -284,7 +291,8 @@ def render(params: VideoParams, scene: Scene, t: float, texture: np.ndarray | No
     g = geometry(params.probe, params.size)
     texture = _speckle_texture(params) if texture is None else texture
     if fresh is None:
-        fresh = _complex_noise(np.random.default_rng([params.speckle_seed, int(t)]), params.size, params.size)
+        fresh = _complex_noise(np.random.default_rng([params.speckle_seed, int(t)]), params.size, params.size,
+                               params.size)
     ul = g.u - slide_offset(params, t)
     pd = _pleura_depth(scene, params, ul)
     gap = np.zeros(g.d.shape, bool)
@@ -332,7 +340,7 @@ def render_clip(rng: np.random.Generator, frame_scores, label: int, params: Vide
     scenes, idx = segment_scenes(rng, frame_scores, label, params)
     texture = _speckle_texture(params)
     # Per-frame speckle decorrelation: shifted copies of one field (cheaper than fresh noise).
-    churn = _complex_noise(np.random.default_rng([params.speckle_seed, 2]), params.size, params.size)
+    churn = _complex_noise(np.random.default_rng([params.speckle_seed, 2]), params.size, params.size, params.size)
     frames = np.empty((len(frame_scores), params.size, params.size), np.uint8)
     masks = np.empty_like(frames)
     for t, k in enumerate(idx):
