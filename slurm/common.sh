@@ -55,8 +55,11 @@ lus_run() {
 lus_rdzv() {
     local nodelist="${SLURM_JOB_NODELIST:-localhost}"
     LUS_NNODES="${SLURM_NNODES:-${SLURM_JOB_NUM_NODES:-1}}"
-    LUS_MASTER_ADDR="$(scontrol show hostnames "$nodelist" 2>/dev/null | head -n1 || true)"
-    if [[ -z "$LUS_MASTER_ADDR" ]]; then  # no scontrol (dry run on a laptop): same parser in python
+    LUS_MASTER_ADDR=""
+    if [[ "$DRY_RUN" != 1 ]]; then  # a dry run must not wait for (or look up) a controller
+        LUS_MASTER_ADDR="$(scontrol show hostnames "$nodelist" 2>/dev/null | head -n1 || true)"
+    fi
+    if [[ -z "$LUS_MASTER_ADDR" ]]; then  # dry run, or no scontrol: the same parser in python
         LUS_MASTER_ADDR="$("$LUS_PY" -c 'import sys; from hpc.world import expand_nodelist
 print(expand_nodelist(sys.argv[1])[0])' "$nodelist")"
     fi
@@ -108,6 +111,27 @@ lus_step() {
     fi
     echo "lus: step finished with exit code $rc"
     return "$rc"
+}
+
+# lus_prep_submit TASKS SCRIPT: submit SCRIPT as a TASKS-array (LUS_PREP_STAGE=pack) and a
+# finalize job (LUS_PREP_STAGE=finalize) that runs only if every task succeeded; a failed
+# task cancels it (--kill-on-invalid-dep=yes) instead of leaving it pending forever.
+lus_prep_submit() {
+    local tasks="$1" script="$2" extra=() array_id fin_id
+    read -r -a extra <<< "${SBATCH_ARGS:-}"
+    local array_cmd=(sbatch --parsable --array="0-$((tasks - 1))" "${extra[@]}"
+                     --export="ALL,LUS_PREP_STAGE=pack,LUS_ROOT=$LUS_ROOT" "$script" "${LUS_ARGS[@]}")
+    local fin_cmd=(sbatch --parsable --kill-on-invalid-dep=yes "${extra[@]}"
+                   --export="ALL,LUS_PREP_STAGE=finalize,LUS_ROOT=$LUS_ROOT" "$script")
+    if [[ "$DRY_RUN" == 1 ]]; then
+        lus_run "${array_cmd[@]}"
+        lus_run "${fin_cmd[0]}" "${fin_cmd[1]}" --dependency=afterok:ARRAY_JOB_ID "${fin_cmd[@]:2}"
+        return 0
+    fi
+    array_id="$("${array_cmd[@]}")"
+    array_id="${array_id%%;*}"
+    fin_id="$("${fin_cmd[0]}" "${fin_cmd[1]}" --dependency="afterok:$array_id" "${fin_cmd[@]:2}")"
+    echo "lus: pack array job ${array_id} (${tasks} tasks), finalize job ${fin_id%%;*} (afterok)"
 }
 
 # lus_train FAMILY: the whole body of train_<family>.sh.

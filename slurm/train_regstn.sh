@@ -8,7 +8,7 @@
 #
 # Environment: CONFIG, DATA, RUN_DIR (resumed with --resume auto after a requeue), LUS_PYTHON
 # or VIRTUAL_ENV, NPROC_PER_NODE / CPU_PROCS_PER_NODE, MAX_RESTARTS. Arguments: key=value overrides.
-# Edit the defaults or override them on the sbatch command line:
+# The output directory (logs/) must exist. Edit the defaults or override them on the command line:
 #SBATCH --job-name=lus-regstn
 #SBATCH --nodes=1
 #SBATCH --ntasks-per-node=1
@@ -22,8 +22,8 @@
 set -euo pipefail
 
 # sbatch runs a copy of this file: find the project from the submitted path, else from here.
-if [[ -z "${LUS_ROOT:-}" && -n "${SLURM_JOB_ID:-}" ]]; then
-    LUS_ROOT="$(scontrol show job "$SLURM_JOB_ID" | sed -n 's/.*Command=\([^ ]*\)\/slurm\/[^/ ]*.*/\1/p')"
+if [[ -z "${LUS_ROOT:-}" && -n "${SLURM_JOB_ID:-}" && "${DRY_RUN:-0}" != 1 && " $* " != *" --dry-run "* ]]; then
+    LUS_ROOT="$(scontrol show job "$SLURM_JOB_ID" 2>/dev/null | sed -n 's/.*Command=\([^ ]*\)\/slurm\/[^/ ]*.*/\1/p' || true)"
 fi
 LUS_ROOT="${LUS_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}"
 # shellcheck source=slurm/common.sh
