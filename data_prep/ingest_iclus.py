@@ -22,7 +22,7 @@ naming the file and the columns.
 from __future__ import annotations
 
 import ast
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +31,7 @@ import pandas as pd
 from data_prep.records import IngestReport, LoadedVideo, VideoSource
 from data_prep.video_io import (MediaError, natural_key, image_shape, is_video_file, read_image,
                                 read_video, to_gray_if_equal)
+from lus_dist.config import load_config
 from lus_dist.shards.format import MASK_CLASSES, SCORE_CLASSES, UNKNOWN, VIDEO_CLASSES
 
 TABLE_NAMES = ("dataset.csv", "dataset.parquet", "dataset.xlsx", "dataset.pkl")
@@ -271,7 +272,7 @@ def _present(value) -> bool:
 
 
 def _one(group: pd.DataFrame, col: str, what: str, name: str) -> tuple[str | None, str | None]:
-    values = sorted(set(group[col].astype(str)))
+    values = sorted({str(v).strip() if _present(v) else "unknown" for v in group[col]})
     if len(values) != 1:
         return None, f"video {name!r} has several {what} values {values} (duplicate video id?)"
     return values[0], None
@@ -319,32 +320,40 @@ def _check_files(frames: list[Path], masks: list[Path | None], name: str) -> str
     return None
 
 
-def _build_source(root: Path, table: Path, name: str, group: pd.DataFrame, cols: ICLUSColumns,
-                  splits: dict, vscores: dict) -> tuple[VideoSource | None, str | None]:
-    group, err = _order(group, cols, name)
-    ids = {}
+def _video_meta(group: pd.DataFrame, cols: ICLUSColumns, name: str, vscores: dict):
+    """(ids, frame scores, label, video score) of one video, or the reason to skip it."""
+    ids, err = {}, None
     for col, what in ((cols.patient, "patient"), (cols.hospital, "hospital"), (cols.probe, "probe")):
-        ids[what], err2 = _one(group, col, what, name)
-        err = err or err2
-    scores, err3 = _frame_scores(group, cols, name)
-    err = err or err3
+        ids[what], e = _one(group, col, what, name)
+        err = err or e
+    scores, e = _frame_scores(group, cols, name)
+    err = err or e
     label = UNKNOWN
     if cols.diagnosis in group.columns:
         labels = {diagnosis_label(v) for v in group[cols.diagnosis]}
         if None in labels or len(labels) > 1:
-            err = err or f"video {name!r}: diagnosis {sorted(set(map(str, group[cols.diagnosis])))} " \
-                         f"is not one of {VIDEO_CLASSES} (or differs between frames)"
+            err = err or (f"video {name!r}: diagnosis {sorted(set(map(str, group[cols.diagnosis])))} "
+                          f"is not one of {VIDEO_CLASSES} (or differs between frames)")
         label = labels.pop() if len(labels) == 1 else UNKNOWN
-    vscore = vscores.get(name, UNKNOWN)
+    vscore = vscores.get(name, vscores.get(Path(name).stem, UNKNOWN))
     if vscore == "conflict" or (vscore != UNKNOWN and not 0 <= vscore < len(SCORE_CLASSES)):
         err = err or f"video {name!r}: video score {vscore!r} in {cols.video_sheet} is not in 0..3"
-    if err:
-        return None, err
+    return (ids, scores, label, vscore), err
+
+
+def _column(group: pd.DataFrame, col: str) -> list:
+    return list(group[col]) if col in group.columns else [None] * len(group)
+
+
+def _build_source(root: Path, table: Path, name: str, group: pd.DataFrame, cols: ICLUSColumns,
+                  splits: dict, vscores: dict) -> tuple[VideoSource | None, str | None]:
+    group, err = _order(group, cols, name)
+    (ids, scores, label, vscore), err2 = _video_meta(group, cols, name, vscores)
+    if err or err2:
+        return None, err or err2
     frames = [_resolve(root, cols.frames_dir, v) for v in group[cols.frame]]
-    masks = [_resolve(root, cols.masks_dir, v) if _present(v) else None
-             for v in (group[cols.mask] if cols.mask in group.columns else [None] * len(group))]
-    indices = [int(i) if _present(i) else None
-               for i in (group[cols.frame_index] if cols.frame_index in group.columns else [None] * len(group))]
+    masks = [_resolve(root, cols.masks_dir, v) if _present(v) else None for v in _column(group, cols.mask)]
+    indices = [int(i) if _present(i) else None for i in _column(group, cols.frame_index)]
     if any(is_video_file(f) and i is None for f, i in zip(frames, indices)):
         return None, f"video {name!r}: frames come from a video file but column {cols.frame_index!r} is empty"
     err = _check_files(frames, masks, name)
@@ -355,7 +364,7 @@ def _build_source(root: Path, table: Path, name: str, group: pd.DataFrame, cols:
     extra = {"split": splits.get(ids["patient"]), "n_frames": len(frames),
              "masked_frames": sum(m is not None for m in masks)}
     return VideoSource(video_id=name, patient_id=ids["patient"], hospital_id=ids["hospital"],
-                       probe=ids["probe"].strip().lower(), label=label, video_score=int(vscore),
+                       probe=ids["probe"].lower(), label=label, video_score=int(vscore),
                        source=f"{table}#{cols.video}={name}", loader=loader, extra=extra), None
 
 
@@ -382,10 +391,7 @@ def ingest_iclus(root, table=None, columns: ICLUSColumns | None = None,
     return report
 
 
-def columns_from_dict(values: dict) -> ICLUSColumns:
-    """ICLUSColumns from a plain mapping (e.g. a YAML section), rejecting unknown keys."""
-    known = {f.name for f in fields(ICLUSColumns)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise IngestError(f"unknown ICLUS column setting(s) {unknown}; known: {sorted(known)}")
-    return ICLUSColumns(**values)
+def load_columns(path=None, overrides: list[str] | None = None) -> ICLUSColumns:
+    """ICLUSColumns from a YAML file and/or `key=value` overrides (the lus_dist.config
+    rules: unknown keys are errors), e.g. `score=[a1,a2,a3]` for three annotators."""
+    return load_config(ICLUSColumns, path, overrides)

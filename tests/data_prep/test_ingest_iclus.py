@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from data_prep.ingest_iclus import (ICLUSColumns, IngestError, columns_from_dict, combine_scores,
-                                    ingest_iclus, parse_score)
+from data_prep.ingest_iclus import (ICLUSColumns, IngestError, combine_scores,
+                                    ingest_iclus, load_columns, parse_score)
 from data_prep.video_io import MediaError, write_video
 from lus_dist.shards.format import VIDEO_CLASSES
 
@@ -119,9 +119,9 @@ def test_configurable_columns_and_several_annotators(tmp_path):
     assert not report.skipped
     scores = report.sources[0].load().frame_scores.tolist()
     assert scores[:2] == [1, -1], "majority of (3,1,1) is 1; nobody annotated -> -1"
-    assert columns_from_dict({"frame": "frame_file"}).frame == "frame_file"
-    with pytest.raises(IngestError, match="unknown ICLUS column"):
-        columns_from_dict({"fram": "x"})
+    assert load_columns(overrides=["frame=frame_file", "patient=pid", "score=[a1,a2,a3]"]) == cols
+    with pytest.raises(ValueError, match="unknown key.*fram"):
+        load_columns(overrides=["fram=x"])
 
 
 def test_bad_videos_are_skipped_with_reasons_and_the_rest_kept(tmp_path):

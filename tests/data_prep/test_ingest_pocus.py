@@ -4,6 +4,7 @@ from __future__ import annotations
 import pickle
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -64,6 +65,8 @@ def test_bad_files_are_skipped_with_reasons(tmp_path):
     write_video(vids / "linear" / "label_uncertain" / "Pneu_maybe.mp4", clip)
     (vids / "convex" / "Reg_broken.mov").write_bytes(b"garbage" * 100)
     (vids / "convex" / "Reg_empty.mp4").write_bytes(b"")
+    zero = cv2.VideoWriter(str(vids / "convex" / "Pneu_zero.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 10, (16, 16))
+    zero.release()
     (vids / "convex" / "notes.txt").write_text("hello")
     write_video(vids / "Reg_noprobe.mp4", clip)
     report = ingest_pocus(tmp_path)
@@ -75,8 +78,9 @@ def test_bad_files_are_skipped_with_reasons(tmp_path):
     assert "uncertain" in reasons["Pneu_maybe.mp4"]
     assert "Reg_broken.mov" in reasons["Reg_broken.mov"] and "cannot open" in reasons["Reg_broken.mov"]
     assert "Reg_empty.mp4" in reasons["Reg_empty.mp4"]
+    assert "0 decodable frames" in reasons["Pneu_zero.avi"]
     assert "not a video" in reasons["notes.txt"]
-    assert len(report.sources) + len(report.skipped) == 9
+    assert len(report.sources) + len(report.skipped) == 10
     kept = ingest_pocus(tmp_path, viral="pneumonia")
     assert ("Vir_flu", PNEUMONIA) in [(s.video_id, s.label) for s in kept.sources]
     with pytest.raises(IngestError, match="no videos/"):

@@ -1,6 +1,7 @@
 """video_io: every container round-trips, grayscale is detected, bad files get named errors."""
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
@@ -53,7 +54,6 @@ def test_npy_folder_and_single_image(tmp_path):
     for i, f in enumerate(clip):                             # frame_10 must come after frame_2
         np.save(folder / f"frame_{i}.npy", f)
     assert np.array_equal(read_video(folder), clip)
-    import cv2
     cv2.imwrite(str(tmp_path / "still.png"), clip[3])
     assert np.array_equal(read_video(tmp_path / "still.png"), clip[3:4])
     assert image_shape(tmp_path / "still.png") == clip.shape[1:]
@@ -78,6 +78,11 @@ def test_unreadable_empty_and_missing_files_are_named(tmp_path):
     empty.write_bytes(b"")
     with pytest.raises(MediaError, match="empty.avi"):
         read_video(empty)
+    zero = cv2.VideoWriter(str(tmp_path / "zero.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 10, (16, 16), True)
+    zero.release()                                    # a valid container holding no frames
+    for call in (read_video, video_info):
+        with pytest.raises(MediaError, match="zero.avi: the clip has 0 decodable frames"):
+            call(tmp_path / "zero.avi")
     with pytest.raises(MediaError, match="nope.mov.*no such"):
         read_video(tmp_path / "nope.mov")
     with pytest.raises(MediaError, match="unknown clip type"):
