@@ -44,15 +44,15 @@ class TrainStep:
 
 
 def _cnnlstm_default() -> TrainStep:
-    return TrainStep(epochs=10, overrides=[
+    return TrainStep(epochs=8, overrides=[
         "model.kwargs={encoder: small_cnn, lstm_units: 64, dense_units: 64, dropout: 0.3}",
         "data.clip_len=10", "data.batch_size=4", "data.eval_batch_size=8", "optim.lr=1e-3"])
 
 
 def _frame_default() -> TrainStep:
-    return TrainStep(epochs=6, overrides=[
+    return TrainStep(epochs=5, overrides=[
         "model.name=cnn_ce", "data.batch_size=32", "data.eval_batch_size=64",
-        "train.max_steps_per_epoch=40", "optim.lr=1e-3", "schedule.milestones=[]", "viz_frames=0"])
+        "train.max_steps_per_epoch=30", "optim.lr=1e-3", "schedule.milestones=[]", "viz_frames=0"])
 
 
 @dataclass
@@ -352,7 +352,7 @@ def cfg_frame_name(cfg: PocusExperimentConfig) -> str:
 
 # ---------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parser().parse_intermixed_args(argv)
     t0 = time.time()
     overrides = list(args.overrides) + ([f"folds={args.folds}"] if args.folds else [])
     try:

@@ -16,7 +16,8 @@ from lus_dist.shards.format import MASK_CLASSES, SCORE_CLASSES, VIDEO_CLASSES
 from . import plots
 from .report import (Report, ReportError, RunInfo, aggregate_for, cnnlstm_metrics,
                      confusion_and_roc, frame_scores_of, load_run, localisation_vs_random,
-                     read_aggregate_dir, seg_metrics, video_folds_of)
+                     read_aggregate_dir, read_video_predictions, seg_metrics,
+                     video_folds_of)
 from .tables import FrameScores, cnnlstm_table, frame_table, seg_table, video_table
 
 MARKERS = tuple(i for i, c in enumerate(MASK_CLASSES) if c in ("b_line", "consolidation"))
@@ -143,14 +144,24 @@ def seg_section(rep: Report, runs: list[RunInfo]) -> None:
 
 
 def cnnlstm_section(rep: Report, runs: list[RunInfo]) -> None:
-    folds, notes = [], []
+    """One row per run (= per CV fold); figures over the pooled test videos of all runs."""
+    folds, notes, ys, ps = [], [], [], []
     for run in runs:
         m = cnnlstm_metrics(run.summary)
         if m is None:
             notes.append(f"{run.path}/summary.json has no test metrics")
         folds.append(m or {})
+        try:
+            y, p = read_video_predictions(run.path / "predictions" / "test_videos.csv")
+            ys.append(y)
+            ps.append(p)
+        except ReportError as exc:
+            notes.append(str(exc))
     note = "; ".join(notes) or ("" if runs else "no CNN-LSTM run given")
     rep.table(cnnlstm_table(folds, VIDEO_CLASSES, note=note), "cnnlstm_evaluation")
+    if ys and len(np.concatenate(ys)):
+        confusion_and_roc(rep, "cnnlstm", np.concatenate(ys), np.concatenate(ps), VIDEO_CLASSES,
+                          "CNN-LSTM test videos")
 
 
 def evaluate(run_paths: list[str], out: str | None, aggregate: str | None = None,

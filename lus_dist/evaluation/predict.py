@@ -214,17 +214,23 @@ def video_decision(probs: np.ndarray, classes, aggregator: str | None) -> dict:
     out = {"method": "argmax_mean", "mean_probs": dict(zip(classes, map(float, mean)))}
     idx = int(argmax_mean(x, mask)[0])
     if aggregator:
-        model, method = load_aggregator(aggregator, len(classes))
+        model, cfg = load_aggregator(aggregator, list(classes))
         with torch.no_grad():
             scores = model(x, mask)[0]
-        idx, out["method"] = int(scores.argmax()), method
+        idx = int(scores.argmax())
+        out["method"] = f"uninorm {cfg.variant} ({cfg.tnorm}, off-diag {cfg.off_diagonal})"
         out["aggregator_output"] = [float(v) for v in scores]
+        if len(scores) != len(classes):  # binary variant: class 0 vs the rest
+            names = [classes[0], f"not_{classes[0]}"]
+            out.update(video_class_index=idx, video_class=names[idx])
+            return out
     out.update(video_class_index=idx, video_class=classes[idx])
     return out
 
 
-def load_aggregator(path: str | Path, num_classes: int):
-    """A trained uninorm saved by `lus aggregate --save-model` (torch file with its config)."""
+def load_aggregator(path: str | Path, classes: list[str]):
+    """A trained uninorm saved by `lus aggregate --save-model` (config + state_dict + the
+    class names it was trained on, which must be the frame model's)."""
     from lus_dist.aggregator.train import AggregatorConfig, build_model
     from lus_dist.config import ConfigError, from_dict
     path = Path(path)
@@ -233,11 +239,15 @@ def load_aggregator(path: str | Path, num_classes: int):
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
         cfg = from_dict(AggregatorConfig, blob["config"], str(path))
-        model = build_model(cfg, num_classes)
+        trained_on = list(blob.get("class_names", classes))
+        model = build_model(cfg, len(classes))
         model.load_state_dict(blob["state_dict"])
-    except (KeyError, TypeError, ConfigError, RuntimeError, OSError) as exc:
+    except (KeyError, TypeError, ConfigError, RuntimeError, OSError, ValueError) as exc:
         raise PredictError(f"{path}: not a saved uninorm aggregator ({exc})") from None
-    return model.double().eval(), f"uninorm ({cfg.tnorm}, off-diag {cfg.off_diagonal})"
+    if trained_on != list(classes):
+        raise PredictError(f"{path}: aggregator trained on classes {trained_on}, but the frame "
+                           f"model outputs {list(classes)}")
+    return model.double().eval(), cfg
 
 
 def _parser() -> argparse.ArgumentParser:

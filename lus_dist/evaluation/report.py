@@ -129,6 +129,20 @@ def cnnlstm_metrics(summary: Mapping) -> dict[str, float] | None:
     return dict(test) if "accuracy" in test else None
 
 
+def read_video_predictions(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The CNN-LSTM's per-video test probabilities (video_id, label, prob_<class>...)."""
+    import pandas as pd
+    if not Path(path).is_file():
+        raise ReportError(f"{path}: not found (no per-video predictions for the figures)")
+    df = pd.read_csv(path)
+    cols = [f"prob_{c}" for c in VIDEO_CLASSES]
+    missing = [c for c in ["label", *cols] if c not in df.columns]
+    if missing:
+        raise ReportError(f"{path}: missing column(s) {missing}")
+    known = df["label"].to_numpy() >= 0
+    return df["label"].to_numpy(np.int64)[known], df[cols].to_numpy(np.float64)[known]
+
+
 def video_metrics_of(y_true: np.ndarray, probs: np.ndarray,
                      classes: Sequence[str] = VIDEO_CLASSES) -> dict[str, float]:
     return video_metrics(np.asarray(y_true, np.int64), probs, classes)
