@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -285,11 +286,29 @@ def _lung_fields(scene: Scene, params: VideoParams, g: Geometry, ul: np.ndarray,
     return echo, b_prof, lung & b_mask & ~cons, cons
 
 
-def render(params: VideoParams, scene: Scene, t: float, texture: np.ndarray | None = None,
+class ClipStatic(NamedTuple):
+    """What does not move within a clip: computed once per clip, not once per frame."""
+    texture: np.ndarray      # speckle field the lung slides over
+    layers: np.ndarray       # chest-wall echo (fascia layers)
+    shade: np.ndarray        # rib shadows
+    surface: np.ndarray      # rib surfaces
+    gain: np.ndarray         # gain x depth attenuation
+
+
+def clip_static(params: VideoParams) -> ClipStatic:
+    g = geometry(params.probe, params.size)
+    layers = 0.3 + sum(s * np.exp(-((g.d - dk - 0.004 * np.sin(9 * g.u)) / 0.008) ** 2)
+                       for dk, s in params.layers)
+    shade, surface = _rib_fields(params, g)
+    return ClipStatic(_speckle_texture(params), layers, shade, surface,
+                      params.gain * np.exp(-params.atten * g.d))
+
+
+def render(params: VideoParams, scene: Scene, t: float, static: ClipStatic | None = None,
            fresh: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """One frame at time t (frames) -> (image uint8 (H,W), mask uint8 (H,W))."""
     g = geometry(params.probe, params.size)
-    texture = _speckle_texture(params) if texture is None else texture
+    static = clip_static(params) if static is None else static
     if fresh is None:
         fresh = _complex_noise(np.random.default_rng([params.speckle_seed, int(t)]), params.size, params.size,
                                params.size)
@@ -300,15 +319,13 @@ def render(params: VideoParams, scene: Scene, t: float, texture: np.ndarray | No
         gap |= (ul > a) & (ul < b)
     pleura = np.exp(-((g.d - pd) / (scene.thickness / 2)) ** 2) * np.where(gap, np.float32(0.3), 1)
     wall = g.d < pd
-    echo = wall * (0.3 + sum(s * np.exp(-((g.d - dk - 0.004 * np.sin(9 * g.u)) / 0.008) ** 2)
-                             for dk, s in params.layers))
     lung_echo, b_prof, b_mask, cons = _lung_fields(scene, params, g, ul, pd)
-    shade, surface = _rib_fields(params, g)
-    echo = (echo + 1.25 * pleura + lung_echo) * shade + surface
+    shade = static.shade
+    echo = (wall * static.layers + 1.25 * pleura + lung_echo) * shade + static.surface
     u_tex = np.where(wall, g.u, ul)
-    spk = _speckle(params, g, u_tex, texture, fresh)
+    spk = _speckle(params, g, u_tex, static.texture, fresh)
     spk = 1 + (spk - 1) * (1 - 0.5 * np.clip(b_prof, 0, 1))      # B-lines are smoother
-    amp = params.gain * echo * spk * np.exp(-params.atten * g.d)
+    amp = static.gain * echo * spk
     img = 255 * np.clip(amp / 1.6, 0, 1) ** params.gamma
     img += 255 * params.noise * np.random.default_rng([params.speckle_seed, int(t), 1]).standard_normal(
         img.shape, dtype=np.float32)
@@ -338,16 +355,16 @@ def render_clip(rng: np.random.Generator, frame_scores, label: int, params: Vide
     frames" evaluation meaningful); its mask and score are the new segment's."""
     frame_scores = np.asarray(frame_scores)
     scenes, idx = segment_scenes(rng, frame_scores, label, params)
-    texture = _speckle_texture(params)
+    static = clip_static(params)
     # Per-frame speckle decorrelation: shifted copies of one field (cheaper than fresh noise).
     churn = _complex_noise(np.random.default_rng([params.speckle_seed, 2]), params.size, params.size, params.size)
     frames = np.empty((len(frame_scores), params.size, params.size), np.uint8)
     masks = np.empty_like(frames)
     for t, k in enumerate(idx):
         fresh = np.roll(churn, (29 * t, 41 * t), axis=(0, 1))
-        frames[t], masks[t] = render(params, scenes[k], t, texture, fresh)
+        frames[t], masks[t] = render(params, scenes[k], t, static, fresh)
         if t > 0 and idx[t - 1] != k:
-            prev, _ = render(params, scenes[idx[t - 1]], t, texture, fresh)
+            prev, _ = render(params, scenes[idx[t - 1]], t, static, fresh)
             frames[t] = ((frames[t].astype(np.uint16) + prev) // 2).astype(np.uint8)
     return frames, masks
 
