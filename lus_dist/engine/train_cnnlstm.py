@@ -84,7 +84,7 @@ def run(cfg: CNNLSTMConfig, run_dir: Path, resume: str | None = None) -> int:
     def loss_fn(frames, label):
         return F.cross_entropy(fit.model(frames), label), {}
 
-    samples, t_train = 0, time.time()
+    samples, t_train, val = 0, time.time(), {}
     with PreemptionFlag() as preempt:
         for epoch in range(progress.epoch, cfg.train.epochs):
             fit.model.train()
@@ -134,7 +134,7 @@ def run(cfg: CNNLSTMConfig, run_dir: Path, resume: str | None = None) -> int:
             "family": "cnnlstm", "name": cfg.name, "encoder": model.cfg.encoder,
             "epochs": cfg.train.epochs, "global_step": progress.global_step,
             "best_epoch": progress.best_epoch, f"best_{val_split}_{BEST_METRIC}": progress.best_metric,
-            "best_selected_on": val_split, "test": test, "param_digests": digests,
+            "best_selected_on": val_split, "last_epoch_val": val, "test": test, "param_digests": digests,
             "world_size": world.world_size, "backend": cfg.dist.backend, "train_seconds": train_s,
             "train_samples_per_s": samples * world.world_size / max(train_s, 1e-9),
             "wall_seconds": time.time() - t_start})

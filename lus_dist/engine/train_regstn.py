@@ -85,7 +85,7 @@ def run(cfg: RegSTNConfig, run_dir: Path, resume: str | None = None) -> int:
              f"{world.world_size} rank(s) on {session.device}, {n_steps} steps/epoch"
              + (f", resumed from {resumed.name}" if resumed else ""))
 
-    samples, t_train = 0, time.time()
+    samples, t_train, val = 0, time.time(), {}
     with PreemptionFlag() as preempt:
         for epoch in range(progress.epoch, cfg.train.epochs):
             fit.model.train()
@@ -140,7 +140,7 @@ def run(cfg: RegSTNConfig, run_dir: Path, resume: str | None = None) -> int:
             "family": "regstn", "name": cfg.name, "model": cfg.model.name,
             "epochs": cfg.train.epochs, "global_step": progress.global_step,
             "best_epoch": progress.best_epoch, f"best_{val_split}_{BEST_METRIC}": progress.best_metric,
-            "best_selected_on": val_split, "test": results[cfg.data.test_split], "splits": results,
+            "best_selected_on": val_split, "last_epoch_val": val, "test": results[cfg.data.test_split], "splits": results,
             "param_digests": digests, "world_size": world.world_size, "backend": cfg.dist.backend,
             "train_seconds": train_s,
             "train_samples_per_s": samples * world.world_size / max(train_s, 1e-9),

@@ -1,0 +1,116 @@
+"""Real 2-process torchrun runs on phantom shards: every family trains, ranks agree,
+Reg-STN reaches the target F1, DeepSpeed ZeRO-2 checkpoints and resumes, preemption and
+an elastic SIGKILL restart end with weights bitwise equal to an uninterrupted run."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hpc import REQUEUE_EXIT_CODE
+from lus_dist.aggregator.data import read_predictions
+from lus_dist.engine.checkpoint import committed
+
+from .conftest import (child_env, explain, last_step, launch_cmd, run_train, step_losses,
+                       summary, wait_for, worker_pids)
+
+pytestmark = pytest.mark.slow
+
+# Small, deterministic Reg-STN: 2 epochs x 6 steps of 8 frames per rank.
+TINY = ["train.epochs=2", "train.max_steps_per_epoch=6", "data.batch_size=8",
+        "train.deterministic=true", "logging.every_steps=1", "logging.tensorboard=false",
+        "viz_frames=0", "predict_splits=[test]", "optim.lr=1e-3"]
+
+
+def assert_trained_and_ranks_agree(run_dir: Path, proc) -> dict:
+    assert proc.returncode == 0, explain(proc)
+    s = summary(run_dir)
+    assert len(s["param_digests"]) == 2 and len(set(s["param_digests"])) == 1, \
+        f"ranks ended with different weights: {s['param_digests']}"
+    losses = step_losses(run_dir)
+    k = max(2, len(losses) // 4)
+    assert np.mean(losses[-k:]) < np.mean(losses[:k]), f"loss did not fall: {losses}"
+    assert (run_dir / "config.yaml").is_file() and committed(run_dir / "checkpoints")
+    return s
+
+
+def test_regstn_ddp_reaches_frame_f1_on_phantom(engine_shards, tmp_path):
+    """The `lus demo` config: 2 DDP ranks, phantom train split -> test split F1 >= 0.85."""
+    run = tmp_path / "regstn"
+    proc = run_train("regstn", run, [f"data.root={engine_shards}", "logging.tensorboard=false"],
+                     config="demo_regstn.yaml", timeout=600)
+    s = assert_trained_and_ranks_agree(run, proc)
+    assert s["last_epoch_val"]["weighted_f1"] >= 0.85, s["last_epoch_val"]   # no selection on test
+    assert s["test"]["weighted_f1"] >= 0.85
+    preds = read_predictions(run / "predictions" / "test.h5")
+    assert preds.probs.shape[1] == 4 and len(np.unique(preds.video_id)) > 1
+    assert (run / "predictions" / "train.h5").is_file()
+    assert sorted(p.name for p in (run / "viz").glob("*.png"))[-1] == "epoch-005.png"
+
+
+@pytest.mark.parametrize("family,overrides", [
+    ("seg", ["train.epochs=2", "train.max_steps_per_epoch=5", "data.batch_size=4", "optim.lr=1e-3"]),
+    ("cnnlstm", ["train.epochs=5", "data.clip_len=4", "data.batch_size=4", "optim.lr=1e-3"]),
+])
+def test_family_trains_under_ddp(engine_shards, tmp_path, family, overrides):
+    run = tmp_path / family
+    proc = run_train(family, run, [f"data.root={engine_shards}", "logging.every_steps=1",
+                                   "logging.tensorboard=false", *overrides])
+    s = assert_trained_and_ranks_agree(run, proc)
+    assert s["family"] == family and s["world_size"] == 2
+
+
+def test_deepspeed_zero2_trains_checkpoints_and_resumes(engine_shards, tmp_path):
+    run = tmp_path / "ds"
+    common = [f"data.root={engine_shards}", *TINY, "dist.backend=deepspeed", "dist.zero_stage=2"]
+    first = run_train("regstn", run, [*common, "train.epochs=1"])
+    assert first.returncode == 0, explain(first)
+    ckpts = committed(run / "checkpoints")
+    assert ckpts and (ckpts[-1] / "ds").is_dir(), "DeepSpeed checkpoint not committed"
+    second = run_train("regstn", run, common, resume="auto")
+    assert "resumed from step-000000006" in second.stdout, explain(second)
+    s = assert_trained_and_ranks_agree(run, second)
+    assert s["global_step"] == 12 and s["backend"] == "deepspeed"
+
+
+@pytest.fixture(scope="module")
+def reference(engine_shards, tmp_path_factory) -> str:
+    """The uninterrupted run every interrupted one must reproduce bit for bit."""
+    run = tmp_path_factory.mktemp("reference") / "run"
+    proc = run_train("regstn", run, [f"data.root={engine_shards}", *TINY, "checkpoint.every_steps=2"])
+    return assert_trained_and_ranks_agree(run, proc)["param_digests"][0]
+
+
+def test_preemption_then_resume_is_bitwise_identical(engine_shards, tmp_path, reference):
+    run = tmp_path / "pre"
+    args = ("regstn", run, [f"data.root={engine_shards}", *TINY, "checkpoint.every_steps=2"])
+    proc = subprocess.Popen(launch_cmd(*args, resume="auto"), env=child_env(), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    wait_for(lambda: last_step(run) >= 3, proc, 240, "training step 3")
+    os.killpg(proc.pid, signal.SIGUSR1)          # as Slurm's --signal=USR1 does to the step
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == REQUEUE_EXIT_CODE, f"exit {proc.returncode}\n{out[-3000:]}\n{err[-3000:]}"
+    assert "preempted at step" in out and not (run / "summary.json").exists()
+    resumed = run_train(*args, resume="auto")
+    assert "resumed from step-" in resumed.stdout, explain(resumed)
+    assert summary(run)["param_digests"] == [reference, reference]
+
+
+def test_sigkilled_worker_elastic_restart_resumes_and_finishes(engine_shards, tmp_path, reference):
+    run = tmp_path / "elastic"
+    cmd = launch_cmd("regstn", run, [f"data.root={engine_shards}", *TINY, "checkpoint.every_steps=2"],
+                     max_restarts=1, resume="auto")
+    proc = subprocess.Popen(cmd, env=child_env(), text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    wait_for(lambda: len(committed(run / "checkpoints")) >= 1 and last_step(run) >= 3, proc, 240,
+             "a committed checkpoint and step 3")
+    victim = worker_pids(proc.pid)[-1]
+    os.kill(victim, signal.SIGKILL)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{out[-3000:]}\n{err[-3000:]}"
+    assert "resumed from step-" in out, out[-3000:]
+    assert summary(run)["param_digests"] == [reference, reference]
