@@ -108,14 +108,16 @@ def fit(packed: Packed, targets: Tensor, train: Tensor, cfg: AggregatorConfig,
 
 def _fit(packed: Packed, targets: Tensor, train: Tensor, cfg: AggregatorConfig,
          num_classes: int, seed: int) -> nn.Module:
-    model = build_model(cfg, num_classes, n_models=train.shape[0], seed=seed)
+    dev = packed.frames.device
+    model = build_model(cfg, num_classes, n_models=train.shape[0], seed=seed).to(dev)
     soft = video_targets(targets, num_outputs(cfg, num_classes), cfg.sord,
-                         cfg.zero_score_gap, cfg.sord_multiplier)
+                         cfg.zero_score_gap, cfg.sord_multiplier).to(dev)
+    targets, train = targets.to(dev), train.to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, cfg.lr_milestones, gamma=cfg.lr_gamma)
     w = train.to(torch.float64)
     n_train = w.sum(1)
-    best = torch.full((train.shape[0],), -math.inf, dtype=torch.float64)
+    best = torch.full((train.shape[0],), -math.inf, dtype=torch.float64, device=dev)
     snapshot = {k: v.detach().clone() for k, v in model.named_parameters()}
     for _ in range(cfg.epochs):
         out = model(packed)
@@ -204,9 +206,9 @@ def evaluate(model: nn.Module, packed: Packed, batch: VideoBatch, targets: np.nd
              folds: Folds, cfg: AggregatorConfig) -> tuple[dict, dict, dict]:
     """Per-fold and pooled metrics on each fold's test videos, baselines beside."""
     with torch.no_grad():
-        preds = {"uninorm": model(packed).argmax(-1).numpy(),
-                 "argmax_mean": argmax_mean(batch.x, batch.mask).numpy(),
-                 "max_argmax": max_argmax(batch.x, batch.mask).numpy()}
+        preds = {"uninorm": model(packed).argmax(-1).cpu().numpy(),
+                 "argmax_mean": argmax_mean(batch.x, batch.mask).cpu().numpy(),
+                 "max_argmax": max_argmax(batch.x, batch.mask).cpu().numpy()}
     if cfg.variant == "binary":
         for m in ("argmax_mean", "max_argmax"):
             preds[m] = (preds[m] > 0).astype(np.int64)
@@ -258,7 +260,7 @@ def run_protocol(preds: FramePredictions | VideoBatch, cfg: AggregatorConfig,
     targets = torch.from_numpy(y)
     model = fit(packed, targets, torch.from_numpy(folds.train), cfg, batch.x.shape[-1], seed)
     per_fold, pooled, videos = evaluate(model, packed, batch, y, folds, cfg)
-    neutral = [p.detach().numpy().tolist() for n, p in model.named_parameters()
+    neutral = [p.detach().cpu().numpy().tolist() for n, p in model.named_parameters()
                if n.endswith("neutral")]
     return ProtocolResult(protocol=protocol, k=k if "kfold" in protocol else folds.num_folds,
                           seed=seed, config=to_dict(cfg), class_names=batch.class_names,

@@ -66,10 +66,10 @@ class TreeSchedule:
     """The halving recursion of every video, by node height.
 
     Level 0 holds the N frames (videos concatenated); level h the nodes of height h
-    (ordered by start). `levels[h-1] = (left, right, video, n_prev)`: children indices
-    into concat(level h-2, level h-1) (just level 0 for h = 1), n_prev = len(level h-2).
+    (ordered by start). `levels[h-1] = (left, right, video)`: children indices into
+    concat(level h-2, level h-1) (just level 0 for h = 1), and each node's video.
     """
-    levels: tuple[tuple[Tensor, Tensor, Tensor, int], ...]
+    levels: tuple[tuple[Tensor, Tensor, Tensor], ...]
     roots: Tensor           # (V,) index of each video's result within its level
     root_level: Tensor      # (V,) the level (= height) holding it
     lengths: np.ndarray     # (V,)
@@ -105,7 +105,7 @@ def _schedule_cached(lengths_bytes: bytes) -> TreeSchedule:
         left = _lookup(starts, half, src_start, src_size)
         right = _lookup(starts + half, sizes - half, src_start, src_size)
         levels.append((torch.from_numpy(left), torch.from_numpy(right),
-                       torch.from_numpy(vid[h == height].copy()), len(s2)))
+                       torch.from_numpy(vid[h == height].copy())))
     roots = np.zeros(len(lengths), np.int64)
     roots_level = _height(lengths)
     for height, (starts, sizes) in enumerate(level_nodes):
@@ -151,17 +151,19 @@ def uninorm_reduce(frames: Tensor, schedule: TreeSchedule, neutral: Tensor,
                    kind: str = "product", off: str = "min") -> Tensor:
     """frames (*B, N, C), neutral (*B, V, C) per video -> (*B, V, C)."""
     batch = torch.broadcast_shapes(frames.shape[:-2], neutral.shape[:-2])
+    dev = frames.device
     levels = [frames.expand(*batch, *frames.shape[-2:])]
-    for left, right, video, _ in schedule.levels:
+    for left, right, video in schedule.levels:
         src = levels[-1] if len(levels) == 1 else torch.cat(levels[-2:], dim=-2)
-        e = neutral.index_select(-2, video)
-        levels.append(uninorm_pair(src.index_select(-2, left), src.index_select(-2, right),
-                                   e, kind, off))
-    out = torch.zeros(*batch, len(schedule.lengths), frames.shape[-1], dtype=levels[-1].dtype)
+        e = neutral.index_select(-2, video.to(dev))
+        levels.append(uninorm_pair(src.index_select(-2, left.to(dev)),
+                                   src.index_select(-2, right.to(dev)), e, kind, off))
+    out = frames.new_zeros(*batch, len(schedule.lengths), frames.shape[-1])
     for height, values in enumerate(levels):
         here = torch.nonzero(schedule.root_level == height).squeeze(1)
         if len(here):
-            out = out.index_copy(-2, here, values.index_select(-2, schedule.roots[here]))
+            out = out.index_copy(-2, here.to(dev),
+                                 values.index_select(-2, schedule.roots[here].to(dev)))
     return out
 
 
@@ -289,10 +291,11 @@ class ScoreHierarchyAggregator(nn.Module):
 
     def forward(self, x: Tensor | Packed, mask: Tensor | None = None) -> Tensor:
         p = _as_packed(x, mask)
-        video = torch.repeat_interleave(torch.arange(p.num_videos),
-                                        torch.from_numpy(p.schedule.lengths))
+        dev = p.frames.device
+        video = torch.repeat_interleave(torch.arange(p.num_videos, device=dev),
+                                        torch.from_numpy(p.schedule.lengths).to(dev))
         mass = torch.stack([p.frames[:, 0], p.frames[:, 1:].sum(-1)], dim=-1)
-        mean = torch.zeros(p.num_videos, 2, dtype=mass.dtype).index_add_(0, video, mass)
+        mean = mass.new_zeros(p.num_videos, 2).index_add_(0, video, mass)
         pos_neg = torch.softmax(mean / p.lengths[:, None], dim=-1)
         u = self.score(Packed(p.frames[:, 1:].contiguous(), p.schedule, p.lengths))
         zero_wins = (pos_neg[:, :1] >= 0.5)
