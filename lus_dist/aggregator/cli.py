@@ -81,7 +81,7 @@ def write_results(out: Path, result: ProtocolResult) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parser().parse_intermixed_args(argv)
     try:
         cfg = load_config(AggregatorConfig, args.config, args.overrides)
         cfg.validate()
