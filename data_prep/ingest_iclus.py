@@ -165,7 +165,7 @@ def find_table(root: Path, table: str | Path | None) -> Path:
     for name in TABLE_NAMES:
         if (root / name).is_file():
             return root / name
-    raise IngestError(f"{root}: no frame table found (looked for {', '.join(TABLE_NAMES)}); pass table=")
+    raise IngestError(f"{root}: no frame table found (looked for {', '.join(TABLE_NAMES)}); pass table= (lus prep pack --table FILE)")
 
 
 def read_splits(root: Path, cols: ICLUSColumns) -> dict[str, str]:
