@@ -181,7 +181,6 @@ def _srun_world(env: Mapping[str, str], hostname: str) -> World:
     rank, world_size = _int(env, "SLURM_PROCID"), _int(env, "SLURM_NTASKS")
     local_rank = _int(env, "SLURM_LOCALID")
     node_rank = _int(env, "SLURM_NODEID", default=0)
-    num_nodes = _int(env, "SLURM_NNODES", default=_int(env, "SLURM_JOB_NUM_NODES", default=1))
     per_node = parse_tasks_per_node(env.get("SLURM_TASKS_PER_NODE") or str(world_size))
     if sum(per_node) != world_size:
         raise WorldError(f"SLURM_TASKS_PER_NODE={env.get('SLURM_TASKS_PER_NODE')!r} sums to "
@@ -189,7 +188,7 @@ def _srun_world(env: Mapping[str, str], hostname: str) -> World:
     if len(set(per_node)) != 1:
         raise WorldError(f"uneven tasks per node {per_node}; hint: use --ntasks-per-node so "
                          "every node runs the same number of ranks")
-    local_world = per_node[0]
+    local_world, num_nodes = per_node[0], len(per_node)
     gpus = _gpus_per_node(env)
     if gpus and local_world != gpus:
         raise WorldError(f"{local_world} tasks per node but {gpus} GPUs per node; hint: without "
