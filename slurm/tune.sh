@@ -23,6 +23,7 @@ RAY_BIN=${RAY_BIN:-$(dirname "$(command -v "$PY")")/ray}
 export RAY_USAGE_STATS_ENABLED=0
 export RAY_AUTH_MODE=${RAY_AUTH_MODE:-disabled}   # explicit, or a second raylet fails auth
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+export RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S=${RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S:-600}
 
 mapfile -t NODES < <(scontrol show hostnames "$SLURM_JOB_NODELIST")
 NNODES=${#NODES[@]}

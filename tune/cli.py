@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -106,6 +107,7 @@ def _run(args: argparse.Namespace) -> int:
     cls = family.config_cls()
     base = _base_config(cls, args, space)
     check_space(space, cls, base)
+    space = dataclasses.replace(space, max_t=space.horizon(base))
     predictions = resolve_path(getattr(args, "predictions", None))
     if predictions and not Path(predictions).is_file():
         raise ConfigError(f"{predictions}: predictions file not found")
@@ -113,7 +115,8 @@ def _run(args: argparse.Namespace) -> int:
                         storage=args.storage, name=args.name or args.family,
                         resume=args.resume, max_concurrent=args.max_concurrent,
                         seed=args.seed, grace_period=args.grace_period,
-                        verbose=0 if args.quiet else 1)
+                        verbose=0 if args.quiet else 1,
+                        reuse_actors=args.family not in ("regstn", "seg"))
     ctx = TrialContext(family=args.family, base=base, metric=space.metric,
                        predictions=predictions, protocol=getattr(args, "protocol", "kfold"),
                        k=getattr(args, "k", 5), seed=getattr(args, "protocol_seed", 0),
@@ -133,8 +136,8 @@ def _report(grid, space, cls, base, opts, command, ctx) -> int:
     from tune.sweep import trial_errors, write_outputs
 
     errors = trial_errors(grid)
-    command = command.replace("{predictions}", str(ctx.predictions)).replace(
-        "{protocol}", ctx.protocol)
+    for key in ("predictions", "protocol", "k", "seed"):
+        command = command.replace("{%s}" % key, str(getattr(ctx, key)))
     if len(errors) < len(grid):
         paths = write_outputs(grid, space, cls, base, opts.experiment_dir, command)
         print(f"lus tune: {len(grid)} trials, {len(grid) - len(errors)} finished; "

@@ -34,6 +34,10 @@ def ray_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
     env.setdefault("OMP_NUM_THREADS", "1")
     # Ray Train/Tune otherwise redirect worker prints into files only.
     env.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+    # Starting 2 torch workers on a loaded 2-CPU node can take over Ray Train's default
+    # 60 s; its retry then leaks the first placement group (its cleaner needs the
+    # dashboard's state API, which we do not run) and the trial waits forever.
+    env.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "600")
     return env
 
 

@@ -5,7 +5,7 @@ A space file looks like::
     family: aggregator          # aggregator | cnnlstm | regstn | seg
     metric: mean_weighted_f1    # what the trial reports; the sweep optimises it
     mode: max
-    max_t: 1                    # reports per trial (epochs); ASHA's horizon
+    max_t: 1                    # reports per trial; default: train.epochs of the base config
     base:                       # fixed values, nested like the family's config file
       epochs: 30
     params:                     # dotted keys into the family's config
@@ -59,8 +59,15 @@ class SearchSpace:
     mode: str
     params: dict[str, Param]
     base: dict[str, Any] = field(default_factory=dict)
-    max_t: int = 1
+    max_t: int | None = None     # None: the engine config's train.epochs, else 1
     source: str = "<memory>"
+
+    def horizon(self, base: dict[str, Any]) -> int:
+        """ASHA's max_t: reports a trial makes at most (epochs for the engine families)."""
+        if self.max_t is not None:
+            return self.max_t
+        epochs = (base.get("train") or {}).get("epochs") if isinstance(base, dict) else None
+        return int(epochs) if isinstance(epochs, int) and epochs > 0 else 1
 
 
 def _parse_param(key: str, raw: Any, where: str) -> Param:
@@ -109,8 +116,8 @@ def parse_space(data: Any, where: str = "<space>") -> SearchSpace:
     base = data.get("base") or {}
     if not isinstance(base, dict):
         raise SpaceError(f"{where}: base must be a mapping")
-    max_t = data.get("max_t", 1)
-    if not isinstance(max_t, int) or isinstance(max_t, bool) or max_t < 1:
+    max_t = data.get("max_t")
+    if max_t is not None and (not isinstance(max_t, int) or isinstance(max_t, bool) or max_t < 1):
         raise SpaceError(f"{where}: max_t must be a positive integer, got {max_t!r}")
     parsed = {str(k): _parse_param(str(k), v, where) for k, v in params.items()}
     return SearchSpace(family, metric, mode, parsed, base, max_t, where)

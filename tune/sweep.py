@@ -32,6 +32,9 @@ class SweepOptions:
     seed: int | None = 0
     grace_period: int = 1
     reduction_factor: int = 2
+    # Reusing trial actors halves a sweep of cheap trials; a Ray Train driver cannot be
+    # reset in place (Ray refuses and fails the next trial), so those families turn it off.
+    reuse_actors: bool = True
     verbose: int = 1
 
     @property
@@ -57,7 +60,7 @@ def make_scheduler(opts: SweepOptions, space: SearchSpace):
                              f"{space.max_t}; use asha/fifo or a multi-epoch family")
         return PopulationBasedTraining(time_attr="training_iteration",
                                        perturbation_interval=max(1, space.max_t // 4),
-                                       hyperparam_mutations=to_ray(space), seed=opts.seed)
+                                       hyperparam_mutations=to_ray(space))
     return FIFOScheduler()
 
 
@@ -98,7 +101,7 @@ def build_tuner(trainable: Callable, space: SearchSpace, opts: SweepOptions):
     tune_cfg = tune.TuneConfig(
         metric=space.metric, mode=space.mode, num_samples=samples,
         scheduler=make_scheduler(opts, space), search_alg=make_searcher(opts, space),
-        max_concurrent_trials=opts.max_concurrent, reuse_actors=True)
+        max_concurrent_trials=opts.max_concurrent, reuse_actors=opts.reuse_actors)
     run_cfg = tune.RunConfig(storage_path=str(path.parent), name=path.name,
                              verbose=opts.verbose,
                              failure_config=tune.FailureConfig(max_failures=0))

@@ -81,8 +81,23 @@ def engine_config_cls(family: str) -> type:
     return ENGINE_FAMILIES[family]
 
 
+def _no_signal_flag() -> type:
+    """PreemptionFlag without signal handlers: Ray runs trials off the main thread (where
+    Python refuses handlers), and Ray, not Slurm, stops and restarts them here."""
+    from hpc.signals import PreemptionFlag
+
+    class RayManagedFlag(PreemptionFlag):
+        def install(self) -> "RayManagedFlag":
+            return self
+
+        def uninstall(self) -> None:
+            return None
+
+    return RayManagedFlag
+
+
 @contextlib.contextmanager
-def epoch_reports(loop: Any, report: Callable[[dict[str, float]], None]) -> Iterator[None]:
+def engine_hooks(loop: Any, report: Callable[[dict[str, float]], None]) -> Iterator[None]:
     """Report every epoch's validation metrics while `loop.run` trains.
 
     The engine has no per-epoch callback (yet); each loop calls `RunLogger.epoch` on every
@@ -90,25 +105,26 @@ def epoch_reports(loop: Any, report: Callable[[dict[str, float]], None]) -> Iter
     needs the report on every rank (Ray Train) and raises SystemExit from it when ASHA
     stops the trial, which unwinds the engine loop like any exception.
     """
-    base = loop.RunLogger
+    saved = {"RunLogger": loop.RunLogger, "PreemptionFlag": loop.PreemptionFlag}
 
-    class ReportingLogger(base):  # type: ignore[misc, valid-type]
+    class ReportingLogger(saved["RunLogger"]):  # type: ignore[misc, valid-type]
         def epoch(self, epoch: int, global_step: int, metrics: dict[str, float]) -> None:
             super().epoch(epoch, global_step, metrics)
             report({**{k: float(v) for k, v in metrics.items()}, "epoch": int(epoch)})
 
-    loop.RunLogger = ReportingLogger
+    loop.RunLogger, loop.PreemptionFlag = ReportingLogger, _no_signal_flag()
     try:
         yield
     finally:
-        loop.RunLogger = base
+        for name, value in saved.items():
+            setattr(loop, name, value)
 
 
 def run_engine(family: str, cfg: Any, run_dir: Path,
                report: Callable[[dict[str, float]], None]) -> None:
     """One training run of the engine, resuming its own checkpoints after a restart."""
     loop = importlib.import_module(LOOPS[family])
-    with epoch_reports(loop, report):
+    with engine_hooks(loop, report):
         code = loop.run(cfg, run_dir, resume="auto")
     if code != 0:
         raise RuntimeError(f"lus train {family} exited {code} (run dir {run_dir})")
@@ -145,7 +161,7 @@ def distributed_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     """Reg-STN / segmentation: the trial drives a TorchTrainer with `num_workers` ranks;
     rank 0's per-epoch reports reach Tune through TuneReportCallback."""
     import torch
-    from ray.train import RunConfig, ScalingConfig
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -161,7 +177,11 @@ def distributed_trial(config: dict[str, Any], ctx: TrialContext) -> None:
                                      resources_per_worker={"CPU": ctx.cpus_per_worker}),
         torch_config=TorchConfig(init_method="env", timeout_s=cfg.dist.timeout_s),
         run_config=RunConfig(name="train", storage_path=str(run_dir.parent / f"{run_dir.name}-ray"),
-                             callbacks=[TuneReportCallback()]))
+                             callbacks=[TuneReportCallback()],
+                             # fail the trial loudly; Tune (--resume) restarts it, and the
+                             # engine resumes from the run dir's checkpoints
+                             failure_config=FailureConfig(max_failures=0,
+                                                          controller_failure_limit=0)))
     trainer.fit()
 
 
@@ -178,7 +198,7 @@ def families() -> dict[str, Family]:
     return {
         "aggregator": Family("aggregator", aggregator_config_cls, aggregator_trial,
                              "lus aggregate --predictions {predictions} --config {best} "
-                             "--protocol {protocol}"),
+                             "--protocol {protocol} --folds {k} --seed {seed}"),
         "cnnlstm": Family("cnnlstm", functools.partial(engine_config_cls, "cnnlstm"),
                           cnnlstm_trial, "lus train cnnlstm --config {best}"),
         "regstn": Family("regstn", functools.partial(engine_config_cls, "regstn"),

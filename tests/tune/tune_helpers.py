@@ -61,27 +61,12 @@ def explain(proc: subprocess.CompletedProcess) -> str:
 
 
 def synthetic_predictions(path: Path, n_videos: int = 24, seed: int = 0,
-                          frames: tuple[int, int] = (20, 60), videos_per_patient: int = 2) -> Path:
-    """Frame predictions where the video score is the max frame score and the frame probs are
-    noisy but informative, so aggregator configs really differ in weighted F1."""
-    import numpy as np
+                          lengths: tuple[int, int] = (20, 60)) -> Path:
+    """The aggregator tests' synthetic frame predictions (informative, noisy), written to
+    `path` for `lus tune aggregator --predictions`."""
+    sys.path.insert(0, str(ROOT / "tests" / "aggregator"))
+    from agg_synthetic import synthetic_predictions as make
 
     from lus_dist.aggregator.data import write_predictions
 
-    rng = np.random.default_rng(seed)
-    probs, vids, pats, fscore, vscore = [], [], [], [], []
-    for v in range(n_videos):
-        score = int(rng.integers(0, 4))
-        n = int(rng.integers(frames[0], frames[1] + 1))
-        fs = np.minimum(score, rng.integers(max(score - 1, 0), score + 1, size=n))
-        logits = 2.5 * np.eye(4)[fs] + rng.normal(0.0, 1.0, size=(n, 4))
-        p = np.exp(logits)
-        probs.append(p / p.sum(1, keepdims=True))
-        vids += [f"v{v:03d}"] * n
-        pats += [f"p{v // videos_per_patient:03d}"] * n
-        fscore.append(fs)
-        vscore += [score] * n
-    return write_predictions(path, np.concatenate(probs), video_id=np.array(vids),
-                             patient_id=np.array(pats), frame_score=np.concatenate(fscore),
-                             video_score=np.array(vscore),
-                             class_names=("score0", "score1", "score2", "score3"))
+    return write_predictions(path, make(n_videos=n_videos, lengths=lengths, seed=seed))

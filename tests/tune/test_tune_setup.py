@@ -1,0 +1,78 @@
+"""Sweep set-up without a running cluster: Ray settings, schedulers, grid sizing, CLI errors."""
+from __future__ import annotations
+
+import pytest
+
+from tune.ray_env import TRAIN_DRIVER_RESOURCE, RayOptions, init_kwargs, ray_env
+from tune.spaces import parse_space
+from tune.sweep import SweepError, SweepOptions, build_tuner, make_scheduler, param_space
+
+
+def _space(max_t=1, **params):
+    params = params or {"tnorm": {"choice": ["product", "lukasiewicz"]},
+                        "lr": {"loguniform": [1e-3, 1e-1]}}
+    space = parse_space({"family": "aggregator", "metric": "f1", "params": params})
+    return space.__class__(**{**space.__dict__, "max_t": max_t})
+
+
+def test_ray_env_is_explicit_and_quiet():
+    env = ray_env({"RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "1"})
+    assert env["RAY_USAGE_STATS_ENABLED"] == "0"       # never phone home
+    assert env["RAY_AUTH_MODE"] == "token"              # a user's explicit choice is kept
+    assert ray_env({})["RAY_AUTH_MODE"] == "disabled"   # ... and never left unset
+
+
+def test_embedded_ray_binds_loopback_with_a_driver_slot():
+    kw = init_kwargs(RayOptions(num_cpus=2))
+    assert kw["_node_ip_address"] == "127.0.0.1" and kw["include_dashboard"] is False
+    assert kw["resources"] == {TRAIN_DRIVER_RESOURCE: 1}
+    assert 75 * 2**20 <= kw["object_store_memory"] <= 256 * 2**20
+    assert len(kw["_temp_dir"]) < 40   # Ray's socket paths under it must stay < 107 bytes
+    joined = init_kwargs(RayOptions(address="10.1.2.3:6379"))
+    assert joined["address"] == "10.1.2.3:6379" and "resources" not in joined
+
+
+def test_schedulers():
+    from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, PopulationBasedTraining
+
+    asha = make_scheduler(SweepOptions(scheduler="asha", grace_period=3), _space(max_t=10))
+    assert isinstance(asha, AsyncHyperBandScheduler)
+    assert isinstance(make_scheduler(SweepOptions(scheduler="fifo"), _space()), FIFOScheduler)
+    assert isinstance(make_scheduler(SweepOptions(scheduler="pbt"), _space(max_t=8)),
+                      PopulationBasedTraining)
+    with pytest.raises(SweepError, match="PBT perturbs between reports"):
+        make_scheduler(SweepOptions(scheduler="pbt"), _space(max_t=1))
+
+
+def test_grid_runs_every_point_trials_over_grid_times():
+    space = _space(a={"choice": [1, 2, 3]}, b={"choice": ["x", "y"]})
+    pspace, samples = param_space(SweepOptions(search="grid", trials=12), space)
+    assert samples == 2 and set(pspace) == {"a", "b"}
+    assert param_space(SweepOptions(search="random", trials=12), space)[1] == 12
+
+
+def test_existing_sweep_dir_needs_resume(tmp_path):
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "junk.txt").write_text("x")
+    with pytest.raises(SweepError, match="pass --resume"):
+        build_tuner(lambda cfg: None, _space(), SweepOptions(storage=str(tmp_path), name="s"))
+    with pytest.raises(SweepError, match="no restorable Tune state"):
+        build_tuner(lambda cfg: None, _space(),
+                    SweepOptions(storage=str(tmp_path), name="s", resume=True))
+
+
+def test_cli_errors_are_one_clear_line(tmp_path, capsys):
+    from tune.cli import main
+
+    preds = tmp_path / "p.h5"
+    assert main(["aggregator", "--predictions", str(preds)]) == 2
+    assert f"{preds}: predictions file not found" in capsys.readouterr().err
+    bad = tmp_path / "space.yaml"
+    bad.write_text("family: aggregator\nmetric: f1\nparams: {tnrom: {choice: [product]}}\n")
+    assert main(["aggregator", "--space", str(bad), "--predictions", str(preds)]) == 2
+    err = capsys.readouterr().err
+    assert "space.yaml" in err and "tnrom" in err and "Traceback" not in err
+    seg_space = tmp_path / "seg.yaml"
+    seg_space.write_text("family: seg\nmetric: d\nparams: {optim.lr: {choice: [0.1]}}\n")
+    assert main(["aggregator", "--space", str(seg_space), "--predictions", str(preds)]) == 2
+    assert "is a seg space, not aggregator" in capsys.readouterr().err
