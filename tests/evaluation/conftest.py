@@ -15,24 +15,36 @@ import pytest
 SIZE = 64
 
 
-def lus(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+def run_lus(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu", RAY_USAGE_STATS_ENABLED="0")
     proc = subprocess.run([sys.executable, "-m", "lus", *args], capture_output=True, text=True,
                           env=env, timeout=timeout)
     return proc
 
 
-def lus_ok(*args: str) -> subprocess.CompletedProcess:
-    proc = lus(*args)
+def run_lus_ok(*args: str) -> subprocess.CompletedProcess:
+    proc = run_lus(*args)
     assert proc.returncode == 0, f"lus {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc
+
+
+@pytest.fixture
+def lus():
+    """`lus ARGS...` as a subprocess -> CompletedProcess (text output captured)."""
+    return run_lus
+
+
+@pytest.fixture
+def lus_ok():
+    """Like `lus`, failing the test with the command's output if it exits non-zero."""
+    return run_lus_ok
 
 
 @pytest.fixture(scope="session")
 def phantom(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("phantom")
-    lus_ok("prep", "phantom", "--out", str(root / "raw"), "--seed", "0")
-    lus_ok("prep", "pack", "--layout", "iclus", "--src", str(root / "raw" / "iclus"),
+    run_lus_ok("prep", "phantom", "--out", str(root / "raw"), "--seed", "0")
+    run_lus_ok("prep", "pack", "--layout", "iclus", "--src", str(root / "raw" / "iclus"),
            "--out", str(root / "shards"), "--size", str(SIZE), "--workers", "1", "--quiet")
     return root
 
@@ -43,7 +55,7 @@ COMMON = ("logging.progress=plain", "logging.tensorboard=false", "seed=0")
 @pytest.fixture(scope="session")
 def regstn_run(phantom) -> Path:
     run = phantom / "runs" / "regstn"
-    lus_ok("train", "regstn", "--run-dir", str(run), f"data.root={phantom / 'shards'}",
+    run_lus_ok("train", "regstn", "--run-dir", str(run), f"data.root={phantom / 'shards'}",
            "model.name=regstn_fixed", "train.epochs=4", "data.batch_size=16",
            "schedule.milestones=[3]", "viz_frames=0", "predict_splits=[train,test]", *COMMON)
     return run
@@ -52,7 +64,7 @@ def regstn_run(phantom) -> Path:
 @pytest.fixture(scope="session")
 def seg_run(phantom) -> Path:
     run = phantom / "runs" / "seg"
-    lus_ok("train", "seg", "--run-dir", str(run), f"data.root={phantom / 'shards'}",
+    run_lus_ok("train", "seg", "--run-dir", str(run), f"data.root={phantom / 'shards'}",
            "train.epochs=6", "data.batch_size=16", "optim.lr=3e-3", "schedule.milestones=[5]",
            *COMMON)
     return run
@@ -61,6 +73,6 @@ def seg_run(phantom) -> Path:
 @pytest.fixture(scope="session")
 def cnnlstm_run(phantom) -> Path:
     run = phantom / "runs" / "cnnlstm"
-    lus_ok("train", "cnnlstm", "--run-dir", str(run), f"data.root={phantom / 'shards'}",
+    run_lus_ok("train", "cnnlstm", "--run-dir", str(run), f"data.root={phantom / 'shards'}",
            "train.epochs=2", "data.clip_len=4", "data.batch_size=4", *COMMON)
     return run

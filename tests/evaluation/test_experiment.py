@@ -1,0 +1,74 @@
+"""`lus experiment pocus` pieces: frame thinning/labels, the training commands, result plumbing."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+
+from data_prep.records import LoadedVideo, VideoSource
+from lus.experiment import (PocusExperimentConfig, _subsample, _with_frame_labels,
+                            decisions_metrics, frame_predictions_as_video_classes, main,
+                            merge_predictions, plan_jobs)
+from lus_dist.aggregator.data import FramePredictions
+
+
+@given(st.integers(1, 600), st.integers(0, 64))
+def test_subsample_is_sorted_unique_in_range_and_bounded(n, m):
+    idx = _subsample(n, m)
+    assert (np.diff(idx) > 0).all() and idx[0] == 0 and idx[-1] < n
+    assert len(idx) == (n if m == 0 or n <= m else m)
+    if m != 1:
+        assert idx[-1] == n - 1  # evenly spaced over the whole clip
+
+
+def test_frame_targets_are_the_clip_label_and_ids_are_tagged():
+    src = VideoSource("v1", "p1", "h", "convex", 1, -1, "x.mp4",
+                      loader=lambda: LoadedVideo(np.zeros((100, 8, 8), np.uint8),
+                                                 np.full(100, -1, np.int16)),
+                      extra={"n_frames": 100})
+    out = _with_frame_labels(src, 10, "test:", "test")
+    v = out.load()
+    assert len(v.frames) == 10 and (v.frame_scores == 1).all()
+    assert out.video_id == "test:v1" and out.patient_id == "test:p1"
+    assert out.extra == {"split": "test"} and src.extra == {"n_frames": 100}
+
+
+def test_plan_is_one_cnnlstm_and_one_frame_run_per_fold(tmp_path):
+    cfg = PocusExperimentConfig(folds=3)
+    jobs = plan_jobs(cfg, tmp_path, tmp_path / "shards", cv=True)
+    assert [j.name for j in jobs] == ["cnnlstm/fold0", "frame/fold0", "cnnlstm/fold1",
+                                      "frame/fold1", "cnnlstm/fold2", "frame/fold2"]
+    assert "data.test_folds=[2]" in jobs[-1].cmd and "model.name=cnn_ce" in jobs[-1].cmd
+    held = plan_jobs(cfg, tmp_path, tmp_path / "shards", cv=False)
+    assert len(held) == 2 and "predict_splits=[train,test]" in held[1].cmd
+    assert not any(c.startswith("data.test_folds") for c in held[0].cmd)
+
+
+def test_frame_predictions_become_video_class_probabilities():
+    p = np.array([[0.2, 0.2, 0.1, 0.5], [0.6, 0.2, 0.2, 0.0]])
+    preds = FramePredictions.from_arrays(p, np.array(["a", "a"]), np.array(["p", "p"]),
+                                         video_label=np.array([0, 0]),
+                                         class_names=("score0", "score1", "score2", "score3"))
+    out = frame_predictions_as_video_classes(preds)
+    assert out.class_names == ("covid", "pneumonia", "healthy")
+    np.testing.assert_allclose(out.probs, [[0.4, 0.4, 0.2], [0.6, 0.2, 0.2]])
+    both = merge_predictions([out, FramePredictions.from_arrays(
+        out.probs, np.array(["b", "b"]), np.array(["q", "q"]), class_names=out.class_names)])
+    assert len(both.probs) == 4 and set(both.video_id) == {"a", "b"}
+
+
+def test_decisions_metrics_match_the_confusion():
+    m = decisions_metrics(np.array([0, 0, 1, 2]), np.array([0, 1, 1, 2]),
+                          ("covid", "pneumonia", "healthy"))
+    assert m["accuracy"] == 0.75 and m["covid_recall"] == 0.5 and m["covid_precision"] == 1.0
+    assert m["pneumonia_specificity"] == pytest.approx(2 / 3)
+
+
+def test_bad_folder_and_bad_override_are_usage_errors(tmp_path, capsys):
+    assert main(["pocus", "--data", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert "not a POCUS-layout folder" in capsys.readouterr().err
+    (tmp_path / "videos").mkdir()
+    assert main(["pocus", "--data", str(tmp_path), "--out", str(tmp_path / "o"), "sise=3"]) == 2
+    assert "unknown key(s) ['sise']" in capsys.readouterr().err

@@ -1,0 +1,121 @@
+"""Issue 8 acceptance on the phantom: real engine runs -> `lus eval` / `lus predict`.
+
+The runs (Reg-STN, U-Net, CNN-LSTM) are trained once per session by tests/evaluation/
+conftest.py through `lus train`, CI-sized; these tests assert outcomes, not file presence.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytestmark = pytest.mark.slow
+POCUS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "pocus"
+
+
+def test_report_has_every_table_filled(regstn_run, seg_run, cnnlstm_run, tmp_path):
+    from lus_dist.evaluation.cli import evaluate
+    rep = evaluate([str(regstn_run), str(seg_run), str(cnnlstm_run)], str(tmp_path / "r"))
+    assert len(rep.tables) == 4
+    for t in rep.tables:
+        assert t.is_filled(), t.to_markdown()
+    text = (tmp_path / "r" / "report.md").read_text()
+    for needle in ("Table 1 shape", "Table 2 shape", "Dice b_line", "covid_specificity",
+                   "uninorm (product", "argmax_mean", "Localisation"):
+        assert needle in text
+    pngs = {p.name for p in (tmp_path / "r").glob("*.png")}
+    assert {"frame_regstn_confusion.png", "frame_regstn_roc.png", "stn_regstn.png",
+            "cnnlstm_confusion.png", "cnnlstm_roc.png"} <= pngs
+    assert len(list((tmp_path / "r").glob("*.csv"))) == 4
+
+
+def test_eval_cli_says_what_a_missing_family_lacks(regstn_run, tmp_path, lus, lus_ok):
+    proc = lus_ok("eval", str(regstn_run), "--out", str(tmp_path / "r"))
+    assert "incomplete table 'Segmentation" in proc.stdout
+    assert "no segmentation run given" in (tmp_path / "r" / "report.md").read_text()
+    bad = lus("eval", str(tmp_path / "missing"))
+    assert bad.returncode == 2 and "not a run directory" in bad.stderr
+
+
+def test_regstn_boxes_cover_markers_more_often_than_random_boxes(regstn_run):
+    from lus_dist.evaluation.cli import MARKERS
+    from lus_dist.evaluation.predict import load_run
+    from lus_dist.evaluation.report import localisation_vs_random
+    from lus_dist.models.localization import stn_boxes
+    from lus_dist.shards.reader import ShardDataset
+
+    run = load_run(regstn_run, "regstn")
+    ds = ShardDataset(run.config.data.root, split="test", with_masks=True)
+    items = [ds[i] for i in range(len(ds))]
+    masks = np.stack([it["mask"] for it in items])
+    x = torch.from_numpy(np.stack([it["image"] for it in items]))
+    boxes = stn_boxes(run.model, x).numpy()[:, 0]
+    loc = localisation_vs_random(boxes, masks, MARKERS, draws=100)
+    assert loc["frames"] >= 50
+    assert loc["stn_hit_rate"] > loc["random_hit_rate"], loc
+
+
+def test_segmentation_dice_on_markers(seg_run):
+    test = json.loads((seg_run / "summary.json").read_text())["test"]
+    assert test["dice_b_line"] >= 0.8, test
+    assert test["dice_consolidation"] >= 0.8, test
+
+
+def test_uninorm_at_least_argmax_mean_on_the_phantom_video_task(regstn_run):
+    from lus_dist.aggregator.data import read_predictions
+    from lus_dist.evaluation.report import aggregate_for
+    preds = read_predictions(regstn_run / "predictions" / "test.h5")
+    res = aggregate_for(preds, k=3)
+    mean = {m: np.mean([f["weighted_f1"] for f in folds]) for m, folds in res.per_fold.items()}
+    assert mean["uninorm"] >= mean["argmax_mean"], mean
+
+
+def _phantom_clip(phantom) -> Path:
+    return sorted((phantom / "raw" / "pocus" / "videos").rglob("*.mp4"))[0]
+
+
+def test_predict_writes_scores_video_decision_and_annotated_gif(regstn_run, seg_run, phantom,
+                                                                tmp_path, lus_ok):
+    from PIL import Image
+    from data_prep.video_io import read_video
+    clip = _phantom_clip(phantom)
+    agg = tmp_path / "agg.pt"
+    lus_ok("aggregate", "--predictions", str(regstn_run / "predictions" / "train.h5"),
+           "--protocol", "kfold", "--folds", "3", "--save-model", str(agg))
+    out = tmp_path / "pred"
+    lus_ok("predict", str(clip), "--checkpoint", str(regstn_run), "--seg-checkpoint",
+           str(seg_run), "--aggregator", str(agg), "--out", str(out))
+    n = len(read_video(clip))
+    rows = (out / "frames.csv").read_text().splitlines()
+    assert len(rows) == n + 1 and rows[0].startswith("frame,prob_score0")
+    probs = np.array([[float(v) for v in r.split(",")[1:5]] for r in rows[1:]])
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-4)
+    video = json.loads((out / "video.json").read_text())
+    assert video["method"].startswith("uninorm") and video["video_class"] in (
+        "score0", "score1", "score2", "score3")
+    with Image.open(out / "annotated.gif") as gif:
+        assert gif.n_frames == n and gif.size[0] >= 128
+
+
+def test_predict_clear_errors(regstn_run, seg_run, tmp_path, lus):
+    bad = tmp_path / "broken.mp4"
+    bad.write_text("not a video")
+    proc = lus("predict", str(bad), "--checkpoint", str(regstn_run), "--out", str(tmp_path))
+    assert proc.returncode == 2 and "broken.mp4" in proc.stderr and "Traceback" not in proc.stderr
+    proc = lus("predict", str(bad), "--checkpoint", str(seg_run), "--out", str(tmp_path))
+    assert proc.returncode == 2 and "a seg run, but this option needs a frame model" in proc.stderr
+    proc = lus("predict", str(bad), "--checkpoint", str(tmp_path / "nope"))
+    assert proc.returncode == 2 and "checkpoint not found" in proc.stderr
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(not (POCUS / "videos").is_dir(), reason=f"real POCUS data absent at {POCUS}")
+def test_predict_on_a_real_pocus_clip(regstn_run, tmp_path, lus_ok):
+    clip = sorted((POCUS / "videos" / "convex").glob("Cov*.mp4"))[0]
+    lus_ok("predict", str(clip), "--checkpoint", str(regstn_run), "--out", str(tmp_path),
+           "--format", "mp4")
+    assert (tmp_path / "frames.csv").is_file() and (tmp_path / "video.json").is_file()
+    assert (tmp_path / "annotated.mp4").stat().st_size > 1000
