@@ -30,7 +30,7 @@ import pandas as pd
 
 from data_prep.records import IngestReport, LoadedVideo, VideoSource
 from data_prep.video_io import (MediaError, natural_key, image_shape, is_video_file, read_image,
-                                read_video, to_gray_if_equal)
+                                read_video, to_gray_if_monochrome)
 from lus_dist.config import load_config
 from lus_dist.shards.format import MASK_CLASSES, SCORE_CLASSES, UNKNOWN, VIDEO_CLASSES
 
@@ -235,7 +235,7 @@ class ICLUSLoader:
         if len({im.shape for im in images}) > 1:
             raise MediaError(f"{self.frames[0]}: frames of one video differ in size "
                              f"{sorted({im.shape for im in images})}")
-        frames = to_gray_if_equal(np.stack(images))
+        frames = to_gray_if_monochrome(np.stack(images))
         return LoadedVideo(frames=frames, frame_scores=np.asarray(self.scores, np.int16),
                            masks=self._masks(frames.shape[1:3]))
 

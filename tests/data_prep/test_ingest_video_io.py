@@ -5,8 +5,8 @@ import cv2
 import numpy as np
 import pytest
 
-from data_prep.video_io import (MediaError, image_shape, is_rgb_gray, read_image, read_video,
-                                to_gray_if_equal, video_info, write_video)
+from data_prep.video_io import (MediaError, image_shape, is_monochrome, read_image, read_video,
+                                to_gray_if_monochrome, video_info, write_video)
 
 
 def _clip(t=6, h=40, w=48, seed=0) -> np.ndarray:
@@ -32,17 +32,22 @@ def _npy_round_trip(tmp_path, arr):
     return read_video(tmp_path / "x.npy")
 
 
-def test_colour_clip_stays_rgb_and_gray_with_small_overlay_collapses(tmp_path):
+def test_monochrome_clips_collapse_and_colour_stays_rgb(tmp_path):
     gray = np.repeat(_clip()[..., None], 3, -1)
-    assert is_rgb_gray(gray) and to_gray_if_equal(gray).shape == gray.shape[:3]
+    assert is_monochrome(gray) and to_gray_if_monochrome(gray).shape == gray.shape[:3]
     overlay = gray.copy()
     overlay[:, :2, :2] = (255, 0, 0)                     # a small coloured marker (~0.2% of pixels)
-    assert to_gray_if_equal(overlay).ndim == 3, "still grayscale: one channel"
-    tinted = gray.copy()
-    tinted[..., 2] = (tinted[..., 2] * 0.7).astype(np.uint8)   # sepia-like tint everywhere
-    assert to_gray_if_equal(tinted).shape == tinted.shape
-    assert _npy_round_trip(tmp_path, tinted).shape == tinted.shape
-    assert _npy_round_trip(tmp_path, gray).shape == gray.shape[:3]
+    assert to_gray_if_monochrome(overlay).ndim == 3, "still grayscale: one channel"
+    noisy = gray.astype(int) + np.random.default_rng(0).integers(-7, 8, gray.shape)   # codec chroma noise
+    assert is_monochrome(noisy.clip(0, 255).astype(np.uint8))
+    sepia = gray.astype(np.float32) ** [1.0, 1.05, 1.1] * [1.0, 0.7, 0.45]    # a non-linear tint
+    sepia = sepia.astype(np.uint8)
+    assert _npy_round_trip(tmp_path, sepia).shape == gray.shape[:3]
+    doppler = gray.copy()
+    doppler[:, 10:30, 10:30] = (200, 30, 60)            # a colour box over ~20% of the field
+    assert not is_monochrome(doppler)
+    assert _npy_round_trip(tmp_path, doppler).shape == doppler.shape
+    assert read_video(tmp_path / "x.npy", gray="always").shape == doppler.shape[:3]
 
 
 def test_npy_folder_and_single_image(tmp_path):
