@@ -80,6 +80,7 @@ class LocalSlurmCluster:
         self.workdir = workdir
         self.run_dir = workdir / "run"
         self.log_dir = workdir / "log"
+        self._procs: list[subprocess.Popen] = []   # ours to reap when this process stops them
 
     # ------------------------------------------------------------ lifecycle
     def __enter__(self) -> "LocalSlurmCluster":
@@ -132,6 +133,12 @@ class LocalSlurmCluster:
             for pid in self._members(holder, ns):
                 self._signal(pid, signal.SIGKILL)
             self._signal(holder, signal.SIGKILL)
+        for proc in self._procs:
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+        self._procs.clear()
         for f in self.run_dir.glob("lus-*.pid"):
             f.unlink(missing_ok=True)
         shutil.rmtree(self.munge_dir, ignore_errors=True)
@@ -157,9 +164,10 @@ class LocalSlurmCluster:
             raise RuntimeError(f"{' '.join(argv)} exited {r.returncode}: {r.stderr.strip()}")
         return r
 
-    def sbatch(self, script: str | Path, *args: str, env: dict[str, str] | None = None,
-               cwd: str | Path | None = None) -> int:
-        out = self.run(["sbatch", "--parsable", *args, str(script)], env=env, cwd=cwd).stdout
+    def sbatch(self, script: str | Path, *args: str, script_args: tuple[str, ...] | list[str] = (),
+               env: dict[str, str] | None = None, cwd: str | Path | None = None) -> int:
+        """Submit ``script`` with sbatch options ``args``; returns the job id."""
+        out = self.run(["sbatch", "--parsable", *args, str(script), *script_args], env=env, cwd=cwd).stdout
         return int(out.strip().split(";")[0])
 
     def job_records(self, job_id: int | str) -> list[dict[str, str]]:
@@ -224,6 +232,7 @@ class LocalSlurmCluster:
         ours = _netns(os.getpid())
         self._wait_for(lambda: proc.poll() is None and _netns(proc.pid) not in (None, ours)
                        and "sleep" in Path(f"/proc/{proc.pid}/cmdline").read_text(), 10, "namespace holder")
+        self._procs.append(proc)
         (self.run_dir / "lus-holder.pid").write_text(f"{proc.pid} {_netns(proc.pid)}\n")
 
     def _start(self, name: str, argv: list[str]) -> None:
@@ -232,6 +241,7 @@ class LocalSlurmCluster:
         log = open(self.log_dir / f"{name}.out", "ab")
         proc = subprocess.Popen(self._ns(holder) + argv, env=self.env(), stdout=log, stderr=log,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
+        self._procs.append(proc)
         (self.run_dir / f"lus-{name}.pid").write_text(f"{proc.pid}\n")
         time.sleep(0.2)
         if proc.poll() is not None:
