@@ -46,6 +46,17 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that mean bad input (config, data dir, checkpoint, launch env), not a bug:
+    reported as one line naming the file and the problem, exit 2."""
+    from hpc import WorldError
+    from lus_dist.config import ConfigError
+    from lus_dist.shards.manifest import ManifestError
+
+    from .checkpoint import CheckpointError
+    return ConfigError, ManifestError, CheckpointError, WorldError, FileNotFoundError
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_intermixed_args(argv)
     from lus_dist.config import ConfigError
@@ -58,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     loop = importlib.import_module(LOOPS[args.family])
     try:
         return int(loop.run(cfg, run_dir, resume=args.resume))
-    except (ConfigError, FileNotFoundError) as exc:
+    except user_errors() as exc:
         print(f"lus train: {exc}", file=sys.stderr)
         return 2
 

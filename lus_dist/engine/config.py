@@ -16,6 +16,8 @@ import torch
 from lus_dist.config import ConfigError, load_config
 from lus_dist.losses import FrameLossConfig
 
+DEEPSPEED_CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "deepspeed"
+
 
 @dataclass
 class DataConfig:
@@ -123,7 +125,7 @@ class DistConfig:
         if self.deepspeed_config:
             path = Path(self.deepspeed_config)
         else:
-            path = Path(__file__).resolve().parents[2] / "configs" / "deepspeed" / f"zero{self.zero_stage}.json"
+            path = DEEPSPEED_CONFIGS / f"zero{self.zero_stage}.json"
         if not path.is_file():
             raise ConfigError(f"{path}: DeepSpeed config not found (set dist.deepspeed_config)")
         return path
@@ -136,7 +138,8 @@ class CheckpointConfig:
 
     def __post_init__(self) -> None:
         if self.keep < 2:
-            raise ConfigError(f"checkpoint.keep must be >= 2 (a torn newest needs a fallback), got {self.keep}")
+            raise ConfigError("checkpoint.keep must be >= 2 (a torn newest checkpoint needs a "
+                              f"fallback), got {self.keep}")
 
 
 @dataclass

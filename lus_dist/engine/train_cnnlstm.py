@@ -134,7 +134,8 @@ def run(cfg: CNNLSTMConfig, run_dir: Path, resume: str | None = None) -> int:
             "family": "cnnlstm", "name": cfg.name, "encoder": model.cfg.encoder,
             "epochs": cfg.train.epochs, "global_step": progress.global_step,
             "best_epoch": progress.best_epoch, f"best_{val_split}_{BEST_METRIC}": progress.best_metric,
-            "best_selected_on": val_split, "last_epoch_val": val, "test": test, "param_digests": digests,
+            "best_selected_on": val_split, "last_epoch_val": val, "test": test,
+            "param_digests": digests,
             "world_size": world.world_size, "backend": cfg.dist.backend, "train_seconds": train_s,
             "train_samples_per_s": samples * world.world_size / max(train_s, 1e-9),
             "wall_seconds": time.time() - t_start})

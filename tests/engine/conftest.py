@@ -1,29 +1,12 @@
-"""Phantom shards and a torchrun helper for the engine's multi-process tests.
-
-Every run here is a real process group: `python -m hpc.launch` (torchrun that keeps the
-requeue exit code) with gloo on CPU, one thread per rank.
-"""
+"""The phantom shards the engine's multi-process tests train on."""
 from __future__ import annotations
 
-import csv
-import json
-import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
-CONFIGS = ROOT / "configs"
-
-
-def child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu", TORCH_DISABLE_SHARE_RDZV_TCP_STORE="1",
-               PYTHONUNBUFFERED="1")
-    return env
+from engine_helpers import child_env
 
 
 @pytest.fixture(scope="session")
@@ -41,62 +24,3 @@ def engine_shards(request, tmp_path_factory) -> Path:
                               capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-3000:]
     return base / "shards"
-
-
-def launch_cmd(family: str, run_dir: Path, overrides: list[str], nproc: int = 2,
-               config: str | None = None, max_restarts: int = 0, resume: str | None = None) -> list[str]:
-    cmd = [sys.executable, "-m", "hpc.launch", "--standalone", f"--nproc-per-node={nproc}",
-           f"--max-restarts={max_restarts}", "-m", "lus", "train", family, "--run-dir", str(run_dir)]
-    if config:
-        cmd += ["--config", str(CONFIGS / config)]
-    if resume:
-        cmd += ["--resume", resume]
-    return cmd + overrides
-
-
-def run_train(*args, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
-    cmd = launch_cmd(*args, **kw)
-    return subprocess.run(cmd, env=child_env(), capture_output=True, text=True, timeout=timeout,
-                          cwd=ROOT)
-
-
-def explain(proc) -> str:
-    return f"exit {proc.returncode}\n--- stdout ---\n{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-4000:]}"
-
-
-def summary(run_dir: Path) -> dict:
-    return json.loads((run_dir / "summary.json").read_text())
-
-
-def step_losses(run_dir: Path) -> list[float]:
-    with open(run_dir / "metrics.csv", newline="") as fh:
-        rows = [r for r in csv.DictReader(fh) if r["kind"] == "step" and r["name"] == "loss"]
-    return [float(r["value"]) for r in sorted(rows, key=lambda r: int(r["global_step"]))]
-
-
-def last_step(run_dir: Path) -> int:
-    path = run_dir / "metrics.csv"
-    if not path.exists():
-        return 0
-    with open(path, newline="") as fh:
-        steps = [int(r["global_step"]) for r in csv.DictReader(fh) if r["kind"] == "step"]
-    return max(steps, default=0)
-
-
-def wait_for(predicate, proc: subprocess.Popen, timeout: float, what: str) -> None:
-    """Poll until predicate() holds; fail clearly if the run ends or time runs out first."""
-    deadline = time.time() + timeout
-    while not predicate():
-        if proc.poll() is not None:
-            out, err = proc.communicate()
-            pytest.fail(f"run ended (exit {proc.returncode}) before {what}\n{out[-3000:]}\n{err[-3000:]}")
-        if time.time() > deadline:
-            proc.kill()
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
-def worker_pids(agent_pid: int) -> list[int]:
-    """The torchrun agent's worker processes (its direct children)."""
-    path = Path(f"/proc/{agent_pid}/task/{agent_pid}/children")
-    return [int(p) for p in path.read_text().split()] if path.exists() else []

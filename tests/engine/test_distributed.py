@@ -15,7 +15,7 @@ from hpc import REQUEUE_EXIT_CODE
 from lus_dist.aggregator.data import read_predictions
 from lus_dist.engine.checkpoint import committed
 
-from .conftest import (child_env, explain, last_step, launch_cmd, run_train, step_losses,
+from engine_helpers import (child_env, explain, last_step, launch_cmd, run_train, step_losses,
                        summary, wait_for, worker_pids)
 
 pytestmark = pytest.mark.slow
