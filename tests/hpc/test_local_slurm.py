@@ -199,3 +199,29 @@ def test_cluster_up_down_stops_only_its_own(tmp_path):
     assert c._holder_pid() is None and not c._members(holder, ns)
     assert not list((tmp_path / "c1" / "run").glob("lus-*.pid"))
     assert c.status().startswith("no local cluster")
+
+
+SRUN_WORKER = """
+import torch, torch.distributed as dist
+from hpc import current_world, init_distributed, destroy_distributed
+w = current_world()
+init_distributed(w, timeout_s=60)
+t = torch.tensor([w.rank + 1.0])
+dist.all_reduce(t)
+print(f"srun-world rank={w.rank} node={w.node_rank} host={w.hostname} launcher={w.launcher} sum={t.item()}")
+destroy_distributed()
+"""
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_srun_without_torchrun_forms_a_group(slurm2, tmp_path):
+    """One process per Slurm task (as `srun python -m lus train` would start them): the world
+    and the rendezvous come from SLURM_* alone, and an all-reduce spans both nodes."""
+    script = tmp_path / "worker.py"
+    script.write_text(SRUN_WORKER)
+    out = slurm2.run(["srun", "--nodes=2", "--ntasks-per-node=1", sys.executable, str(script)],
+                     env={"PYTHONPATH": str(ROOT)}, timeout=180).stdout
+    lines = sorted(line for line in out.splitlines() if line.startswith("srun-world"))
+    assert lines == ["srun-world rank=0 node=0 host=node1 launcher=srun sum=3.0",
+                     "srun-world rank=1 node=1 host=node2 launcher=srun sum=3.0"], out
