@@ -293,6 +293,7 @@ class ClipStatic(NamedTuple):
     shade: np.ndarray        # rib shadows
     surface: np.ndarray      # rib surfaces
     gain: np.ndarray         # gain x depth attenuation
+    noise: np.ndarray        # electronic noise field, shifted per frame
 
 
 def clip_static(params: VideoParams) -> ClipStatic:
@@ -300,8 +301,9 @@ def clip_static(params: VideoParams) -> ClipStatic:
     layers = 0.3 + sum(s * np.exp(-((g.d - dk - 0.004 * np.sin(9 * g.u)) / 0.008) ** 2)
                        for dk, s in params.layers)
     shade, surface = _rib_fields(params, g)
+    noise = np.random.default_rng([params.speckle_seed, 1]).standard_normal(g.d.shape, dtype=np.float32)
     return ClipStatic(_speckle_texture(params), layers, shade, surface,
-                      params.gain * np.exp(-params.atten * g.d))
+                      params.gain * np.exp(-params.atten * g.d), 255 * params.noise * noise)
 
 
 def render(params: VideoParams, scene: Scene, t: float, static: ClipStatic | None = None,
@@ -327,8 +329,7 @@ def render(params: VideoParams, scene: Scene, t: float, static: ClipStatic | Non
     spk = 1 + (spk - 1) * (1 - 0.5 * np.clip(b_prof, 0, 1))      # B-lines are smoother
     amp = static.gain * echo * spk
     img = 255 * np.clip(amp / 1.6, 0, 1) ** params.gamma
-    img += 255 * params.noise * np.random.default_rng([params.speckle_seed, int(t), 1]).standard_normal(
-        img.shape, dtype=np.float32)
+    img += np.roll(static.noise, (17 * int(t), 23 * int(t)), axis=(0, 1))
     if params.ticks:
         img[((g.d * 10) % 1 < 0.12) & (np.abs(g.u - 0.985) < 0.01) & g.inside] = 200
     img = np.where(g.inside, np.clip(img, 0, 255), 0).astype(np.uint8)
