@@ -22,6 +22,7 @@ naming the file and the columns.
 from __future__ import annotations
 
 import ast
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,7 +57,7 @@ class ICLUSColumns:
     frame: str = "filename"
     score: tuple[str, ...] = ("label",)
     patient: str = "patient_hash"
-    video: str = "video"
+    video: str | None = "video"            # None: the frame file name minus its frame number
     probe: str = "sensor"
     hospital: str = "hospital"
     frame_index: str = "frame_index"
@@ -116,6 +117,13 @@ def combine_scores(values: list[int | None], how: str = "majority") -> int:
         return valid[len(valid) // 2]
     counts = np.bincount(np.asarray(valid) - min(valid))
     return int(min(valid) + np.flatnonzero(counts == counts.max()).max())
+
+
+def video_from_frame_name(name) -> str:
+    """`a/b/clip07_0012.npy` -> `a/b/clip07`: for frame tables without a video column."""
+    path = Path(str(name))
+    stem = re.sub(r"[_\-. ]*(frame)?[_\-]?\d+$", "", path.stem, flags=re.IGNORECASE) or path.stem
+    return str(path.with_name(stem)) if path.parent != Path(".") else stem
 
 
 def diagnosis_label(value) -> int | None:
@@ -365,7 +373,7 @@ def _build_source(root: Path, table: Path, name: str, group: pd.DataFrame, cols:
              "masked_frames": sum(m is not None for m in masks)}
     return VideoSource(video_id=name, patient_id=ids["patient"], hospital_id=ids["hospital"],
                        probe=ids["probe"].lower(), label=label, video_score=int(vscore),
-                       source=f"{table}#{cols.video}={name}", loader=loader, extra=extra), None
+                       source=f"{table}#video={name}", loader=loader, extra=extra), None
 
 
 def ingest_iclus(root, table=None, columns: ICLUSColumns | None = None,
@@ -377,14 +385,15 @@ def ingest_iclus(root, table=None, columns: ICLUSColumns | None = None,
         raise IngestError(f"{root}: not a directory")
     table_path = find_table(root, table)
     df = read_table(table_path, allow_pickle)
-    require_columns(df, table_path, [cols.frame, *cols.score, cols.patient, cols.video, cols.probe,
-                                     cols.hospital])
+    require_columns(df, table_path, [cols.frame, *cols.score, cols.patient, cols.probe, cols.hospital]
+                    + ([cols.video] if cols.video else []))
+    videos = df[cols.video].astype(str) if cols.video else df[cols.frame].map(video_from_frame_name)
     splits, vscores = read_splits(root, cols), read_video_scores(root, cols)
     report = IngestReport()
-    for name, group in df.groupby(df[cols.video].astype(str), sort=False):
+    for name, group in df.groupby(videos, sort=False):
         source, reason = _build_source(root, table_path, name, group, cols, splits, vscores)
         if source is None:
-            report.skip(f"{table_path}#{cols.video}={name}", reason)
+            report.skip(f"{table_path}#video={name}", reason)
         else:
             report.sources.append(source)
     report.sources.sort(key=lambda s: s.video_id)

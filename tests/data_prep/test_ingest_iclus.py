@@ -124,6 +124,16 @@ def test_configurable_columns_and_several_annotators(tmp_path):
         load_columns(overrides=["fram=x"])
 
 
+def test_video_from_frame_names_when_the_table_has_no_video_column(tmp_path):
+    df = _mini(tmp_path, n_videos=2).drop(columns=["video"])
+    df.to_csv(tmp_path / "dataset.csv", index=False)
+    with pytest.raises(IngestError, match=r"missing column\(s\) \['video'\]"):
+        ingest_iclus(tmp_path)
+    report = ingest_iclus(tmp_path, columns=ICLUSColumns(video=None))
+    assert [s.video_id for s in report.sources] == ["vid0", "vid1"]
+    assert report.sources[1].load().frames[:, 0, 0].tolist() == [10, 11, 12, 13]
+
+
 def test_bad_videos_are_skipped_with_reasons_and_the_rest_kept(tmp_path):
     df = _mini(tmp_path, n_videos=6)
     df.loc[df.video == "vid0", "label"] = 7                                      # out of range
