@@ -2,6 +2,19 @@
 
 Knows nothing of models or data. Import-light: torch is imported only inside functions
 that need it, so ``lus cluster`` and the world detection start fast.
+
+* :func:`world_from_env` / :func:`current_world`: rank, sizes, node and rendezvous from
+  torchrun, srun (without torchrun) or a plain process; :class:`WorldError` with a hint.
+* :func:`init_distributed`: gloo on CPU, nccl on GPU, always an explicit timeout.
+* :class:`PreemptionFlag` + :data:`REQUEUE_EXIT_CODE` (75): signal -> flag -> ranks agree at a
+  step boundary -> checkpoint -> exit 75 -> ``slurm/common.sh`` runs ``scontrol requeue``.
+* ``python -m hpc.launch``: torchrun that keeps exit 75 and leaves USR1 to the workers.
+* :mod:`hpc.local_slurm` / ``lus cluster up|down|status|run``: a real loopback-only cluster.
+
+Environment knobs read by the sbatch scripts (``slurm/*.sh``): LUS_PYTHON (else
+$VIRTUAL_ENV/bin/python, else the project's .venv), NPROC_PER_NODE / CPU_PROCS_PER_NODE,
+MAX_RESTARTS, DRY_RUN=1. Under ``torchrun --max-restarts`` keep
+TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 (the scripts and hpc.launch set it; see hpc.dist).
 """
 from hpc.dist import destroy_distributed, init_distributed
 from hpc.signals import REQUEUE_EXIT_CODE, PreemptionFlag

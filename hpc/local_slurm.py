@@ -212,6 +212,7 @@ class LocalSlurmCluster:
             (self.workdir / "spool" / name).mkdir(exist_ok=True)
         self.layout.conf_path.write_text(render_slurm_conf(self.layout))
         (self.workdir / "etc" / "hosts").write_text(render_hosts(self.layout, socket.gethostname()))
+        (self.workdir / "etc" / "resolv.conf").write_text("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
         shutil.rmtree(self.munge_dir, ignore_errors=True)
         self.munge_dir.mkdir(parents=True)
         self.munge_dir.chmod(0o755)  # munged insists on execute permission for all
@@ -224,8 +225,11 @@ class LocalSlurmCluster:
         hosts = self.workdir / "etc" / "hosts"
         # A second loopback address: glibc's AI_ADDRCONFIG ignores 127.0.0.1, so without it
         # Slurm's getaddrinfo(NULL, AF_INET) finds no IPv4 address and cannot bind.
+        # resolv.conf points at loopback too: a reverse lookup (c10d does some) then fails at
+        # once on 127.0.0.1 instead of trying the machine's real name server.
+        resolv = self.workdir / "etc" / "resolv.conf"
         script = (f"ip link set lo up && ip addr add 127.0.0.2/8 dev lo && mount --bind"
-                  f" {hosts} /etc/hosts && exec sleep infinity")
+                  f" {hosts} /etc/hosts && mount --bind {resolv} /etc/resolv.conf && exec sleep infinity")
         proc = subprocess.Popen(["unshare", "--net", "--mount", "--propagation", "private",
                                  "sh", "-c", script], start_new_session=True,
                                 stdout=subprocess.DEVNULL, stderr=open(self.log_dir / "holder.err", "w"))
