@@ -32,11 +32,16 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from data_prep.phantom_render import (COVID, HEALTHY, PNEUMONIA, PROBES, geometry,  # noqa: F401
-                                      render, render_clip, render_frame, sample_scene,
-                                      sample_video_params)
+from data_prep.phantom_render import (COVID, HEALTHY, PNEUMONIA, PROBES, geometry, render, render_clip,
+                                      render_frame, sample_scene, sample_video_params)
 from data_prep.video_io import write_video
 from lus_dist.shards.format import VIDEO_CLASSES
+
+__all__ = ["make_phantom", "make_videos", "PhantomVideo", "sample_frame_scores", "video_score_of",
+           "patient_table", "LABEL_SCORE_PROBS",
+           # rendering, re-exported so callers need one import: data_prep.phantom.render_frame(...)
+           "render_frame", "render_clip", "render", "sample_scene", "sample_video_params", "geometry",
+           "PROBES"]
 
 # P(frame score | diagnosis): healthy lungs are mostly A-line frames, covid mostly
 # B-line frames, pneumonia mostly consolidation frames, with deliberate overlap.
