@@ -14,18 +14,27 @@
 #          --storage /shared/tune
 #
 # --storage must be on a filesystem every node sees. With --resume a requeued job continues
-# the sweep, keeping finished trials. Environment knobs: LUS_PYTHON (python with lus),
-# LUS_RAY_TMP (short local temp dir), LUS_RAY_PORT_BASE, RAY_AUTH_MODE (default disabled).
+# the sweep, keeping finished trials. Environment knobs: LUS_PYTHON or VIRTUAL_ENV (see
+# slurm/common.sh), LUS_RAY_TMP (short local temp dir), LUS_RAY_PORT_BASE, RAY_AUTH_MODE
+# (default disabled). DRY_RUN=1 prints the Ray and lus commands without running them.
 set -euo pipefail
 
-PY=${LUS_PYTHON:-python}
-RAY_BIN=${RAY_BIN:-$(dirname "$(command -v "$PY")")/ray}
+# sbatch runs a copy of this file: find the project from the submitted path, else from here.
+if [[ -z "${LUS_ROOT:-}" && -n "${SLURM_JOB_ID:-}" && "${DRY_RUN:-0}" != 1 ]]; then
+    LUS_ROOT="$(scontrol show job "$SLURM_JOB_ID" 2>/dev/null | sed -n 's/.*Command=\([^ ]*\)\/slurm\/[^/ ]*.*/\1/p' || true)"
+fi
+LUS_ROOT="${LUS_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}"
+# shellcheck source=slurm/common.sh
+source "$LUS_ROOT/slurm/common.sh"
+lus_init "$@"
+PY=$LUS_PY
+RAY_BIN=${RAY_BIN:-$(dirname "$PY")/ray}
 export RAY_USAGE_STATS_ENABLED=0
 export RAY_AUTH_MODE=${RAY_AUTH_MODE:-disabled}   # explicit, or a second raylet fails auth
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 export RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S=${RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S:-600}
 
-mapfile -t NODES < <(scontrol show hostnames "$SLURM_JOB_NODELIST")
+mapfile -t NODES < <(scontrol show hostnames "${SLURM_JOB_NODELIST:?run this under sbatch}")
 NNODES=${#NODES[@]}
 JOB=${SLURM_JOB_ID:?run this under sbatch (SLURM_JOB_ID unset)}
 # One explicit port block per job (200 ports), so two sweeps on a node never collide.
@@ -52,12 +61,12 @@ ray_node() {
                   --object-manager-port=$((p + 1)) --min-worker-port=$((p + 2))
                   --max-worker-port=$((p + 39)) --disable-usage-stats)
     if [ "$i" -eq 0 ]; then
-        srun --overlap --nodes=1 --ntasks=1 -w "$host" "$RAY_BIN" start --head \
+        lus_run srun --overlap --nodes=1 --ntasks=1 -w "$host" "$RAY_BIN" start --head \
             --port="$GCS_PORT" --include-dashboard=false \
             --ray-client-server-port=$((BASE + 1)) --dashboard-agent-listen-port=$((BASE + 2)) \
             --metrics-export-port=$((BASE + 3)) "${common[@]}" &
     else
-        srun --overlap --nodes=1 --ntasks=1 -w "$host" "$RAY_BIN" start \
+        lus_run srun --overlap --nodes=1 --ntasks=1 -w "$host" "$RAY_BIN" start \
             --address="$ADDRESS" --dashboard-agent-listen-port=$((p + 38)) \
             --metrics-export-port=$((p + 37)) "${common[@]}" &
     fi
@@ -74,12 +83,12 @@ trap cleanup EXIT
 
 echo "lus tune.sh: job $JOB, $NNODES node(s) ${NODES[*]}, Ray head $ADDRESS"
 ray_node 0 "$HEAD"
-"$PY" -m tune.ray_env wait --address "$ADDRESS" --nodes 1 --timeout 120
+lus_run "$PY" -m tune.ray_env wait --address "$ADDRESS" --nodes 1 --timeout 120
 for ((i = 1; i < NNODES; i++)); do ray_node "$i" "${NODES[$i]}"; done
-"$PY" -m tune.ray_env wait --address "$ADDRESS" --nodes "$NNODES" --timeout 180
+lus_run "$PY" -m tune.ray_env wait --address "$ADDRESS" --nodes "$NNODES" --timeout 180
 
 set +e
-"$PY" -m lus tune "$@" --address "$ADDRESS"
+lus_run "$PY" -m lus tune "${LUS_ARGS[@]}" --address "$ADDRESS"
 rc=$?
 set -e
 echo "lus tune.sh: sweep exit code $rc"

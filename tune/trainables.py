@@ -182,7 +182,42 @@ def distributed_trial(config: dict[str, Any], ctx: TrialContext) -> None:
                              # engine resumes from the run dir's checkpoints
                              failure_config=FailureConfig(max_failures=0,
                                                           controller_failure_limit=0)))
-    trainer.fit()
+    with release_leaked_groups():
+        trainer.fit()
+
+
+@contextlib.contextmanager
+def release_leaked_groups(grace_s: float = 30.0) -> Iterator[None]:
+    """Remove the worker placement group a finished Ray Train run leaves behind.
+
+    Ray Train's controller frees its group on a clean exit; when the controller dies first
+    (its owner, this trial, is torn down by Tune) the group stays reserved, because Ray's
+    own cleaner asks the dashboard's state API, which we do not run. The next trial then
+    waits forever for CPUs. Only groups created during this run, holding no TRAIN_DRIVER
+    slot, placed entirely on this node (one driver slot per node means one distributed
+    trial per node) and still alive after `grace_s` are removed.
+    """
+    import time
+
+    import ray
+    from ray.util.placement_group import PlacementGroup, placement_group_table
+
+    node = ray.get_runtime_context().get_node_id()
+    before = set(placement_group_table())
+    try:
+        yield
+    finally:
+        deadline = time.monotonic() + grace_s
+        while True:
+            leaked = [pg_id for pg_id, info in placement_group_table().items()
+                      if pg_id not in before and info["state"] == "CREATED"
+                      and not any(TRAIN_DRIVER_RESOURCE in b for b in info["bundles"].values())
+                      and set(info["bundles_to_node_id"].values()) == {node}]
+            if not leaked or time.monotonic() > deadline:
+                break
+            time.sleep(1.0)
+        for pg_id in leaked:
+            ray.util.remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(pg_id))))
 
 
 # ---------------------------------------------------------------- registry

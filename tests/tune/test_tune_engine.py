@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 def _pack(tmp: Path, layout: str) -> Path:
     from data_prep.phantom import make_phantom
 
-    raw = make_phantom(tmp / "raw", seed=0, n_patients=6, videos_per_patient=2,
+    raw = tmp / "raw" if (tmp / "raw").is_dir() else make_phantom(tmp / "raw", seed=0, n_patients=12, videos_per_patient=2,
                        frames_per_video=(8, 12), size=48)
     out = tmp / f"shards-{layout}"
     proc = subprocess.run([sys.executable, "-m", "lus", "prep", "pack", "--layout", layout,
