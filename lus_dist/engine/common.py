@@ -193,8 +193,8 @@ class Fit:
         """Backward one micro-batch; step the optimizer at the accumulation boundary."""
         if self.engine is not None:
             self.engine.backward(loss)
-            self.engine.step()
-            return self.engine.is_gradient_accumulation_boundary() or (micro + 1) % self.accum == 0
+            self.engine.step()       # a no-op inside an accumulation window
+            return (micro + 1) % self.accum == 0
         (loss / self.accum).backward()
         if (micro + 1) % self.accum:
             return False

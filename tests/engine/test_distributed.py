@@ -89,9 +89,12 @@ def test_preemption_then_resume_is_bitwise_identical(engine_shards, tmp_path, re
     run = tmp_path / "pre"
     args = ("regstn", run, [f"data.root={engine_shards}", *TINY, "checkpoint.every_steps=2"])
     proc = subprocess.Popen(launch_cmd(*args, resume="auto"), env=child_env(), text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     wait_for(lambda: last_step(run) >= 3, proc, 240, "training step 3")
-    os.killpg(proc.pid, signal.SIGUSR1)          # as Slurm's --signal=USR1 does to the step
+    # Signal the agent (hpc.launch ignores USR1) and ONE worker: the other rank must learn
+    # of it through the step-boundary agreement and stop at the same step.
+    os.kill(proc.pid, signal.SIGUSR1)
+    os.kill(worker_pids(proc.pid)[-1], signal.SIGUSR1)
     out, err = proc.communicate(timeout=240)
     assert proc.returncode == REQUEUE_EXIT_CODE, f"exit {proc.returncode}\n{out[-3000:]}\n{err[-3000:]}"
     assert "preempted at step" in out and not (run / "summary.json").exists()
