@@ -116,7 +116,7 @@ class LocalSlurmCluster:
         self._wait_for(self._nodes_idle, timeout, "idle nodes")
         return self
 
-    def down(self, timeout: float = 15.0) -> None:
+    def down(self, timeout: float = 15.0, grace: float = 3.0) -> None:
         """Stop what this work dir started: daemons, then every process left in our namespace."""
         holder = self._holder_pid()
         for name in [f"slurmd-{n}" for n in self.layout.node_names] + ["slurmctld", "munged"]:
@@ -125,11 +125,12 @@ class LocalSlurmCluster:
                 os.kill(pid, signal.SIGTERM)
         if holder is not None:
             ns = _netns(holder)
-            deadline = time.monotonic() + timeout
-            while (left := self._members(holder, ns)) and time.monotonic() < deadline:
+            start = time.monotonic()   # SIGTERM for a grace period, then SIGKILL
+            while (left := self._members(holder, ns)) and time.monotonic() < start + timeout:
+                sig = signal.SIGTERM if time.monotonic() < start + grace else signal.SIGKILL
                 for pid in left:
-                    self._signal(pid, signal.SIGTERM if time.monotonic() < deadline - 5 else signal.SIGKILL)
-                time.sleep(0.5)
+                    self._signal(pid, sig)
+                time.sleep(0.3)
             for pid in self._members(holder, ns):
                 self._signal(pid, signal.SIGKILL)
             self._signal(holder, signal.SIGKILL)
