@@ -95,10 +95,13 @@ def check_sources(sources: list[VideoSource]) -> list[VideoSource]:
 def _video_table(sources: list[VideoSource], shard_of: np.ndarray, cfg: PackConfig) -> dict:
     pids = [s.patient_id for s in sources]
     patients = sorted(set(pids))
-    folds = (group_kfold(pids, cfg.folds, cfg.split_seed, [s.label for s in sources])
-             if cfg.folds >= 2 else np.full(len(sources), -1))
-    split = patient_split(pids, [s.extra.get("split") for s in sources],
-                          cfg.test_frac, cfg.val_frac, cfg.split_seed)
+    try:
+        folds = (group_kfold(pids, cfg.folds, cfg.split_seed, [s.label for s in sources])
+                 if cfg.folds >= 2 else np.full(len(sources), -1))
+        split = patient_split(pids, [s.extra.get("split") for s in sources],
+                              cfg.test_frac, cfg.val_frac, cfg.split_seed)
+    except ValueError as exc:
+        raise PackError(f"split/fold assignment: {exc} (see --folds, --test-frac, --val-frac)") from None
     cols = {k: [str(getattr(s, k)) for s in sources]
             for k in ("video_id", "patient_id", "hospital_id", "probe", "source")}
     cols.update(label=[s.label for s in sources], video_score=[s.video_score for s in sources],

@@ -156,3 +156,14 @@ def test_torchrun_two_processes_read_disjoint_complete_shares(packed, tmp_path):
     n = Manifest.load(packed).n_frames
     assert not a & b and len(a) + len(b) == n // 2 * 2
     assert Counter(len(r["pairs"]) for r in ranks) == Counter({n // 2: 2})
+
+
+def test_uncompressed_fast_path_reads_the_same_items(packed, tmp_path):
+    from shard_helpers import pack_synthetic, small_config
+    pack_synthetic(tmp_path / "raw", cfg=small_config(compression="none"))
+    a, b = ShardDataset(packed, with_masks=True), ShardDataset(tmp_path / "raw", with_masks=True)
+    assert len(a) == len(b) > 0
+    for i in range(0, len(a), 7):
+        x, y = a[i], b[i]
+        assert all(torch.equal(x[k], y[k]) for k in x)
+    assert b._files[int(b.shard_ids[0])][1][("frames", "direct")] is True
