@@ -14,6 +14,13 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
+# With tests/ on sys.path (pytest's prepend import mode, e.g. `pytest tests/test_cli.py tests/hpc`)
+# `import hpc` can resolve to this folder as a namespace package; make it the project's package.
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+if getattr(sys.modules.get("hpc"), "__file__", "") is None:
+    del sys.modules["hpc"]
+
 
 def lus(*args: str, cwd: Path | None = None) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
