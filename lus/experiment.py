@@ -251,20 +251,6 @@ def merge_predictions(parts: list):
         cat.pop("frame_index"), class_names=parts[0].class_names, source="out-of-fold", **cat)
 
 
-def decisions_metrics(y: np.ndarray, pred: np.ndarray, classes) -> dict[str, float]:
-    """Barros et al.'s columns from hard decisions (the aggregator reports classes, not
-    probabilities, so there is no AUC here)."""
-    from lus_dist.metrics import confusion_matrix, per_class, summary_from_confusion
-
-    cm = confusion_matrix(np.asarray(y, np.int64), np.asarray(pred, np.int64), len(classes))
-    out = summary_from_confusion(cm)
-    pc = per_class(cm)
-    for i, c in enumerate(classes):
-        out.update({f"{c}_{m}": float(pc[m][i]) for m in ("precision", "recall", "f1",
-                                                           "specificity")})
-    return out
-
-
 def collect(cfg: PocusExperimentConfig, jobs: list[Job], out: Path, cv: bool = True):
     """Per-fold CNN-LSTM metrics, pooled out-of-fold frame predictions and the aggregator
     (k-fold over the pooled out-of-fold predictions; held-out: trained on the training
@@ -306,7 +292,8 @@ def collect(cfg: PocusExperimentConfig, jobs: list[Job], out: Path, cv: bool = T
 def write_report(cfg: PocusExperimentConfig, res: dict, out: Path, command: str,
                  wall_s: float, manifest) -> Path:
     from lus_dist.evaluation.report import (Report, ReportError, confusion_and_roc,
-                                            frame_scores_of, read_video_predictions)
+                                            decisions_metrics, frame_scores_of,
+                                            read_video_predictions)
     from lus_dist.evaluation.tables import (cnnlstm_table, frame_table, mean_std,
                                             published_comparison, video_table)
     from lus_dist.evaluation.report import video_folds_of

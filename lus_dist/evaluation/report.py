@@ -15,12 +15,12 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from lus_dist.metrics import frame_metrics, setting2_mask, video_metrics
-from lus_dist.shards.format import MASK_CLASSES, SCORE_CLASSES, VIDEO_CLASSES
+from lus_dist.metrics import (confusion_matrix, frame_metrics, per_class, setting2_mask,
+                              summary_from_confusion)
+from lus_dist.shards.format import VIDEO_CLASSES
 
 from . import plots
-from .tables import (SETTING2_KS, FrameScores, Table, cnnlstm_table, frame_table, seg_table,
-                     video_table)
+from .tables import SETTING2_KS, FrameScores, Table
 
 
 class ReportError(ValueError):
@@ -143,9 +143,16 @@ def read_video_predictions(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return df["label"].to_numpy(np.int64)[known], df[cols].to_numpy(np.float64)[known]
 
 
-def video_metrics_of(y_true: np.ndarray, probs: np.ndarray,
-                     classes: Sequence[str] = VIDEO_CLASSES) -> dict[str, float]:
-    return video_metrics(np.asarray(y_true, np.int64), probs, classes)
+def decisions_metrics(y: np.ndarray, pred: np.ndarray, classes) -> dict[str, float]:
+    """Barros et al.'s columns from hard decisions (the aggregator reports classes, not
+    probabilities, so there is no AUC here)."""
+    cm = confusion_matrix(np.asarray(y, np.int64), np.asarray(pred, np.int64), len(classes))
+    out = summary_from_confusion(cm)
+    pc = per_class(cm)
+    for i, c in enumerate(classes):
+        out.update({f"{c}_{m}": float(pc[m][i]) for m in ("precision", "recall", "f1",
+                                                           "specificity")})
+    return out
 
 
 # ---------------------------------------------------------------- segmentation
@@ -248,7 +255,7 @@ class Report:
 def confusion_and_roc(rep: Report, stem: str, y: np.ndarray, probs: np.ndarray,
                       classes: Sequence[str], what: str) -> None:
     """Both figures for one set of decisions; classes absent from y are still shown."""
-    from lus_dist.metrics import confusion_matrix, roc_auc_per_class
+    from lus_dist.metrics import roc_auc_per_class
     k = len(classes)
     cm = confusion_matrix(y, probs.argmax(1), k)
     aucs = [None if np.isnan(a) else float(a) for a in roc_auc_per_class(y, probs, k)]
@@ -256,9 +263,3 @@ def confusion_and_roc(rep: Report, stem: str, y: np.ndarray, probs: np.ndarray,
                                   f"{what}: confusion"), f"{what} confusion matrix")
     rep.image(plots.roc_png(y, probs, classes, rep.out / f"{stem}_roc.png", aucs,
                             f"{what}: ROC"), f"{what} ROC")
-
-
-__all__ = ["box_coverage", "random_boxes_like", "localisation_vs_random", "RunInfo", "Report", "ReportError", "load_run", "frame_scores", "frame_scores_of",
-           "video_folds_of", "aggregate_for", "read_aggregate_dir", "cnnlstm_metrics",
-           "seg_metrics", "confusion_and_roc", "frame_table", "video_table", "seg_table",
-           "cnnlstm_table", "MASK_CLASSES", "SCORE_CLASSES", "VIDEO_CLASSES"]

@@ -42,11 +42,23 @@ def lus_ok():
 
 @pytest.fixture(scope="session")
 def phantom(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("phantom")
-    run_lus_ok("prep", "phantom", "--out", str(root / "raw"), "--seed", "0")
-    run_lus_ok("prep", "pack", "--layout", "iclus", "--src", str(root / "raw" / "iclus"),
-           "--out", str(root / "shards"), "--size", str(SIZE), "--workers", "1", "--quiet")
+    """Fresh per session; LUS_EVAL_TEST_CACHE=DIR keeps the phantom and finished runs
+    between sessions (developer convenience: a run with summary.json is not retrained)."""
+    cache = os.environ.get("LUS_EVAL_TEST_CACHE")
+    root = Path(cache) if cache else tmp_path_factory.mktemp("phantom")
+    if not (root / "shards" / "manifest.json").is_file():
+        run_lus_ok("prep", "phantom", "--out", str(root / "raw"), "--seed", "0")
+        run_lus_ok("prep", "pack", "--layout", "iclus", "--src", str(root / "raw" / "iclus"),
+                   "--out", str(root / "shards"), "--size", str(SIZE), "--workers", "1",
+                   "--quiet")
     return root
+
+
+def train(run: Path, *args: str) -> Path:
+    if not (run / "summary.json").is_file():
+        run_lus_ok("train", *args[:1], "--run-dir", str(run), "--resume", "auto", *args[1:],
+                   *COMMON)
+    return run
 
 
 COMMON = ("logging.progress=plain", "logging.tensorboard=false", "seed=0")
@@ -54,25 +66,19 @@ COMMON = ("logging.progress=plain", "logging.tensorboard=false", "seed=0")
 
 @pytest.fixture(scope="session")
 def regstn_run(phantom) -> Path:
-    run = phantom / "runs" / "regstn"
-    run_lus_ok("train", "regstn", "--run-dir", str(run), f"data.root={phantom / 'shards'}",
-           "model.name=regstn_fixed", "train.epochs=4", "data.batch_size=16",
-           "schedule.milestones=[3]", "viz_frames=0", "predict_splits=[train,test]", *COMMON)
-    return run
+    return train(phantom / "runs" / "regstn", "regstn", f"data.root={phantom / 'shards'}",
+                 "model.name=regstn_fixed", "train.epochs=4", "data.batch_size=16",
+                 "schedule.milestones=[3]", "viz_frames=0", "predict_splits=[train,test]")
 
 
 @pytest.fixture(scope="session")
 def seg_run(phantom) -> Path:
-    run = phantom / "runs" / "seg"
-    run_lus_ok("train", "seg", "--run-dir", str(run), f"data.root={phantom / 'shards'}",
-           "train.epochs=6", "data.batch_size=16", "optim.lr=3e-3", "schedule.milestones=[5]",
-           *COMMON)
-    return run
+    return train(phantom / "runs" / "seg", "seg", f"data.root={phantom / 'shards'}",
+                 "train.epochs=6", "data.batch_size=16", "optim.lr=3e-3",
+                 "schedule.milestones=[5]")
 
 
 @pytest.fixture(scope="session")
 def cnnlstm_run(phantom) -> Path:
-    run = phantom / "runs" / "cnnlstm"
-    run_lus_ok("train", "cnnlstm", "--run-dir", str(run), f"data.root={phantom / 'shards'}",
-           "train.epochs=2", "data.clip_len=4", "data.batch_size=4", *COMMON)
-    return run
+    return train(phantom / "runs" / "cnnlstm", "cnnlstm", f"data.root={phantom / 'shards'}",
+                 "train.epochs=2", "data.clip_len=4", "data.batch_size=4")

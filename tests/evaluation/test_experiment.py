@@ -9,8 +9,9 @@ from hypothesis import given, strategies as st
 
 from data_prep.records import LoadedVideo, VideoSource
 from lus.experiment import (PocusExperimentConfig, _subsample, _with_frame_labels,
-                            decisions_metrics, frame_predictions_as_video_classes, main,
-                            merge_predictions, plan_jobs)
+                            frame_predictions_as_video_classes, main, merge_predictions,
+                            plan_jobs)
+from lus_dist.evaluation.report import decisions_metrics
 from lus_dist.aggregator.data import FramePredictions
 
 
