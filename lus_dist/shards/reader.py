@@ -84,44 +84,43 @@ class ShardDataset(Dataset):
         self._build_index(v)
         self._pid, self._files = None, {}
 
-    def _read_column(self, shard: int, name: str) -> np.ndarray:
+    def _small_columns(self, shard: int) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, has_mask) of one shard, read and closed again (nothing open at fork)."""
         path = self.root / self.manifest.shards["name"][shard]
-        with h5py.File(path, "r", locking=self.locking) as f:
-            if name not in f:
-                raise KeyError(f"{path}: no dataset {name!r}")
-            return f[name][:]
+        try:
+            with h5py.File(path, "r", locking=self.locking) as f:
+                scores = f[fmt.DS_SCORES][:]
+                has = f[fmt.DS_HAS_MASK][:].astype(bool) if fmt.DS_HAS_MASK in f else np.zeros(len(scores), bool)
+        except (OSError, KeyError) as exc:
+            raise OSError(f"{path}: cannot read the shard index ({exc}); run `lus prep validate {self.root}`") from None
+        return scores, has
+
+    def _frames_of(self, rows: np.ndarray, shard: np.ndarray, offset: np.ndarray, n: np.ndarray) -> dict:
+        """Per-frame index arrays of the selected videos (each shard's columns read once)."""
+        row = np.concatenate([np.arange(o, o + k) for o, k in zip(offset, n)] + [np.zeros(0, np.int64)])
+        frame_shard = np.repeat(shard, n)
+        score, has = np.zeros(len(row), np.int64), np.zeros(len(row), bool)
+        for s in np.unique(shard):
+            sel = frame_shard == s
+            scores, has_mask = self._small_columns(int(s))
+            score[sel], has[sel] = scores[row[sel]], has_mask[row[sel]]
+        frame = np.concatenate([np.arange(k) for k in n] + [np.zeros(0, np.int64)])
+        return {"row": row, "shard": frame_shard, "video": np.repeat(rows, n), "frame": frame,
+                "score": score, "has_mask": has}
 
     def _build_index(self, v: dict) -> None:
         rows = self.video_rows
         shard, offset, n = v["shard"][rows], v["offset"][rows], v["n_frames"][rows]
-        self.labels_video = v["label"][rows]
-        per_shard = {int(s): self._read_column(int(s), fmt.DS_SCORES) for s in np.unique(shard)}
-        spans = [np.arange(o, o + k) for o, k in zip(offset, n)]
-        frame_row = np.concatenate(spans) if spans else np.zeros(0, np.int64)
-        frame_shard = np.repeat(shard, n)
-        self.frame_scores = np.concatenate(
-            [per_shard[int(s)][sp] for s, sp in zip(shard, spans)]).astype(np.int64) if spans else frame_row
-        frame_video = np.repeat(rows, n)
-        frame_index = np.concatenate([np.arange(k) for k in n]) if spans else frame_row
-        if self.with_masks and self.mode == "frame":
-            has = np.concatenate([self._has_mask(int(s))[sp] for s, sp in zip(shard, spans)]) \
-                if spans else np.zeros(0, bool)
-            frame_row, frame_shard, frame_video, frame_index = (
-                a[has] for a in (frame_row, frame_shard, frame_video, frame_index))
-            self.frame_scores = self.frame_scores[has]
+        frames = self._frames_of(rows, shard, offset, n)
         if self.mode == "frame":
-            self.shard_ids, self.rows = frame_shard, frame_row
-            self.video_index, self.frame_index = frame_video, frame_index
-            self.labels = v["label"][frame_video]
+            keep = frames["has_mask"] if self.with_masks else slice(None)
+            self.shard_ids, self.rows, self.video_index, self.frame_index, self.frame_scores = (
+                frames[k][keep] for k in ("shard", "row", "video", "frame", "score"))
+            self.labels = v["label"][self.video_index]
         else:
-            self.shard_ids, self.rows, self.video_index = shard, offset, rows
-            self.n_frames, self.labels = n, self.labels_video
-
-    def _has_mask(self, shard: int) -> np.ndarray:
-        try:
-            return self._read_column(shard, fmt.DS_HAS_MASK).astype(bool)
-        except KeyError:
-            return np.zeros(int(self.manifest.shards["n_frames"][shard]), bool)
+            self.frame_scores = frames["score"]
+            self.shard_ids, self.rows, self.video_index, self.n_frames = shard, offset, rows, n
+            self.labels = v["label"][rows]
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

@@ -17,7 +17,7 @@ from lus_dist.shards.manifest import Manifest
 from shard_helpers import POCUS
 
 ROOT = Path(__file__).resolve().parents[2]
-PACK = ["pack", "--layout", "iclus", "--size", "32", "--shard-frames", "60", "--quiet"]
+PACK = ["pack", "--layout", "iclus", "--size", "32", "--shard-frames", "25", "--quiet"]
 
 
 def lus_prep(*args: str) -> subprocess.Popen:
