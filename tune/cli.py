@@ -98,7 +98,8 @@ def _run(args: argparse.Namespace) -> int:
     from tune.ray_env import RayOptions, node_ips, start_ray, stop_ray
     from tune.spaces import check_space, load_space
     from tune.sweep import SweepOptions, build_tuner
-    from tune.trainables import TrialContext, families, make_trainable, resolve_path
+    from tune.trainables import (TrialContext, families, make_trainable, resolve_path,
+                                 tune_callbacks)
 
     space = load_space(args.space)
     if space.family != args.family:
@@ -125,7 +126,7 @@ def _run(args: argparse.Namespace) -> int:
     start_ray(RayOptions(address=args.address, num_cpus=args.num_cpus))
     try:
         print(f"lus tune: Ray nodes {node_ips()}; sweep {opts.experiment_dir}", flush=True)
-        grid = build_tuner(make_trainable(family, ctx), space, opts).fit()
+        grid = build_tuner(make_trainable(family, ctx), space, opts, tune_callbacks(ctx)).fit()
     finally:
         stop_ray()
     return _report(grid, space, cls, base, opts, family.command, ctx)

@@ -50,9 +50,11 @@ def make_scheduler(opts: SweepOptions, space: SearchSpace):
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
 
     if opts.scheduler == "asha":
-        # ASHA needs grace < max_t to ever stop anything; one-report trials just run.
+        # ASHA stops every trial that reaches max_t, i.e. inside its last report, before
+        # the engine writes its test scores and predictions: one past the last report
+        # lets trials finish on their own. One-report trials just run.
         grace = max(1, min(opts.grace_period, space.max_t))
-        return ASHAScheduler(time_attr="training_iteration", max_t=space.max_t,
+        return ASHAScheduler(time_attr="training_iteration", max_t=space.max_t + 1,
                              grace_period=grace, reduction_factor=opts.reduction_factor)
     if opts.scheduler == "pbt":
         if space.max_t < 2:
@@ -83,7 +85,8 @@ def param_space(opts: SweepOptions, space: SearchSpace) -> tuple[dict[str, Any],
     return to_ray(space), opts.trials
 
 
-def build_tuner(trainable: Callable, space: SearchSpace, opts: SweepOptions):
+def build_tuner(trainable: Callable, space: SearchSpace, opts: SweepOptions,
+                callbacks: list | None = None):
     """A fresh Tuner, or the restored one when `--resume` finds a previous run."""
     from ray import tune
 
@@ -104,7 +107,8 @@ def build_tuner(trainable: Callable, space: SearchSpace, opts: SweepOptions):
         max_concurrent_trials=opts.max_concurrent, reuse_actors=opts.reuse_actors)
     run_cfg = tune.RunConfig(storage_path=str(path.parent), name=path.name,
                              verbose=opts.verbose,
-                             failure_config=tune.FailureConfig(max_failures=0))
+                             failure_config=tune.FailureConfig(max_failures=0),
+                             callbacks=callbacks or None)
     return tune.Tuner(trainable, param_space=pspace, tune_config=tune_cfg, run_config=run_cfg)
 
 

@@ -154,7 +154,15 @@ def _train_worker(loop_config: dict[str, Any]) -> None:
 
     family = loop_config["family"]
     cfg = from_dict(engine_config_cls(family), loop_config["config"], "trial config")
-    run_engine(family, cfg, Path(loop_config["run_dir"]), ray.train.report)
+    run_dir = Path(loop_config["run_dir"])
+    if ray.train.get_context().get_world_rank() == 0:
+        from ray.util import get_current_placement_group
+
+        pg = get_current_placement_group()
+        if pg is not None:   # for ReleaseTrainGroups
+            run_dir.parent.mkdir(parents=True, exist_ok=True)
+            _pg_file(run_dir).write_text(pg.id.hex())
+    run_engine(family, cfg, run_dir, ray.train.report)
 
 
 def distributed_trial(config: dict[str, Any], ctx: TrialContext) -> None:
@@ -182,42 +190,54 @@ def distributed_trial(config: dict[str, Any], ctx: TrialContext) -> None:
                              # engine resumes from the run dir's checkpoints
                              failure_config=FailureConfig(max_failures=0,
                                                           controller_failure_limit=0)))
-    with release_leaked_groups():
-        trainer.fit()
+    trainer.fit()
 
 
-@contextlib.contextmanager
-def release_leaked_groups(grace_s: float = 30.0) -> Iterator[None]:
-    """Remove the worker placement group a finished Ray Train run leaves behind.
+def _pg_file(run_dir: Path) -> Path:
+    return run_dir.parent / f"{run_dir.name}.placement_group"
 
-    Ray Train's controller frees its group on a clean exit; when the controller dies first
-    (its owner, this trial, is torn down by Tune) the group stays reserved, because Ray's
-    own cleaner asks the dashboard's state API, which we do not run. The next trial then
-    waits forever for CPUs. Only groups created during this run, holding no TRAIN_DRIVER
-    slot, placed entirely on this node (one driver slot per node means one distributed
-    trial per node) and still alive after `grace_s` are removed.
+
+class ReleaseTrainGroups:
+    """Tune callback: free the worker placement group of each finished Reg-STN/seg trial.
+
+    Ray Train's controller frees its group only on a clean exit. When ASHA stops a trial
+    (or it fails) Tune kills the trial's actor, the controller dies with it, and the group
+    stays reserved: Ray's own cleaner asks the dashboard's state API, which we do not run.
+    The next trial would then wait forever for CPUs. Rank 0 records its group's id in the
+    run dir, and this callback (in the sweep driver) removes exactly that group.
     """
-    import time
 
-    import ray
-    from ray.util.placement_group import PlacementGroup, placement_group_table
+    def __init__(self, experiment_dir: str) -> None:
+        self.experiment_dir = experiment_dir
 
-    node = ray.get_runtime_context().get_node_id()
-    before = set(placement_group_table())
-    try:
-        yield
-    finally:
-        deadline = time.monotonic() + grace_s
-        while True:
-            leaked = [pg_id for pg_id, info in placement_group_table().items()
-                      if pg_id not in before and info["state"] == "CREATED"
-                      and not any(TRAIN_DRIVER_RESOURCE in b for b in info["bundles"].values())
-                      and set(info["bundles_to_node_id"].values()) == {node}]
-            if not leaked or time.monotonic() > deadline:
-                break
-            time.sleep(1.0)
-        for pg_id in leaked:
-            ray.util.remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(pg_id))))
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._release(trial.trial_id)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._release(trial.trial_id)
+
+    def _release(self, trial_id: str) -> None:
+        import ray
+        from ray.util.placement_group import PlacementGroup, placement_group_table
+
+        path = _pg_file(Path(self.experiment_dir) / "runs" / trial_id)
+        if not path.is_file():
+            return
+        pg_id = path.read_text().strip()
+        if placement_group_table().get(pg_id, {}).get("state") in ("CREATED", "PENDING"):
+            ray.util.remove_placement_group(
+                PlacementGroup(ray.PlacementGroupID(bytes.fromhex(pg_id))))
+        path.unlink(missing_ok=True)
+
+
+def tune_callbacks(ctx: TrialContext) -> list:
+    """Callbacks the sweep driver runs (a tune.Callback subclass, made lazily)."""
+    if ctx.family not in ("regstn", "seg"):
+        return []
+    from ray import tune
+
+    cls = type("ReleaseTrainGroupsCallback", (ReleaseTrainGroups, tune.Callback), {})
+    return [cls(ctx.experiment_dir)]
 
 
 # ---------------------------------------------------------------- registry

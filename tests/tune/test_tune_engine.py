@@ -53,9 +53,13 @@ def test_regstn_sweep_two_trials_of_two_ray_train_workers(tmp_path, phantom_tmp,
     out = tmp_path / "sweeps" / "r"
     table = pd.read_csv(out / "results.csv")
     assert len(table) == 2 and table["val_weighted_f1"].between(0, 1).all()
-    for trial_id in table["trial_id"]:
+    assert (table["training_iteration"] >= 1).all()   # per-epoch reports reached Tune
+    # ASHA may stop the worse trial after epoch 1; the first to a rung always goes on
+    finished = table[table["training_iteration"] == 2]["trial_id"]
+    assert len(finished) >= 1
+    for trial_id in finished:
         summary = json.loads((out / "runs" / trial_id / "summary.json").read_text())
-        assert summary["world_size"] == 2   # each trial really ran 2 ranks
+        assert summary["world_size"] == 2   # the trial really ran 2 ranks
         assert len(set(summary["param_digests"])) == 1   # ... in one DDP process group
     best = yaml.safe_load((out / "best.yaml").read_text())
     assert best["data"]["root"] == str(shards) and best["train"]["epochs"] == 2
