@@ -8,7 +8,9 @@ except raw h5py which stops at the uint8 array) in the same shuffled order throu
 same DataLoader (batch 32, same worker count). "decode on the fly" opens the source clip,
 seeks to the frame and decodes it, as a shuffled frame sampler over videos must; the
 sequential whole-clip decode is printed too as the most favourable case for decoding.
-Files are read warm from the page cache (this machine is shared; we do not drop caches),
+The DataLoader figures include moving float32 batches from workers to the main process
+(4 bytes per pixel; raw h5py moves uint8), so they are also printed per CPU second in one
+process, which isolates the read path. Files are read warm from the page cache (this machine is shared; we do not drop caches),
 which favours the per-frame .npy layout: on NFS/Lustre each file open is a metadata RPC.
 """
 from __future__ import annotations
@@ -86,6 +88,15 @@ def rate(ds, order, workers, batch=32) -> float:
     return n / (time.perf_counter() - t)
 
 
+def in_process(ds, order) -> float:
+    """Frames per CPU second reading items directly (no DataLoader): the reader's own cost,
+    measured in CPU time so other tenants' load does not enter."""
+    t = time.process_time()
+    for i in order:
+        ds[int(i)]
+    return len(order) / (time.process_time() - t)
+
+
 def pick_clips(src: Path, max_frames: int):
     """The first real .mp4/.avi clips (sorted by id) up to ~max_frames frames."""
     report = ingest_pocus(src, include_images=False)
@@ -151,6 +162,17 @@ def main() -> None:
             res[f"shards_{c}"] = max(res[f"shards_{c}"], rate(d, order, w))   # second pass: less noise
         for k, v in res.items():
             print(f"  {k:<24} {v:9.0f} frames/s")
+        cpu = {}
+        for c, d in shards.items():
+            cpu[f"shards_{c}"] = in_process(d, order)
+            cpu[f"raw_h5py_{c}"] = in_process(RawH5(tmp / c, d.shard_ids, d.rows), order)
+        cpu["npy_per_frame"] = in_process(NpyFrames(files), order)
+        print("in one process, no DataLoader (frames per CPU second):")
+        for k, v in cpu.items():
+            print(f"  {k:<24} {v:9.0f} frames/CPU-s")
+        for c in shards:
+            print(f"[{c}, in-process] shards / .npy per frame: {cpu[f'shards_{c}'] / cpu['npy_per_frame']:.2f}x; "
+                  f"raw h5py / shards: {cpu[f'raw_h5py_{c}'] / cpu[f'shards_{c}']:.2f}x")
         for c in shards:
             best = res[f"shards_{c}"]
             print(f"[{c}] shards / decode on the fly (random access): {best / res['decode_random']:.1f}x "

@@ -116,7 +116,9 @@ class Manifest:
     @classmethod
     def load(cls, root_or_file: str | Path) -> "Manifest":
         path = Path(root_or_file)
-        if path.is_dir():
+        if path.suffix != ".json":
+            if not path.is_dir():
+                raise ManifestError(f"{path}: no such shard directory")
             path = path / MANIFEST_NAME
         if not path.is_file():
             raise ManifestError(f"{path} not found: the pack is not finished "

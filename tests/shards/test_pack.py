@@ -150,3 +150,14 @@ def test_a_different_pack_into_the_same_dir_is_refused(tmp_path, packed):
     shutil.copytree(packed, out)
     with pytest.raises(PackError, match="already holds a different pack"):
         pack_synthetic(out, cfg=small_config(preprocessing=Preprocessing(size=24)))
+
+
+def test_validate_without_manifest_says_the_pack_is_unfinished(tmp_path, packed):
+    out = tmp_path / "u"
+    shutil.copytree(packed, out)
+    (out / fmt.MANIFEST_NAME).unlink()
+    (out / "shard-00000.h5.123.tmp").write_bytes(b"partial")
+    problems = validate(out)
+    assert [p.name for p in problems] == [fmt.MANIFEST_NAME]
+    assert "lus prep finalize" in problems[0].what
+    assert "no such shard directory" in validate(tmp_path / "absent")[0].what
