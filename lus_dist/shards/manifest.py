@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,9 +104,11 @@ class Manifest:
             raise ManifestError(f"{where}: missing key {exc}") from None
 
     def save(self, path: str | Path) -> Path:
-        """Write to a temporary name, fsync, then rename: readers never see half a file."""
+        """Write to a temporary name, fsync, then rename: readers never see half a file.
+        The temporary name is unique per host and process: array tasks on several nodes
+        write the same plan.json concurrently on a shared file system."""
         path = Path(path)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}{TMP_SUFFIX}")
+        tmp = path.with_name(f"{path.name}.{socket.gethostname()}.{os.getpid()}{TMP_SUFFIX}")
         with open(tmp, "w") as fh:
             fh.write(self.to_json())
             fh.flush()
