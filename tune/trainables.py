@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from ray import tune as ray_tune
+
 from tune.ray_env import TRAIN_DRIVER_RESOURCE
 from tune.spaces import build_config
 
@@ -197,7 +199,7 @@ def _pg_file(run_dir: Path) -> Path:
     return run_dir.parent / f"{run_dir.name}.placement_group"
 
 
-class ReleaseTrainGroups:
+class ReleaseTrainGroups(ray_tune.Callback):
     """Tune callback: free the worker placement group of each finished Reg-STN/seg trial.
 
     Ray Train's controller frees its group only on a clean exit. When ASHA stops a trial
@@ -231,13 +233,8 @@ class ReleaseTrainGroups:
 
 
 def tune_callbacks(ctx: TrialContext) -> list:
-    """Callbacks the sweep driver runs (a tune.Callback subclass, made lazily)."""
-    if ctx.family not in ("regstn", "seg"):
-        return []
-    from ray import tune
-
-    cls = type("ReleaseTrainGroupsCallback", (ReleaseTrainGroups, tune.Callback), {})
-    return [cls(ctx.experiment_dir)]
+    """Callbacks the sweep driver runs (pickled with the sweep, so --resume keeps them)."""
+    return [ReleaseTrainGroups(ctx.experiment_dir)] if ctx.family in ("regstn", "seg") else []
 
 
 # ---------------------------------------------------------------- registry
