@@ -6,8 +6,9 @@
 2. DDP scaling: 2 ranks x 1 thread vs 1 rank x 1 thread at the same global batch.
    Efficiency = samples/s(2 ranks) / (2 x samples/s(1 rank)). Target >= 0.8.
 
-Throughput is read from metrics.csv step timestamps (steps after the first, so start-up,
-validation and the final checkpoint are excluded on both sides).
+Throughput is read from metrics.csv step timestamps (steps 2..N, so start-up, validation
+and the final checkpoint are excluded). The overhead pair runs in this process, alternating,
+so both sides see the same threads and machine load; the scaling pair runs under torchrun.
 
     python benchmarks/bench_engine.py [--shards DIR] [--steps 40] [--batch 32] [--repeats 2]
 """
@@ -43,20 +44,44 @@ def make_shards(base: Path) -> Path:
     return base / "shards"
 
 
-def engine_sps(shards: Path, run_dir: Path, nproc: int, batch: int, steps: int) -> float:
-    """Global samples/s of `lus train regstn` steps 2..N, from metrics.csv timestamps."""
-    cmd = [sys.executable, "-m", "hpc.launch", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", "lus", "train", "regstn", "--run-dir", str(run_dir), f"data.root={shards}",
-           f"data.batch_size={batch}", "train.epochs=1", f"train.max_steps_per_epoch={steps}",
-           "logging.every_steps=1", "logging.tensorboard=false", "viz_frames=0",
-           "predict_splits=[]", "data.eval_batch_size=128"]
-    subprocess.run(cmd, check=True, env=env(), cwd=ROOT, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL)
+def overrides(shards: Path, batch: int, steps: int) -> list[str]:
+    return [f"data.root={shards}", f"data.batch_size={batch}", "train.epochs=1",
+            f"train.max_steps_per_epoch={steps}", "logging.every_steps=1",
+            "logging.tensorboard=false", "logging.progress=plain", "viz_frames=0",
+            "predict_splits=[]", "data.eval_batch_size=128"]
+
+
+def step_rate(run_dir: Path, global_batch: int) -> float:
+    """Global samples/s over steps 2..N from metrics.csv timestamps."""
     with open(run_dir / "metrics.csv", newline="") as fh:
         t = {int(r["global_step"]): float(r["time"]) for r in csv.DictReader(fh)
              if r["kind"] == "step" and r["name"] == "loss"}
     first, last = 2, max(t)
-    return (last - first) * batch * nproc / (t[last] - t[first])
+    return (last - first) * global_batch / (t[last] - t[first])
+
+
+def engine_in_process(shards: Path, run_dir: Path, batch: int, steps: int) -> float:
+    """The engine's Reg-STN loop in this process (same threads and load as the bare loop)."""
+    import contextlib
+    import io
+
+    from lus_dist.engine import train_regstn
+    from lus_dist.engine.config import load_run_config
+
+    cfg = load_run_config("regstn", None, overrides(shards, batch, steps))
+    with contextlib.redirect_stdout(io.StringIO()):
+        train_regstn.run(cfg, run_dir)
+    return step_rate(run_dir, batch)
+
+
+def engine_launched(shards: Path, run_dir: Path, nproc: int, batch: int, steps: int) -> float:
+    """`lus train regstn` under torchrun (hpc.launch) with nproc ranks of one thread."""
+    cmd = [sys.executable, "-m", "hpc.launch", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", "lus", "train", "regstn", "--run-dir", str(run_dir),
+           *overrides(shards, batch, steps)]
+    subprocess.run(cmd, check=True, env=env(), cwd=ROOT, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+    return step_rate(run_dir, batch * nproc)
 
 
 def bare_sps(shards: Path, batch: int, steps: int) -> float:
@@ -88,9 +113,9 @@ def bare_sps(shards: Path, batch: int, steps: int) -> float:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shards", type=Path, default=None, help="packed 64x64 phantom shards (made if absent)")
-    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--steps", type=int, default=20, help="steps per run (<= one epoch)")
     p.add_argument("--batch", type=int, default=32, help="global batch")
-    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
@@ -98,9 +123,9 @@ def main() -> int:
         eng, bare, one, two = [], [], [], []
         for r in range(args.repeats):   # alternate so machine load hits both sides alike
             bare.append(bare_sps(shards, args.batch, args.steps))
-            eng.append(engine_sps(shards, Path(tmp) / f"e{r}", 1, args.batch, args.steps))
-            one.append(eng[-1])
-            two.append(engine_sps(shards, Path(tmp) / f"d{r}", 2, args.batch // 2, args.steps))
+            eng.append(engine_in_process(shards, Path(tmp) / f"e{r}", args.batch, args.steps))
+            one.append(engine_launched(shards, Path(tmp) / f"o{r}", 1, args.batch, args.steps))
+            two.append(engine_launched(shards, Path(tmp) / f"t{r}", 2, args.batch // 2, args.steps))
     med = statistics.median
     print(f"Reg-STN 64x64, global batch {args.batch}, {args.steps} steps, median of {args.repeats}")
     print(f"bare loop        : {med(bare):8.1f} samples/s")

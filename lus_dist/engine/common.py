@@ -172,6 +172,11 @@ class Fit:
     device: torch.device
     engine: Any = None              # the DeepSpeed engine when dist.backend=deepspeed
 
+    @property
+    def net(self) -> torch.nn.Module:
+        """The unwrapped module (evaluation, visualisation, saving)."""
+        return unwrap(self.model)
+
     def autocast(self):
         if not self.bf16 or self.engine is not None:   # DeepSpeed casts the model itself
             return contextlib.nullcontext()

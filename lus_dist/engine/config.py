@@ -118,8 +118,9 @@ class DistConfig:
     def __post_init__(self) -> None:
         if self.backend not in ("ddp", "deepspeed"):
             raise ConfigError(f"dist.backend must be ddp|deepspeed, got {self.backend!r}")
-        if self.zero_stage not in (0, 1, 2, 3):
-            raise ConfigError(f"dist.zero_stage must be 0-3, got {self.zero_stage}")
+        if self.zero_stage not in (0, 1, 2):
+            raise ConfigError(f"dist.zero_stage must be 0, 1 or 2, got {self.zero_stage} (ZeRO-3 "
+                              "partitions the weights; evaluation and best.pt need them whole)")
 
     def deepspeed_json(self) -> Path:
         if self.deepspeed_config:

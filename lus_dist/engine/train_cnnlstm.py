@@ -29,15 +29,16 @@ BEST_METRIC = "accuracy"
 
 @torch.no_grad()
 def evaluate(fit: C.Fit, ds, cfg: CNNLSTMConfig, session: C.Session) -> dict[str, np.ndarray]:
-    fit.model.eval()
+    net = fit.net      # the bare module: no collective in forward, unequal blocks are safe
+    net.eval()
     out: dict[str, list] = {"probs": [], "label": [], "video": []}
     for batch in C.eval_loader(ds, cfg, session.world):
         with fit.autocast():
-            logits = fit.model(batch["frames"].to(session.device, fit.input_dtype()))
+            logits = net(batch["frames"].to(session.device, fit.input_dtype()))
         out["probs"].append(torch.softmax(logits.float(), 1).cpu().numpy())
         out["label"].append(batch["label"].numpy())
         out["video"].append(batch["video"].numpy())
-    fit.model.train()
+    net.train()
     k = len(VIDEO_CLASSES)
     return C.gather({n: np.concatenate(v) if v else np.zeros((0, k) if n == "probs" else 0)
                      for n, v in out.items()})

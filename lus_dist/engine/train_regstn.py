@@ -29,16 +29,17 @@ BEST_METRIC = "weighted_f1"
 @torch.no_grad()
 def evaluate(fit: C.Fit, ds, cfg: RegSTNConfig, session: C.Session) -> dict[str, np.ndarray]:
     """Per-frame softmax probabilities + ids for a whole split, gathered in dataset order."""
-    fit.model.eval()
+    net = fit.net      # the bare module: no collective in forward, unequal blocks are safe
+    net.eval()
     out: dict[str, list] = {"probs": [], "score": [], "video": [], "frame": []}
     for batch in C.eval_loader(ds, cfg, session.world):
         x = batch["image"].to(session.device, fit.input_dtype())
         with fit.autocast():
-            logits = fit.model(x).logits
+            logits = net(x).logits
         out["probs"].append(torch.softmax(logits.float(), 1).cpu().numpy())
         for k in ("score", "video", "frame"):
             out[k].append(batch[k].numpy())
-    fit.model.train()
+    net.train()
     k = len(SCORE_CLASSES)
     arrays = {n: np.concatenate(v) if v else np.zeros((0, k) if n == "probs" else 0)
               for n, v in out.items()}

@@ -30,15 +30,16 @@ BEST_METRIC = "mean_fg_dice"
 @torch.no_grad()
 def evaluate(fit: C.Fit, ds, cfg: SegConfig, session: C.Session) -> dict[str, float]:
     """Per-class Dice and IoU over a whole split, plus their foreground means."""
-    fit.model.eval()
+    net = fit.net      # the bare module: no collective in forward, unequal blocks are safe
+    net.eval()
     k = len(MASK_CLASSES)
     cm = torch.zeros(k, k, dtype=torch.int64, device=session.device)
     for batch in C.eval_loader(ds, cfg, session.world):
         x = batch["image"].to(session.device, fit.input_dtype())
         with fit.autocast():
-            logits = fit.model(x)
+            logits = net(x)
         cm += segmentation_confusion(logits.argmax(1), batch["mask"].to(session.device), k)
-    fit.model.train()
+    net.train()
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(cm)
     scores = dice_iou(cm, MASK_CLASSES)
