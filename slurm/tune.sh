@@ -58,7 +58,7 @@ ray_node() {
     local common=(--block --node-ip-address="$ip" --num-cpus="$CPUS"
                   --resources='{"TRAIN_DRIVER": 1}' --object-store-memory=100000000
                   --temp-dir="$TMP_ROOT-$i" --node-manager-port=$p
-                  --object-manager-port=$((p + 1)) --min-worker-port=$((p + 2))
+                  --object-manager-port=$((p + 1)) --min-worker-port=$((p + 10))
                   --max-worker-port=$((p + 39)) --disable-usage-stats)
     if [ "$i" -eq 0 ]; then
         lus_run srun --overlap --nodes=1 --ntasks=1 -w "$host" "$RAY_BIN" start --head \
@@ -67,8 +67,8 @@ ray_node() {
             --metrics-export-port=$((BASE + 3)) "${common[@]}" &
     else
         lus_run srun --overlap --nodes=1 --ntasks=1 -w "$host" "$RAY_BIN" start \
-            --address="$ADDRESS" --dashboard-agent-listen-port=$((p + 38)) \
-            --metrics-export-port=$((p + 37)) "${common[@]}" &
+            --address="$ADDRESS" --dashboard-agent-listen-port=$((p + 2)) \
+            --metrics-export-port=$((p + 3)) "${common[@]}" &
     fi
     PIDS+=($!)
 }
