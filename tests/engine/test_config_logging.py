@@ -106,3 +106,11 @@ def test_other_ranks_write_nothing_and_progress_is_plain_without_a_tty(tmp_path,
     assert not use_tqdm("auto", stream=io.StringIO())     # a Slurm log is not a terminal
     assert use_tqdm("tqdm") and not use_tqdm("plain")
     assert format_metrics({"loss": 0.123456, "f1": 1.0}) == "loss=0.1235 f1=1"
+
+
+def test_cli_reports_a_missing_shard_dir_with_exit_2(tmp_path, capsys, monkeypatch):
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "TORCHELASTIC_RUN_ID", "SLURM_PROCID"):
+        monkeypatch.delenv(var, raising=False)
+    missing = tmp_path / "no_shards"
+    code = train_main(["regstn", "--run-dir", str(tmp_path / "run"), f"data.root={missing}"])
+    assert code == 2 and str(missing) in capsys.readouterr().err
