@@ -47,8 +47,9 @@ def evaluate(fit: C.Fit, ds, cfg: RegSTNConfig, session: C.Session) -> dict[str,
 
 
 def stn_grid(model, ds, n: int, path: Path) -> None:
-    """The first n frames side by side (2 rows) with both crop boxes: where the STN looks."""
-    x = torch.stack([ds[i]["image"] for i in range(min(n, len(ds)))])
+    """n frames spread over the split (so over videos), 2 rows, with both crop boxes."""
+    picks = np.linspace(0, len(ds) - 1, min(n, len(ds))).round().astype(int)
+    x = torch.stack([ds[int(i)]["image"] for i in picks])
     boxes = stn_boxes(model, x.to(next(model.parameters()).device)).cpu()
     cols = (len(x) + 1) // 2
     c, h, w = x.shape[1:]
