@@ -94,7 +94,7 @@ def check_sources(sources: list[VideoSource]) -> list[VideoSource]:
 
 def _video_table(sources: list[VideoSource], shard_of: np.ndarray, cfg: PackConfig) -> dict:
     pids = [s.patient_id for s in sources]
-    patients = sorted(set(pids))
+    patient_index = {p: i for i, p in enumerate(sorted(set(pids)))}
     try:
         folds = (group_kfold(pids, cfg.folds, cfg.split_seed, [s.label for s in sources])
                  if cfg.folds >= 2 else np.full(len(sources), -1))
@@ -107,7 +107,7 @@ def _video_table(sources: list[VideoSource], shard_of: np.ndarray, cfg: PackConf
     cols.update(label=[s.label for s in sources], video_score=[s.video_score for s in sources],
                 n_frames=[-1] * len(sources), shard=shard_of.tolist(), offset=[-1] * len(sources),
                 split=split.tolist(), fold=np.asarray(folds).tolist(),
-                patient=[patients.index(p) for p in pids])
+                patient=[patient_index[p] for p in pids])
     return {k: np.asarray(v) for k, v in cols.items()}
 
 
