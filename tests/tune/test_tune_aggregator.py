@@ -37,11 +37,12 @@ def _sweep_args(tmp_path: Path, space: Path, preds: Path, name: str, trials: int
             "--num-cpus", "2", "--quiet", *extra]
 
 
-def test_asha_sweep_writes_outputs_that_lus_aggregate_reproduces(tmp_path, netns):
+def test_asha_optuna_sweep_writes_outputs_that_lus_aggregate_reproduces(tmp_path, netns):
     preds = synthetic_predictions(tmp_path / "preds.h5", n_videos=20)
     space = _space(tmp_path / "space.yaml", [5, 10, 20])
-    proc = run_lus(_sweep_args(tmp_path, space, preds, "agg", 8, "--scheduler", "asha"),
-                   tmp_path)
+    # ASHA with the Optuna searcher (the paper's tool), so both are exercised for real
+    proc = run_lus(_sweep_args(tmp_path, space, preds, "agg", 8, "--scheduler", "asha",
+                               "--search", "optuna"), tmp_path)
     assert proc.returncode == 0, explain(proc)
     assert "Ray nodes ['127.0.0.1']" in proc.stdout, explain(proc)
     out = tmp_path / "sweeps" / "agg"
@@ -101,7 +102,7 @@ def _results(exp_dir: Path) -> dict[str, list[str]]:
 
 def test_killed_driver_resumes_keeping_finished_trials(tmp_path, netns):
     preds = synthetic_predictions(tmp_path / "preds.h5", n_videos=20)
-    space = _space(tmp_path / "space.yaml", [150])   # a few seconds per trial
+    space = _space(tmp_path / "space.yaml", [80])   # a second or two per trial
     args = _sweep_args(tmp_path, space, preds, "resume", 6, "--max-concurrent", "1")
     exp_dir = tmp_path / "sweeps" / "resume"
     proc = popen_lus(args, tmp_path, tmp_path / "first.log")
