@@ -268,11 +268,16 @@ def deepspeed_engine(model, optimizer, cfg: RunConfig, session: Session):
 
 
 def sync_buffers(fit: Fit) -> None:
-    """DeepSpeed, unlike DDP, never broadcasts buffers: make rank 0's BatchNorm statistics
-    everyone's before evaluating or saving, so every rank holds the same model."""
-    if fit.engine is None or not (dist.is_available() and dist.is_initialized()):
+    """Make rank 0's buffers (BatchNorm statistics) everyone's before evaluating or saving.
+
+    DDP broadcasts them only at the start of a training forward, so after the last step of
+    an epoch each rank holds its own update; DeepSpeed never broadcasts them. Evaluation runs
+    the bare module on each rank's block, so without this the ranks would score different
+    models and best.pt (rank 0's) would not be the model that was scored.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return
-    for buf in unwrap(fit.model).buffers():
+    for buf in fit.net.buffers():
         dist.broadcast(buf, 0)
 
 
