@@ -15,7 +15,7 @@ import pytest
 SIZE = 64
 
 
-def run_lus(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+def run_lus(*args: str, timeout: float = 1800) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu", RAY_USAGE_STATS_ENABLED="0")
     proc = subprocess.run([sys.executable, "-m", "lus", *args], capture_output=True, text=True,
                           env=env, timeout=timeout)
@@ -74,8 +74,8 @@ def regstn_run(phantom) -> Path:
 @pytest.fixture(scope="session")
 def seg_run(phantom) -> Path:
     return train(phantom / "runs" / "seg", "seg", f"data.root={phantom / 'shards'}",
-                 "train.epochs=6", "data.batch_size=16", "optim.lr=3e-3",
-                 "schedule.milestones=[5]")
+                 "train.epochs=3", "data.batch_size=16", "optim.lr=3e-3",
+                 "schedule.milestones=[]")
 
 
 @pytest.fixture(scope="session")
