@@ -27,7 +27,8 @@ EPILOG = """examples:
 
 Run dir: config.yaml, checkpoints/, tb/, metrics.csv, viz/, predictions/, summary.json.
 Exit 75 (hpc.REQUEUE_EXIT_CODE) means "checkpointed on a preemption signal, requeue me";
-rerun the same command with --resume auto to continue exactly where it stopped.
+rerun the same command with --resume auto to continue exactly where it stopped. Plain
+torchrun reports any worker failure as 1; `python -m hpc.launch` (same arguments) keeps 75.
 Set OMP_NUM_THREADS=1 per process on CPU, and TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 under
 torchrun --max-restarts (elastic restarts)."""
 
