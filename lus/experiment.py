@@ -290,7 +290,7 @@ def collect(cfg: PocusExperimentConfig, jobs: list[Job], out: Path, cv: bool = T
 
 
 def write_report(cfg: PocusExperimentConfig, res: dict, out: Path, command: str,
-                 wall_s: float, manifest) -> Path:
+                 wall: str, manifest) -> Path:
     from lus_dist.evaluation.report import (Report, ReportError, confusion_and_roc,
                                             decisions_metrics, frame_scores_of,
                                             read_video_predictions)
@@ -302,8 +302,8 @@ def write_report(cfg: PocusExperimentConfig, res: dict, out: Path, command: str,
     rep = Report("POCUS experiment: CNN-LSTM and frame classifier + uninorm", out / "report")
     v = manifest.videos
     counts = {c: int((v["label"] == i).sum()) for i, c in enumerate(VIDEO_CLASSES)}
-    rep.text(f"Command: `{command}`\n\nWall time: {wall_s / 60:.1f} min on {os.cpu_count()} CPU "
-             f"core(s).\n\nData: {len(v['video_id'])} clips {counts}, {int(v['n_frames'].sum())} "
+    rep.text(f"Command: `{command}`\n\nWall time: {wall} on {os.cpu_count()} CPU core(s)."
+             f"\n\nData: {len(v['video_id'])} clips {counts}, {int(v['n_frames'].sum())} "
              f"frames packed at {cfg.size}x{cfg.size} (at most {cfg.max_frames or 'all'} evenly "
              f"spaced frames per clip); {cfg.folds}-fold CV stratified by class, folds by patient "
              "(no clip in two folds), assigned once at pack time.\n\nConfig: `experiment.yaml`.")
@@ -392,9 +392,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"packed {manifest.n_videos} clips, {manifest.n_frames} frames in "
           f"{time.time() - t0:.0f} s", flush=True)
     jobs = plan_jobs(cfg, out, out / "shards", cv=test_data is None)
+    reused = sum(j.done() for j in jobs)
     codes = run_jobs(jobs, cfg.parallel, out / "logs")
     res = collect(cfg, jobs, out, cv=test_data is None)
-    report = write_report(cfg, res, out, command, time.time() - t0, manifest)
+    wall = f"{(time.time() - t0) / 60:.1f} min" + (
+        f" ({reused} of {len(jobs)} training runs were finished by an earlier invocation and "
+        "reused)" if reused else "")
+    report = write_report(cfg, res, out, command, wall, manifest)
     print("\n" + report.read_text())
     print(f"\nreport: {report}\nwall time: {(time.time() - t0) / 60:.1f} min")
     (out / "report" / "exit_codes.json").write_text(json.dumps(codes, indent=1))

@@ -149,7 +149,8 @@ def read_clip(path: str | Path, pre) -> tuple[np.ndarray, torch.Tensor]:
 
 
 @torch.no_grad()
-def frame_probs(run: LoadedRun, x: torch.Tensor, batch: int = 64) -> tuple[np.ndarray, np.ndarray | None]:
+def frame_probs(run: LoadedRun, x: torch.Tensor,
+                batch: int = 64) -> tuple[np.ndarray, np.ndarray | None]:
     """Softmax scores per frame and, for spatial-transformer models, crop boxes."""
     from lus_dist.models.localization import stn_boxes
     dev = next(run.model.parameters()).device

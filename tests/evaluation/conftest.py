@@ -24,7 +24,8 @@ def run_lus(*args: str, timeout: float = 1800) -> subprocess.CompletedProcess:
 
 def run_lus_ok(*args: str) -> subprocess.CompletedProcess:
     proc = run_lus(*args)
-    assert proc.returncode == 0, f"lus {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert proc.returncode == 0, \
+        f"lus {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc
 
 
