@@ -17,9 +17,6 @@ from pathlib import Path
 REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
-AGGREGATOR_OVERRIDES = ["off_diagonal=max", "linear=true", "lr=0.1", "init_neutral=0.5"]
-
-
 class DemoError(RuntimeError):
     pass
 
@@ -56,7 +53,8 @@ def _run(cmd: list[str], env: dict[str, str], log: Path) -> None:
     print(f"  ok ({time.time() - t0:.0f} s)", flush=True)
 
 
-def _demo_env() -> dict[str, str]:
+def demo_env() -> dict[str, str]:
+    """The environment every child step gets (also used by `lus experiment`)."""
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")
     env.setdefault("DS_ACCELERATOR", "cpu")
@@ -76,10 +74,10 @@ def steps(out: Path, nproc: int, seed: int, config: Path, overrides: list[str]) 
         [py, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
          "-m", "lus", "train", "regstn", "--config", str(config), "--run-dir", str(run_dir),
          f"data.root={out / 'shards'}", f"seed={seed}", *overrides],
-        # leave-one-patient-out on the test split's frame predictions; the paper's default
-        # product-uninorm saturates on long clips, so the demo uses the max/linear variant
+        # leave-one-patient-out on the test split's frame predictions (Roy et al. trained the
+        # aggregator by cross-validation on held-out frame predictions), the paper's settings
         [py, "-m", "lus", "aggregate", "--predictions", str(run_dir / "predictions" / "test.h5"),
-         "--protocol", "lopo", "--out", str(out / "aggregate"), *AGGREGATOR_OVERRIDES],
+         "--protocol", "lopo", "--out", str(out / "aggregate")],
         [py, "-m", "lus", "eval", str(run_dir), "--aggregate", str(out / "aggregate"),
          "--out", str(out / "report")],
     ]
@@ -98,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     try:
         for cmd in steps(out, args.nproc, args.seed, config, args.overrides):
-            _run(cmd, _demo_env(), log)
+            _run(cmd, demo_env(), log)
     except DemoError as exc:
         print(f"lus demo: {exc}", file=sys.stderr)
         return 1

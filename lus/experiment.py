@@ -190,8 +190,8 @@ def plan_jobs(cfg: PocusExperimentConfig, out: Path, shards: Path, cv: bool) -> 
 
 
 def _env() -> dict[str, str]:
-    from lus.demo import _demo_env
-    return _demo_env()
+    from lus.demo import demo_env
+    return demo_env()
 
 
 def run_jobs(jobs: list[Job], parallel: int, logs: Path) -> dict[str, int]:
