@@ -29,7 +29,7 @@ best.json, metric_vs_trial.png; exit status 1 if any trial failed.
 
 def _common(p: argparse.ArgumentParser, family: str) -> None:
     p.add_argument("--space", default=str(SPACES_DIR / f"{family}.yaml"),
-                   help="search-space YAML (default: the shipped tune/spaces/%(prog)s.yaml)")
+                   help=f"search-space YAML (default: the shipped tune/spaces/{family}.yaml)")
     p.add_argument("--config", help="base config YAML of the family (else its defaults)")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="dotted overrides of the base config, e.g. data.root=data/shards")
@@ -59,8 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
                          epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     _common(agg, "aggregator")
     agg.add_argument("--predictions", required=True, help="frame predictions (.h5/.parquet)")
-    agg.add_argument("--protocol", default="kfold", help="lus aggregate protocol (kfold)")
-    agg.add_argument("--k", type=int, default=5, help="folds (patient-level)")
+    agg.add_argument("--protocol", default="kfold",
+                     help="a `lus aggregate --protocol` (default kfold)")
+    agg.add_argument("--folds", type=int, default=5, help="k of (stratified_)kfold, by patient")
     agg.add_argument("--protocol-seed", type=int, default=0, help="fold assignment seed")
     for fam, helptext in (("cnnlstm", "Barros et al.'s CNN-LSTM"),
                           ("regstn", "Reg-STN, each trial a Ray Train run"),
@@ -120,7 +121,7 @@ def _run(args: argparse.Namespace) -> int:
                         reuse_actors=args.family not in ("regstn", "seg"))
     ctx = TrialContext(family=args.family, base=base, metric=space.metric,
                        predictions=predictions, protocol=getattr(args, "protocol", "kfold"),
-                       k=getattr(args, "k", 5), seed=getattr(args, "protocol_seed", 0),
+                       k=getattr(args, "folds", 5), seed=getattr(args, "protocol_seed", 0),
                        num_workers=getattr(args, "workers", 2),
                        experiment_dir=str(opts.experiment_dir))
     start_ray(RayOptions(address=args.address, num_cpus=args.num_cpus))
