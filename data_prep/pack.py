@@ -5,8 +5,9 @@ array task computes the same plan and writes only its own shards; `finalize` the
 all shards and writes `manifest.json`. A shard is written to a temporary name, renamed,
 and only then gets its sidecar (`shard-NNNNN.h5.json`: checksum, counts, skips); a re-run
 skips every shard whose sidecar matches its bytes and the current plan, so an interrupted
-pack resumes where it stopped. HDF5 timestamps are off and the file format is pinned, so
-the same input gives byte-identical shards (and checksums).
+pack resumes where it stopped. HDF5 timestamps are off and the file format is pinned, and
+every shard is written by a fresh child of one forkserver (see `_shard_pool`), so the same
+input gives byte-identical shards (and checksums) whichever shards a run starts from.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import hashlib
 import json
 import multiprocessing as mp
 import os
+import pickle
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -293,12 +295,47 @@ def shard_status(out: Path, index: int, plan_hash: str) -> tuple[dict | None, st
 
 
 # --- running a pack (one task of an array, or all of it) ------------------------------------
-_JOB: tuple | None = None  # (out, plan, sources, cfg): inherited by forked workers, not pickled
+_JOB: tuple | None = None  # (out, plan, sources, cfg), set in each shard-writing child
+
+
+def _set_job(job: tuple) -> None:
+    """Pool initializer: hold the job, and die with the pack (a killed pack leaves no writer
+    behind to race its re-run; the forkserver exits when the pack process does)."""
+    global _JOB
+    _JOB = job
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)   # 1 = PR_SET_PDEATHSIG
 
 
 def _job_write(index: int) -> dict:
     out, plan, sources, cfg = _JOB
     return write_shard(out, index, plan, sources, cfg)
+
+
+def _shard_pool(workers: int, job: tuple):
+    """A pool whose every shard is written by a fresh child process.
+
+    h5py's LZF compressor leaves its hash table uninitialised (liblzf INIT_HTAB=0), so the
+    compressed bytes depend on the writing process's stack and heap history. When the
+    sources pickle, each shard's writer is forked from one clean forkserver: every shard
+    then starts from the same history, and a resumed pack (which starts mid-way) or a pack
+    run inside a long-lived process (a notebook, pytest) gives the same bytes as a fresh
+    uninterrupted one. Loaders that cannot pickle (closures) still work, forked from this
+    process: valid shards, but byte-identical only between runs from the same state.
+    """
+    sources = job[2]
+    try:
+        pickle.dumps(sources)
+    except (pickle.PicklingError, AttributeError, TypeError):
+        return mp.get_context("fork").Pool(workers, initializer=_set_job, initargs=(job,),
+                                           maxtasksperchild=1)
+    ctx = mp.get_context("forkserver")
+    loaders = {getattr(getattr(s.loader, "func", s.loader), "__module__", None) for s in sources}
+    # imported once in the server, not once per shard (cv2, pandas: ~0.3 s each)
+    ctx.set_forkserver_preload(["data_prep.pack", "cv2", *sorted(m for m in loaders if m)])
+    return ctx.Pool(workers, initializer=_set_job, initargs=(job,), maxtasksperchild=1)
 
 
 def _clean_tmp(out: Path, indices) -> None:
@@ -313,7 +350,6 @@ def pack(sources: list[VideoSource], out: str | Path, cfg: PackConfig, provenanc
          progress: bool = True) -> Manifest | None:
     """Write this task's shards (skipping those that verify) and, when it is the only
     task, finalize. Returns the manifest, or None for one task of an array."""
-    global _JOB
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     plan = make_plan(sources, cfg, provenance)
@@ -328,18 +364,13 @@ def pack(sources: list[VideoSource], out: str | Path, cfg: PackConfig, provenanc
     from tqdm import tqdm
     bar = tqdm(total=len(mine), initial=len(mine) - len(todo), unit="shard", desc=f"pack {out.name}",
                disable=not progress, file=sys.stderr)
-    _JOB = (out, plan, check_sources(sources), cfg)
     try:
-        if workers <= 1 or len(todo) <= 1:
-            for i in todo:
-                _job_write(i)
-                bar.update()
-        else:
-            with mp.get_context("fork").Pool(min(workers, len(todo))) as pool:
+        if todo:
+            job = (out, plan, check_sources(sources), cfg)
+            with _shard_pool(max(1, min(workers, len(todo))), job) as pool:
                 for _ in pool.imap_unordered(_job_write, todo):
                     bar.update()
     finally:
-        _JOB = None
         bar.close()
     return finalize(out) if num_tasks == 1 else None
 

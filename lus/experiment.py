@@ -104,23 +104,32 @@ def _subsample(n: int, max_frames: int) -> np.ndarray:
     return np.unique(np.linspace(0, n - 1, max_frames).round().astype(int))
 
 
-def _with_frame_labels(src, max_frames: int, tag: str = "", split: str | None = None):
-    """The same clip with every frame's target = the clip's class (and evenly thinned)."""
-    from data_prep.records import LoadedVideo
+@dataclasses.dataclass(frozen=True)
+class _FrameLabelled:
+    """Loader of a clip thinned to `max_frames`, every frame's target = the clip's class.
+    A class, not a closure, so the packer can hand it to a fresh process (deterministic
+    shard bytes)."""
+    inner: object
+    max_frames: int
+    label: int
 
-    inner = src.loader
+    def __call__(self):
+        from data_prep.records import LoadedVideo
 
-    def load() -> LoadedVideo:
-        v = inner()
-        keep = _subsample(len(v.frames), max_frames)
+        v = self.inner()
+        keep = _subsample(len(v.frames), self.max_frames)
         masks = v.masks[keep] if v.masks is not None else None
         return LoadedVideo(frames=v.frames[keep], masks=masks,
-                           frame_scores=np.full(len(keep), src.label, np.int16))
+                           frame_scores=np.full(len(keep), self.label, np.int16))
 
+
+def _with_frame_labels(src, max_frames: int, tag: str = "", split: str | None = None):
+    """The same clip with every frame's target = the clip's class (and evenly thinned)."""
     extra = dict(src.extra, **({"split": split} if split else {}))
     extra.pop("n_frames", None)  # thinned: the header count no longer applies
     return dataclasses.replace(src, video_id=tag + src.video_id, patient_id=tag + src.patient_id,
-                               loader=load, extra=extra)
+                               loader=_FrameLabelled(src.loader, max_frames, src.label),
+                               extra=extra)
 
 
 def prepare_shards(cfg: PocusExperimentConfig, data: Path, out: Path,

@@ -102,7 +102,7 @@ def _results(exp_dir: Path) -> dict[str, list[str]]:
 
 def test_killed_driver_resumes_keeping_finished_trials(tmp_path, netns):
     preds = synthetic_predictions(tmp_path / "preds.h5", n_videos=20)
-    space = _space(tmp_path / "space.yaml", [80])   # a second or two per trial
+    space = _space(tmp_path / "space.yaml", [1000])   # a few seconds per trial: the kill lands mid-sweep
     args = _sweep_args(tmp_path, space, preds, "resume", 6, "--max-concurrent", "1")
     exp_dir = tmp_path / "sweeps" / "resume"
     proc = popen_lus(args, tmp_path, tmp_path / "first.log")
