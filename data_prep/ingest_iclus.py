@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from data_prep.records import IngestReport, LoadedVideo, VideoSource
+from data_prep.records import IngestError, IngestReport, LoadedVideo, VideoSource
 from data_prep.video_io import (MediaError, natural_key, image_shape, is_video_file, read_image,
                                 read_video, to_gray_if_monochrome)
 from lus_dist.config import load_config
@@ -40,10 +40,6 @@ DIAGNOSIS_ALIASES = {"covid": "covid", "covid-19": "covid", "covid19": "covid", 
                      "pneumonia": "pneumonia", "pneu": "pneumonia", "pne": "pneumonia",
                      "bacterial": "pneumonia", "healthy": "healthy", "regular": "healthy",
                      "reg": "healthy", "normal": "healthy"}
-
-
-class IngestError(ValueError):
-    """Input that cannot be ingested at all; the message names the file and the problem."""
 
 
 @dataclass

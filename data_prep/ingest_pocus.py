@@ -21,13 +21,12 @@ mov headers are off by a few frames); the decoded clip is the truth.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from data_prep.ingest_iclus import IngestError
-from data_prep.records import IngestReport, LoadedVideo, VideoSource
+from data_prep.records import IngestError, IngestReport, LoadedVideo, VideoSource
 from data_prep.video_io import MediaError, image_shape, is_image_file, is_video_file, read_video, video_info
 from lus_dist.shards.format import UNKNOWN, VIDEO_CLASSES
 
@@ -121,3 +120,37 @@ def ingest_pocus(root, include_images: bool = True, viral: str = "skip") -> Inge
                    "container": path.suffix.lower().lstrip("."), "height": info["height"],
                    "width": info["width"], "n_frames": info.get("frame_count_header", 1)}))
     return report
+
+
+# --- frame targets for POCUS (frames carry no severity score) --------------------------------
+def subsample(n: int, max_frames: int) -> np.ndarray:
+    """Evenly spaced frame indices (all of them when the clip is short enough)."""
+    if max_frames <= 0 or n <= max_frames:
+        return np.arange(n)
+    return np.unique(np.linspace(0, n - 1, max_frames).round().astype(int))
+
+
+@dataclass(frozen=True)
+class _FrameLabelled:
+    """Loader of a clip thinned to `max_frames`, every frame's target = the clip's class.
+    A class, not a closure, so the packer can hand it to a fresh process (deterministic
+    shard bytes)."""
+    inner: object
+    max_frames: int
+    label: int
+
+    def __call__(self):
+        v = self.inner()
+        keep = subsample(len(v.frames), self.max_frames)
+        masks = v.masks[keep] if v.masks is not None else None
+        return LoadedVideo(frames=v.frames[keep], masks=masks,
+                           frame_scores=np.full(len(keep), self.label, np.int16))
+
+
+def with_frame_labels(src, max_frames: int, tag: str = "", split: str | None = None):
+    """The same clip with every frame's target = the clip's class (and evenly thinned)."""
+    extra = dict(src.extra, **({"split": split} if split else {}))
+    extra.pop("n_frames", None)  # thinned: the header count no longer applies
+    return replace(src, video_id=tag + src.video_id, patient_id=tag + src.patient_id,
+                               loader=_FrameLabelled(src.loader, max_frames, src.label),
+                               extra=extra)

@@ -52,3 +52,7 @@ class IngestReport:
         lines = [f"{len(self.sources)} videos ingested, {len(self.skipped)} skipped"]
         lines += [f"  skipped {s.path}: {s.reason}" for s in self.skipped]
         return "\n".join(lines)
+
+
+class IngestError(ValueError):
+    """Input that cannot be ingested at all; the message names the file and the problem."""

@@ -14,7 +14,6 @@ same experiment scales up through config: larger `size`, longer schedules, torch
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import shlex
@@ -97,57 +96,22 @@ def _parser() -> argparse.ArgumentParser:
 
 
 # ---------------------------------------------------------------- data
-def _subsample(n: int, max_frames: int) -> np.ndarray:
-    """Evenly spaced frame indices (all of them when the clip is short enough)."""
-    if max_frames <= 0 or n <= max_frames:
-        return np.arange(n)
-    return np.unique(np.linspace(0, n - 1, max_frames).round().astype(int))
-
-
-@dataclasses.dataclass(frozen=True)
-class _FrameLabelled:
-    """Loader of a clip thinned to `max_frames`, every frame's target = the clip's class.
-    A class, not a closure, so the packer can hand it to a fresh process (deterministic
-    shard bytes)."""
-    inner: object
-    max_frames: int
-    label: int
-
-    def __call__(self):
-        from data_prep.records import LoadedVideo
-
-        v = self.inner()
-        keep = _subsample(len(v.frames), self.max_frames)
-        masks = v.masks[keep] if v.masks is not None else None
-        return LoadedVideo(frames=v.frames[keep], masks=masks,
-                           frame_scores=np.full(len(keep), self.label, np.int16))
-
-
-def _with_frame_labels(src, max_frames: int, tag: str = "", split: str | None = None):
-    """The same clip with every frame's target = the clip's class (and evenly thinned)."""
-    extra = dict(src.extra, **({"split": split} if split else {}))
-    extra.pop("n_frames", None)  # thinned: the header count no longer applies
-    return dataclasses.replace(src, video_id=tag + src.video_id, patient_id=tag + src.patient_id,
-                               loader=_FrameLabelled(src.loader, max_frames, src.label),
-                               extra=extra)
-
-
 def prepare_shards(cfg: PocusExperimentConfig, data: Path, out: Path,
                    test_data: Path | None = None):
     """Ingest (+ held-out folder) and pack; returns the manifest."""
-    from data_prep.ingest_pocus import ingest_pocus
+    from data_prep.ingest_pocus import ingest_pocus, with_frame_labels
     from data_prep.pack import PackConfig, pack, provenance
     from lus_dist.shards.format import Preprocessing
 
     report = ingest_pocus(data, include_images=cfg.include_images, viral=cfg.viral)
     print(report.summary(), flush=True)
     if test_data is None:
-        sources = [_with_frame_labels(s, cfg.max_frames) for s in report.sources]
+        sources = [with_frame_labels(s, cfg.max_frames) for s in report.sources]
     else:
         held = ingest_pocus(test_data, include_images=cfg.include_images, viral=cfg.viral)
         print("held-out " + held.summary(), flush=True)
-        sources = [_with_frame_labels(s, cfg.max_frames, "train:", "train") for s in report.sources]
-        sources += [_with_frame_labels(s, cfg.max_frames, "test:", "test") for s in held.sources]
+        sources = [with_frame_labels(s, cfg.max_frames, "train:", "train") for s in report.sources]
+        sources += [with_frame_labels(s, cfg.max_frames, "test:", "test") for s in held.sources]
         report.skipped += held.skipped
     pcfg = PackConfig(preprocessing=Preprocessing(size=cfg.size), folds=cfg.folds,
                       split_seed=cfg.seed, shard_frames=512)

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from data_prep.ingest_iclus import IngestError
+from data_prep.records import IngestError
 from data_prep.ingest_pocus import ingest_pocus, label_from_name
 from data_prep.video_io import VIDEO_SUFFIXES, IMAGE_SUFFIXES, write_video
 from lus_dist.shards.format import VIDEO_CLASSES

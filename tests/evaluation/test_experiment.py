@@ -1,23 +1,22 @@
 """`lus experiment pocus` pieces: frame thinning/labels, the training commands, result plumbing."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
 from data_prep.records import LoadedVideo, VideoSource
-from lus.experiment import (PocusExperimentConfig, _subsample, _with_frame_labels,
-                            frame_predictions_as_video_classes, main, merge_predictions,
-                            plan_jobs)
+from data_prep.ingest_pocus import subsample, with_frame_labels
+from lus.experiment import (PocusExperimentConfig, frame_predictions_as_video_classes, main,
+                            merge_predictions, plan_jobs)
 from lus_dist.evaluation.report import decisions_metrics
 from lus_dist.aggregator.data import FramePredictions
 
 
 @given(st.integers(1, 600), st.integers(0, 64))
 def test_subsample_is_sorted_unique_in_range_and_bounded(n, m):
-    idx = _subsample(n, m)
+    idx = subsample(n, m)
     assert (np.diff(idx) > 0).all() and idx[0] == 0 and idx[-1] < n
     assert len(idx) == (n if m == 0 or n <= m else m)
     if m != 1:
@@ -29,7 +28,7 @@ def test_frame_targets_are_the_clip_label_and_ids_are_tagged():
                       loader=lambda: LoadedVideo(np.zeros((100, 8, 8), np.uint8),
                                                  np.full(100, -1, np.int16)),
                       extra={"n_frames": 100})
-    out = _with_frame_labels(src, 10, "test:", "test")
+    out = with_frame_labels(src, 10, "test:", "test")
     v = out.load()
     assert len(v.frames) == 10 and (v.frame_scores == 1).all()
     assert out.video_id == "test:v1" and out.patient_id == "test:p1"
