@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+REPO_CONFIGS = Path(__file__).resolve().parent.parent / "lus_dist" / "configs"   # also ./configs in a checkout
 
 
 class DemoError(RuntimeError):

@@ -16,7 +16,7 @@ import torch
 from lus_dist.config import ConfigError, load_config
 from lus_dist.losses import FrameLossConfig
 
-DEEPSPEED_CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "deepspeed"
+DEEPSPEED_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "deepspeed"
 
 
 @dataclass
