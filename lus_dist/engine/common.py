@@ -81,14 +81,18 @@ def set_deterministic(on: bool) -> None:
 # ---------------------------------------------------------------- data
 
 def open_split(cfg: RunConfig, split: str, **kw):
-    """A ShardDataset of one split; with data.test_folds (k-fold), training reads the other
-    folds and every other split reads those folds. Empty is an error, not a silent no-op."""
+    """A ShardDataset of one split; with data.test_folds (k-fold), training reads the folds
+    that are neither test nor validation folds, val_split reads data.val_folds and every
+    other split the test folds. Empty is an error, not a silent no-op."""
     from lus_dist.shards.reader import ShardDataset
 
     d = cfg.data
     if d.test_folds:
-        sel = {"exclude_folds": list(d.test_folds)} if split == d.train_split else \
-            {"folds": list(d.test_folds)}
+        val = list(d.val_folds or [])
+        if split == d.train_split:
+            sel = {"exclude_folds": list(d.test_folds) + val}
+        else:
+            sel = {"folds": val if val and split == d.val_split else list(d.test_folds)}
     else:
         sel = {"split": split}
     ds = ShardDataset(d.root, channels=d.channels, **sel, **kw)

@@ -24,13 +24,16 @@ class DataConfig:
     """Where the shards are and how to read them.
 
     `val_split` empty means "validate on test_split" (the ICLUS layout only has train/test).
-    `test_folds` (k-fold CV) trains on the other folds and evaluates on these instead.
+    `test_folds` (k-fold CV) trains on the other folds and evaluates on these instead;
+    `val_folds` then holds further folds out for picking the best epoch, so the test folds
+    never influence the model (val_split names them in the summary, default "val").
     """
     root: str = "data/shards"
     train_split: str = "train"
     val_split: str = ""
     test_split: str = "test"
     test_folds: list[int] | None = None
+    val_folds: list[int] | None = None
     batch_size: int = 32          # per rank
     eval_batch_size: int = 64
     num_workers: int = 0
@@ -42,6 +45,16 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.eval_batch_size < 1:
             raise ConfigError(f"data.batch_size must be >= 1, got {self.batch_size}")
+        if self.val_folds:
+            if not self.test_folds:
+                raise ConfigError("data.val_folds needs data.test_folds (k-fold CV)")
+            if set(self.val_folds) & set(self.test_folds):
+                raise ConfigError(f"data.val_folds {self.val_folds} overlap data.test_folds "
+                                  f"{self.test_folds}: a fold cannot both pick and grade the model")
+            self.val_split = self.val_split or "val"
+            if self.val_split in (self.train_split, self.test_split):
+                raise ConfigError(f"data.val_split {self.val_split!r} must differ from the train "
+                                  "and test split names when data.val_folds is set")
         if self.clip_sampling not in ("uniform", "random"):
             raise ConfigError(f"data.clip_sampling must be uniform|random, got {self.clip_sampling!r}")
 

@@ -41,9 +41,13 @@ def test_plan_is_one_cnnlstm_and_one_frame_run_per_fold(tmp_path):
     assert [j.name for j in jobs] == ["cnnlstm/fold0", "frame/fold0", "cnnlstm/fold1",
                                       "frame/fold1", "cnnlstm/fold2", "frame/fold2"]
     assert "data.test_folds=[2]" in jobs[-1].cmd and "model.name=cnn_ce" in jobs[-1].cmd
+    assert "data.val_folds=[0]" in jobs[-1].cmd    # best epoch picked on the next fold
+    picked_on_test = plan_jobs(PocusExperimentConfig(folds=3, select_on_next_fold=False),
+                               tmp_path, tmp_path / "shards", cv=True)
+    assert not any(c.startswith("data.val_folds") for c in picked_on_test[-1].cmd)
     held = plan_jobs(cfg, tmp_path, tmp_path / "shards", cv=False)
     assert len(held) == 2 and "predict_splits=[train,test]" in held[1].cmd
-    assert not any(c.startswith("data.test_folds") for c in held[0].cmd)
+    assert not any(c.startswith(("data.test_folds", "data.val_folds")) for c in held[0].cmd)
 
 
 def test_frame_predictions_become_video_class_probabilities():
