@@ -1,4 +1,5 @@
-"""Fixtures for the real local Slurm tests: phantom data and one two-node cluster per module.
+"""Fixtures for the real local Slurm tests: phantom data (the two-node cluster fixture,
+`slurm2`, is in tests/conftest.py: the tune tests use it too).
 
 `hpc_phantom` makes its own tiny raw phantom and shards (the Slurm tests need the raw data
 too, for the pack array, and a train/test split small enough for CI-sized jobs).
@@ -48,25 +49,3 @@ def hpc_phantom(tmp_path_factory) -> tuple[Path, Path]:
     lus("prep", "pack", "--layout", "iclus", "--src", str(base / "raw" / "iclus"), "--out",
         str(base / "shards"), "--quiet", *PACK_ARGS)
     return base / "raw" / "iclus", base / "shards"
-
-
-@pytest.fixture(scope="module")
-def slurm2(tmp_path_factory):
-    """A running two-node cluster (node1, node2) for the module; always stopped afterwards."""
-    from hpc.local_slurm import LocalSlurmCluster, SlurmUnavailable
-
-    if os.geteuid() != 0:
-        pytest.skip("the local Slurm cluster needs root (namespaces, munge, slurmd)")
-    cluster = LocalSlurmCluster(tmp_path_factory.mktemp("slurm2"), nodes=2)
-    try:
-        cluster.up()
-    except SlurmUnavailable as exc:
-        cluster.down()
-        pytest.skip(f"Slurm unavailable: {exc}")
-    except BaseException:
-        cluster.down()
-        raise
-    try:
-        yield cluster
-    finally:
-        cluster.down()

@@ -3,7 +3,6 @@ on node2 (each `ray start --block` under srun), and an aggregator sweep whose tr
 on both nodes. The cluster lives in a loopback-only network namespace (hpc.local_slurm)."""
 from __future__ import annotations
 
-import os
 import sys
 
 import pandas as pd
@@ -14,27 +13,8 @@ from tune_helpers import ROOT, synthetic_predictions
 pytestmark = [pytest.mark.slurm, pytest.mark.ray, pytest.mark.slow]
 
 
-@pytest.fixture(scope="module")
-def slurm_two_nodes(tmp_path_factory):
-    from hpc.local_slurm import LocalSlurmCluster, SlurmUnavailable
-
-    if os.geteuid() != 0:
-        pytest.skip("the local Slurm cluster needs root (namespaces, munge, slurmd)")
-    cluster = LocalSlurmCluster(tmp_path_factory.mktemp("tune-slurm"), nodes=2)
-    try:
-        cluster.up()
-    except SlurmUnavailable as exc:
-        cluster.down()
-        pytest.skip(f"Slurm unavailable: {exc}")
-    except BaseException:
-        cluster.down()
-        raise
-    yield cluster
-    cluster.down()
-
-
-def test_tune_sh_sweeps_on_both_nodes(tmp_path, slurm_two_nodes):
-    cluster = slurm_two_nodes
+def test_tune_sh_sweeps_on_both_nodes(tmp_path, slurm2):
+    cluster = slurm2
     preds = synthetic_predictions(tmp_path / "preds.h5", n_videos=16)
     job = cluster.sbatch(
         ROOT / "slurm" / "tune.sh", "--nodes=2", f"--output={tmp_path}/tune-%j.out",
