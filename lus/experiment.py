@@ -43,14 +43,14 @@ class TrainStep:
 
 
 def _cnnlstm_default() -> TrainStep:
-    return TrainStep(epochs=8, overrides=[
+    return TrainStep(epochs=20, overrides=[
         "model.kwargs={encoder: small_cnn, lstm_units: 64, dense_units: 64, dropout: 0.3}",
         "data.clip_len=10", "data.batch_size=4", "data.eval_batch_size=8", "optim.lr=1e-3",
         "data.balanced=true"])  # class-balanced draw: 23 COVID vs 47 healthy clips
 
 
 def _frame_default() -> TrainStep:
-    return TrainStep(epochs=5, overrides=[
+    return TrainStep(epochs=12, overrides=[
         "model.name=cnn_ce", "data.batch_size=32", "data.eval_batch_size=64",
         "train.max_steps_per_epoch=30", "optim.lr=1e-3", "schedule.milestones=[]", "viz_frames=0"])
 
