@@ -51,7 +51,8 @@ def _cnnlstm_default() -> TrainStep:
 
 def _frame_default() -> TrainStep:
     return TrainStep(epochs=12, overrides=[
-        "model.name=cnn_ce", "data.batch_size=32", "data.eval_batch_size=64",
+        "model.name=cnn_ce", "frame_classes=[covid, pneumonia, healthy]",
+        "data.batch_size=32", "data.eval_batch_size=64",
         "train.max_steps_per_epoch=30", "optim.lr=1e-3", "schedule.milestones=[]", "viz_frames=0"])
 
 
@@ -203,11 +204,14 @@ def run_jobs(jobs: list[Job], parallel: int, logs: Path) -> dict[str, int]:
 
 # ---------------------------------------------------------------- results
 def frame_predictions_as_video_classes(preds):
-    """The frame classifier was trained on video labels through the score head: keep the
-    VIDEO_CLASSES columns (the unused 4th never wins) renormalised, named as classes."""
+    """Frame predictions named as the video classes. The frame classifier trains on the clip
+    class with `frame_classes` = the video classes, so its predictions already are; a run
+    trained through the 4-way score head keeps the first 3 columns, renormalised."""
     from lus_dist.aggregator.data import FramePredictions
     from lus_dist.shards.format import VIDEO_CLASSES
 
+    if tuple(preds.class_names) == tuple(VIDEO_CLASSES):
+        return preds
     k = len(VIDEO_CLASSES)
     p = preds.probs[:, :k]
     p = p / np.clip(p.sum(1, keepdims=True), 1e-12, None)

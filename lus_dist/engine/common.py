@@ -321,10 +321,10 @@ def write_json(path: Path, data: dict) -> None:
     tmp.replace(path)
 
 
-def write_frame_predictions(path: Path, pred: dict[str, np.ndarray], ds, split: str) -> Path:
+def write_frame_predictions(path: Path, pred: dict[str, np.ndarray], ds, split: str,
+                            class_names: list[str]) -> Path:
     """Per-frame class probabilities with the manifest's ids, in the aggregator's format."""
     from lus_dist.aggregator.data import write_predictions
-    from lus_dist.shards.format import SCORE_CLASSES
 
     videos = ds.manifest.videos
     v = pred["video"]
@@ -332,7 +332,7 @@ def write_frame_predictions(path: Path, pred: dict[str, np.ndarray], ds, split: 
         path, pred["probs"], video_id=videos["video_id"][v], patient_id=videos["patient_id"][v],
         hospital_id=videos["hospital_id"][v], frame_index=pred["frame"],
         frame_score=pred["score"], video_score=videos["video_score"][v],
-        video_label=videos["label"][v], split=np.full(len(v), split), class_names=SCORE_CLASSES)
+        video_label=videos["label"][v], split=np.full(len(v), split), class_names=class_names)
 
 
 # ---------------------------------------------------------------- the run's life cycle

@@ -15,6 +15,7 @@ import torch
 
 from lus_dist.config import ConfigError, load_config
 from lus_dist.losses import FrameLossConfig
+from lus_dist.shards.format import SCORE_CLASSES
 
 DEEPSPEED_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "deepspeed"
 
@@ -189,6 +190,13 @@ class RegSTNConfig(RunConfig):
     loss: FrameLossConfig = field(default_factory=FrameLossConfig)
     viz_frames: int = 8           # frames in the STN localisation grid per epoch
     predict_splits: list[str] = field(default_factory=lambda: ["test"])
+    # names of the per-frame targets in the shards (one output each): the severity scores,
+    # or, for data without frame scores (POCUS), the clip classes the packer stored there
+    frame_classes: list[str] = field(default_factory=lambda: list(SCORE_CLASSES))
+
+    def __post_init__(self) -> None:
+        if len(self.frame_classes) < 2 or len(set(self.frame_classes)) != len(self.frame_classes):
+            raise ConfigError(f"frame_classes must be >= 2 distinct names, got {self.frame_classes}")
 
 
 @dataclass

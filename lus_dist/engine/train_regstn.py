@@ -16,7 +16,6 @@ from hpc import REQUEUE_EXIT_CODE, PreemptionFlag
 from lus_dist.losses import frame_loss
 from lus_dist.metrics import frame_metrics
 from lus_dist.models import build_frame_model, draw_boxes, stn_boxes
-from lus_dist.shards.format import SCORE_CLASSES
 
 from . import common as C
 from .checkpoint import load_best, save_best, unwrap
@@ -40,7 +39,7 @@ def evaluate(fit: C.Fit, ds, cfg: RegSTNConfig, session: C.Session) -> dict[str,
         for k in ("score", "video", "frame"):
             out[k].append(batch[k].numpy())
     net.train()
-    k = len(SCORE_CLASSES)
+    k = len(cfg.frame_classes)
     arrays = {n: np.concatenate(v) if v else np.zeros((0, k) if n == "probs" else 0)
               for n, v in out.items()}
     return C.gather(arrays)
@@ -63,7 +62,7 @@ def stn_grid(model, ds, n: int, path: Path) -> None:
 
 def scores(pred: dict[str, np.ndarray]) -> dict[str, float]:
     known = pred["score"] >= 0
-    return frame_metrics(pred["score"][known], pred["probs"][known].argmax(1), len(SCORE_CLASSES))
+    return frame_metrics(pred["score"][known], pred["probs"][known].argmax(1), pred["probs"].shape[1])
 
 
 def run(cfg: RegSTNConfig, run_dir: Path, resume: str | None = None) -> int:
@@ -74,7 +73,7 @@ def run(cfg: RegSTNConfig, run_dir: Path, resume: str | None = None) -> int:
     val_split = cfg.data.val_split or cfg.data.test_split
     val_ds = C.open_split(cfg, val_split, mode="frame")
     channels, height, width = train_ds[0]["image"].shape
-    model = build_frame_model(cfg.model.name, in_channels=channels, num_classes=len(SCORE_CLASSES),
+    model = build_frame_model(cfg.model.name, in_channels=channels, num_classes=len(cfg.frame_classes),
                               image_size=(height, width), **cfg.model.kwargs)
     C.seed_rank(cfg.seed, world.rank)
     fit = C.build_fit(model, cfg, session)
@@ -136,7 +135,8 @@ def run(cfg: RegSTNConfig, run_dir: Path, resume: str | None = None) -> int:
         pred = evaluate(fit, ds, cfg, session)
         results[split] = scores(pred)
         if split in cfg.predict_splits and world.rank == 0:
-            C.write_frame_predictions(run_dir / "predictions" / f"{split}.h5", pred, ds, split)
+            C.write_frame_predictions(run_dir / "predictions" / f"{split}.h5", pred, ds, split,
+                                      cfg.frame_classes)
     if world.rank == 0:
         C.write_json(run_dir / "summary.json", {
             "family": "regstn", "name": cfg.name, "model": cfg.model.name,

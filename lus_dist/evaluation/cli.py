@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lus_dist.shards.format import MASK_CLASSES, SCORE_CLASSES, VIDEO_CLASSES
+from lus_dist.shards.format import MASK_CLASSES, VIDEO_CLASSES
 
 from . import plots
 from .report import (Report, ReportError, RunInfo, aggregate_for, cnnlstm_metrics,
@@ -81,7 +81,7 @@ def frame_section(rep: Report, runs: list[RunInfo], aggregate: str | None, n_stn
         if preds is not None and (preds.frame_score >= 0).any():
             known = preds.frame_score >= 0
             confusion_and_roc(rep, f"frame_{run.path.name}", preds.frame_score[known],
-                              preds.probs[known], SCORE_CLASSES, f"{run.name} frames")
+                              preds.probs[known], list(preds.class_names), f"{run.name} frames")
         stn_section(rep, run, n_stn, notes)
     for n in notes:
         rep.text(f"_Note: {n}_")

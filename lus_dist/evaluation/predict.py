@@ -95,9 +95,8 @@ def run_preprocessing(cfg, run_dir: Path, size: int | None, channels: int | None
 def build_model(family: str, cfg, pre) -> torch.nn.Module:
     if family == "regstn":
         from lus_dist.models import build_frame_model
-        from lus_dist.shards.format import SCORE_CLASSES
         return build_frame_model(cfg.model.name, in_channels=pre.channels,
-                                 num_classes=len(SCORE_CLASSES), image_size=pre.size,
+                                 num_classes=len(cfg.frame_classes), image_size=pre.size,
                                  **cfg.model.kwargs)
     if family == "seg":
         from lus_dist.models import build_seg_model
@@ -276,7 +275,6 @@ def _parser() -> argparse.ArgumentParser:
 
 def predict(args) -> dict:
     from data_prep.video_io import write_video
-    from lus_dist.shards.format import SCORE_CLASSES
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" \
         else args.device
@@ -294,7 +292,7 @@ def predict(args) -> dict:
         masks = seg_masks(seg, x)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    classes = list(SCORE_CLASSES)
+    classes = list(run.config.frame_classes)
     write_frame_csv(out / "frames.csv", probs, classes)
     video = {"clip": str(args.clip), "checkpoint": str(run.run_dir), "frames": len(probs),
              **video_decision(probs, classes, args.aggregator)}

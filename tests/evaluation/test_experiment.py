@@ -61,6 +61,7 @@ def test_frame_predictions_become_video_class_probabilities():
     both = merge_predictions([out, FramePredictions.from_arrays(
         out.probs, np.array(["b", "b"]), np.array(["q", "q"]), class_names=out.class_names)])
     assert len(both.probs) == 4 and set(both.video_id) == {"a", "b"}
+    assert frame_predictions_as_video_classes(out) is out   # trained on the video classes
 
 
 def test_decisions_metrics_match_the_confusion():
@@ -76,3 +77,24 @@ def test_bad_folder_and_bad_override_are_usage_errors(tmp_path, capsys):
     (tmp_path / "videos").mkdir()
     assert main(["pocus", "--data", str(tmp_path), "--out", str(tmp_path / "o"), "sise=3"]) == 2
     assert "unknown key(s) ['sise']" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_pocus_experiment_end_to_end_on_the_phantom_clips(phantom, tmp_path, lus_ok):
+    """The whole `lus experiment pocus` path on the phantom's POCUS-layout clips (the real
+    clips run it in tests only where ../shared/data/pocus exists, and at full size by hand)."""
+    from lus_dist.aggregator.data import read_predictions
+    from lus_dist.shards.format import VIDEO_CLASSES
+
+    out = tmp_path / "exp"
+    proc = lus_ok("experiment", "pocus", "--data", str(phantom / "raw" / "pocus"), "--out",
+                  str(out), "--folds", "3", "size=32", "max_frames=6", "cnnlstm.epochs=1",
+                  "frame.epochs=2", "aggregator.epochs=5")
+    assert "report:" in proc.stdout
+    report = (out / "report" / "report.md").read_text()
+    assert "Missing results" not in report and "_No data" not in report
+    assert "best epoch is picked on the next fold" in report
+    for name in ("published_vs_ours", "cnnlstm_evaluation", "uninorm_evaluation", "video_table"):
+        assert (out / "report" / f"{name}.csv").stat().st_size > 100, name
+    preds = read_predictions(out / "runs" / "frame" / "fold0" / "predictions" / "test.h5")
+    assert preds.class_names == tuple(VIDEO_CLASSES) and preds.probs.shape[1] == 3
