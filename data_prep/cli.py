@@ -135,6 +135,10 @@ def main(argv: list[str] | None = None) -> int:
         code, text = report(args.dir)
         print(text, file=sys.stdout if code == 0 else sys.stderr)
         return code
-    except (PackError, ManifestError, TaskError, ValueError, FileNotFoundError) as exc:
+    except (PackError, ManifestError, TaskError, ValueError) as exc:
         print(f"lus prep {args.cmd}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:   # unwritable/full output, missing input: the message names the file
+        print(f"lus prep {args.cmd}: error: {exc} (check the path, free space and permissions; "
+              "re-running resumes a pack)", file=sys.stderr)
         return 2

@@ -88,6 +88,14 @@ def test_validate_fails_naming_the_truncated_and_the_flipped_shard(iclus_shards,
     assert fmt.shard_name(1) not in err
 
 
+def test_unwritable_output_is_a_clear_error_naming_it(phantom, tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    assert main(PACK + ["--src", str(phantom / "iclus"), "--out", str(blocker / "shards")]) == 2
+    err = capsys.readouterr().err
+    assert "lus prep pack: error:" in err and str(blocker) in err and "Traceback" not in err
+
+
 def test_finalize_without_plan_is_a_clear_error(tmp_path, capsys):
     assert main(["finalize", str(tmp_path)]) == 2
     assert "plan.json not found" in capsys.readouterr().err
