@@ -152,5 +152,4 @@ def with_frame_labels(src, max_frames: int, tag: str = "", split: str | None = N
     extra = dict(src.extra, **({"split": split} if split else {}))
     extra.pop("n_frames", None)  # thinned: the header count no longer applies
     return replace(src, video_id=tag + src.video_id, patient_id=tag + src.patient_id,
-                               loader=_FrameLabelled(src.loader, max_frames, src.label),
-                               extra=extra)
+                   loader=_FrameLabelled(src.loader, max_frames, src.label), extra=extra)

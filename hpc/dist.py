@@ -72,3 +72,16 @@ def destroy_distributed() -> None:
 
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def exit_worker(code: int) -> int:
+    """A torchrun worker whose run is over (results, checkpoints and logs closed, process
+    group destroyed) exits without interpreter teardown: gloo/DeepSpeed C++ threads torn
+    down during Python finalisation can abort ("terminate called without an active
+    exception", SIGABRT) and turn a finished run into a failed job. Any other caller
+    (a plain process, a test, a Ray Train worker) gets the code back as usual."""
+    if os.environ.get("TORCHELASTIC_RUN_ID") and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code

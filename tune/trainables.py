@@ -73,10 +73,6 @@ def aggregator_metrics(result: Any) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------- engine families
-LOOPS = {"regstn": "lus_dist.engine.train_regstn", "seg": "lus_dist.engine.train_seg",
-         "cnnlstm": "lus_dist.engine.train_cnnlstm"}
-
-
 def engine_config_cls(family: str) -> type:
     from lus_dist.engine.config import FAMILIES as ENGINE_FAMILIES
 
@@ -125,6 +121,7 @@ def engine_hooks(loop: Any, report: Callable[[dict[str, float]], None]) -> Itera
 def run_engine(family: str, cfg: Any, run_dir: Path,
                report: Callable[[dict[str, float]], None]) -> None:
     """One training run of the engine, resuming its own checkpoints after a restart."""
+    from lus_dist.engine.cli import LOOPS
     loop = importlib.import_module(LOOPS[family])
     with engine_hooks(loop, report):
         code = loop.run(cfg, run_dir, resume="auto")

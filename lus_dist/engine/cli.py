@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 from pathlib import Path
+
+from hpc import exit_worker
 
 from .config import FAMILIES, load_run_config
 
@@ -59,19 +60,6 @@ def user_errors() -> tuple[type[BaseException], ...]:
     return ConfigError, ManifestError, CheckpointError, WorldError, FileNotFoundError
 
 
-def leave(code: int) -> int:
-    """A torchrun worker whose run is over (results, checkpoints and logs closed, process
-    group destroyed) exits without interpreter teardown: gloo/DeepSpeed C++ threads torn
-    down during Python finalisation can abort ("terminate called without an active
-    exception", SIGABRT) and turn a finished run into a failed job. In-process callers
-    (tests, tune trials) are not torchrun workers and get the code back as usual."""
-    if os.environ.get("TORCHELASTIC_RUN_ID") and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    return code
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_intermixed_args(argv)
     from lus_dist.config import ConfigError
@@ -83,10 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / cfg.name
     loop = importlib.import_module(LOOPS[args.family])
     try:
-        return leave(int(loop.run(cfg, run_dir, resume=args.resume)))
+        return exit_worker(int(loop.run(cfg, run_dir, resume=args.resume)))
     except user_errors() as exc:
         print(f"lus train: {exc}", file=sys.stderr)
-        return leave(2)
+        return exit_worker(2)
 
 
 if __name__ == "__main__":
