@@ -65,12 +65,13 @@ def engine_in_process(shards: Path, run_dir: Path, batch: int, steps: int) -> fl
     import contextlib
     import io
 
-    from lus_dist.engine import train_regstn
-    from lus_dist.engine.config import load_run_config
+    from lus_dist import families
+    from lus_dist.engine import run
+    from lus_dist.families import load_run_config
 
     cfg = load_run_config("regstn", None, overrides(shards, batch, steps))
     with contextlib.redirect_stdout(io.StringIO()):
-        train_regstn.run(cfg, run_dir)
+        run(families.make("regstn", cfg), run_dir)
     return step_rate(run_dir, batch)
 
 

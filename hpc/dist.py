@@ -66,11 +66,41 @@ def init_distributed(world: World, backend: str = "auto", timeout_s: float = DEF
     return chosen
 
 
+def is_distributed() -> bool:
+    """A default process group exists (the one spelling of this check)."""
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
+
+
+def collective_device():
+    """Where small tensors for a collective live: the current GPU under nccl, else CPU."""
+    import torch
+    import torch.distributed as dist
+
+    if is_distributed() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def child_env(base: dict[str, str] | None = None, threads: int = 1) -> dict[str, str]:
+    """The environment for processes we launch (torchrun workers, sbatch, Ray, tests):
+    one OpenMP thread per process unless set, a fresh rendezvous store per elastic restart
+    (see the module docstring), unbuffered logs, no Ray telemetry. (DeepSpeed's accelerator
+    is chosen by the engine at start-up, where torch knows whether a GPU is usable.)"""
+    env = dict(os.environ if base is None else base)
+    env.setdefault("OMP_NUM_THREADS", str(threads))
+    env["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] = "1"
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    env["RAY_USAGE_STATS_ENABLED"] = "0"
+    return env
+
+
 def destroy_distributed() -> None:
     """Leave the process group if one exists (safe to call twice or without one)."""
     import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized():
+    if is_distributed():
         dist.destroy_process_group()
 
 

@@ -7,12 +7,13 @@ torchrun (gloo on CPU, nccl on GPU) -> uninorm video aggregation -> report.
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from hpc.dist import child_env
 
 REPO_CONFIGS = Path(__file__).resolve().parent.parent / "lus_dist" / "configs"   # also ./configs in a checkout
 
@@ -53,16 +54,6 @@ def _run(cmd: list[str], env: dict[str, str], log: Path) -> None:
     print(f"  ok ({time.time() - t0:.0f} s)", flush=True)
 
 
-def demo_env() -> dict[str, str]:
-    """The environment every child step gets (also used by `lus experiment`)."""
-    env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", "1")
-    env.setdefault("DS_ACCELERATOR", "cpu")
-    env["RAY_USAGE_STATS_ENABLED"] = "0"
-    env["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] = "1"
-    return env
-
-
 def steps(out: Path, nproc: int, seed: int, config: Path, overrides: list[str]) -> list[list[str]]:
     py = sys.executable
     run_dir = out / "runs" / "regstn"
@@ -96,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     try:
         for cmd in steps(out, args.nproc, args.seed, config, args.overrides):
-            _run(cmd, demo_env(), log)
+            _run(cmd, child_env(), log)
     except DemoError as exc:
         print(f"lus demo: {exc}", file=sys.stderr)
         return 1

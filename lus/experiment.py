@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hpc.dist import child_env
 from lus_dist.aggregator.train import AggregatorConfig
 from lus_dist.config import ConfigError, load_config, save_config
 
@@ -167,11 +168,6 @@ def plan_jobs(cfg: PocusExperimentConfig, out: Path, shards: Path, cv: bool) -> 
     return jobs
 
 
-def _env() -> dict[str, str]:
-    from lus.demo import demo_env
-    return demo_env()
-
-
 def run_jobs(jobs: list[Job], parallel: int, logs: Path) -> dict[str, int]:
     """Run up to `parallel` jobs at once; a finished run (summary.json) is not rerun, so
     re-invoking the experiment after an interruption continues where it stopped."""
@@ -186,7 +182,7 @@ def run_jobs(jobs: list[Job], parallel: int, logs: Path) -> dict[str, int]:
             print(f"[start] {job.name}: {shlex.join(job.cmd)}", flush=True)
             with log.open("w") as fh:
                 running.append((job, subprocess.Popen(job.cmd, stdout=fh, stderr=subprocess.STDOUT,
-                                                      env=_env()), time.time()))
+                                                      env=child_env()), time.time()))
         time.sleep(2)
         for item in list(running):
             job, proc, t0 = item

@@ -65,13 +65,14 @@ class FrameLossConfig:
 
 
 def frame_loss(out: FrameOutput, target: torch.Tensor,
-               cfg: FrameLossConfig | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+               cfg: FrameLossConfig | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The one loss line of every frame model's training loop.
 
     Reg-STN terms are added whenever the model provides them (crop-2 logits; learned
     scales), multiplied by their lambda even when it is 0: the localiser's crop-2 outputs
     then still receive (zero) gradients, which DDP needs to not see unused parameters.
-    `parts` holds detached floats for logging (one host sync per step).
+    `parts` holds detached tensors for logging: read on the host only at the logging
+    interval, so the hot loop has no sync.
     """
     cfg = cfg or FrameLossConfig()
     kind = out.loss if cfg.loss == "auto" else cfg.loss
@@ -90,8 +91,7 @@ def frame_loss(out: FrameOutput, target: torch.Tensor,
         terms["stn"] = cfg.lambda_stn * F.l1_loss(out.aux["scales"],
                                                   prior.expand_as(out.aux["scales"]))
     total = torch.stack(list(terms.values())).sum()
-    values = torch.stack([total.detach()] + [t.detach() for t in terms.values()]).tolist()
-    return total, dict(zip(["loss", *terms], values))
+    return total, {"loss": total.detach(), **{k: t.detach() for k, t in terms.items()}}
 
 
 def dice_ce_loss(logits: torch.Tensor, mask: torch.Tensor, dice_weight: float = 1.0,

@@ -1,7 +1,8 @@
-"""Frame, video and segmentation metrics, computed from confusion matrices (pure numpy).
+"""Frame, video and segmentation metrics: scikit-learn for the generic ones, thin domain
+code for the rest (specificity, Setting 2, Dice/IoU over a pixel confusion matrix).
 
-Definitions follow scikit-learn with zero_division=0 (tests compare against it): weighted
-averages weight each class by its support in y_true; micro averages pool all decisions.
+zero_division=0 throughout: weighted averages weight each class by its support in y_true;
+micro averages pool all decisions.
 Keys match the report tables: `weighted_f1`, `{class}_recall` (sensitivity), ...
 Roy et al.'s Setting 2 drops the frames next to a score change, where even the annotators'
 labels are uncertain: `setting2_mask`.
@@ -11,6 +12,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+import sklearn.metrics as skm
 import torch
 
 from .shards.format import MASK_CLASSES, VIDEO_CLASSES
@@ -25,8 +27,8 @@ def _labels(y: np.ndarray | Sequence[int] | torch.Tensor, name: str) -> np.ndarr
     return arr.astype(np.int64)
 
 
-def confusion_matrix(y_true, y_pred, num_classes: int) -> np.ndarray:
-    """(K, K) counts; row = true class, column = predicted class."""
+def _checked(y_true, y_pred, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Labels as int arrays, with the errors sklearn would give less clearly."""
     t, p = _labels(y_true, "y_true"), _labels(y_pred, "y_pred")
     if t.shape != p.shape:
         raise ValueError(f"y_true has {t.size} entries but y_pred has {p.size}")
@@ -34,39 +36,44 @@ def confusion_matrix(y_true, y_pred, num_classes: int) -> np.ndarray:
         if arr.min() < 0 or arr.max() >= num_classes:
             raise ValueError(f"{name}: class ids must be in [0, {num_classes}), "
                              f"got range [{arr.min()}, {arr.max()}]")
-    return np.bincount(t * num_classes + p, minlength=num_classes ** 2).reshape(
-        num_classes, num_classes)
+    return t, p
 
 
-def _div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    return np.divide(a, b, out=np.zeros_like(a), where=b > 0)
-
-
-def per_class(cm: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-class precision, recall (= sensitivity), f1, specificity and support."""
-    tp = np.diag(cm).astype(np.float64)
-    pred, true, total = cm.sum(0), cm.sum(1), cm.sum()
-    precision, recall = _div(tp, pred), _div(tp, true)
-    tn = total - pred - true + tp
-    return {"precision": precision, "recall": recall,
-            "f1": _div(2 * precision * recall, precision + recall),
-            "specificity": _div(tn, tn + pred - tp), "support": true.astype(np.float64)}
-
-
-def summary_from_confusion(cm: np.ndarray) -> dict[str, float]:
-    """Accuracy, micro and support-weighted precision / recall / F1."""
-    pc, total = per_class(cm), cm.sum()
-    acc = float(np.trace(cm) / total) if total else 0.0
-    w = pc["support"] / max(total, 1)
-    out = {"accuracy": acc, "micro_precision": acc, "micro_recall": acc, "micro_f1": acc}
-    for m in ("precision", "recall", "f1"):
-        out[f"weighted_{m}"] = float((pc[m] * w).sum())
-    return out
+def confusion_matrix(y_true, y_pred, num_classes: int) -> np.ndarray:
+    """(K, K) counts; row = true class, column = predicted class; absent classes kept."""
+    t, p = _checked(y_true, y_pred, num_classes)
+    return skm.confusion_matrix(t, p, labels=np.arange(num_classes))
 
 
 def frame_metrics(y_true, y_pred, num_classes: int = 4) -> dict[str, float]:
-    return summary_from_confusion(confusion_matrix(y_true, y_pred, num_classes))
+    """Accuracy, micro and support-weighted precision / recall / F1."""
+    t, p = _checked(y_true, y_pred, num_classes)
+    labels = np.arange(num_classes)
+    out = {"accuracy": float(skm.accuracy_score(t, p))}
+    for avg in ("micro", "weighted"):
+        pr, rc, f1, _ = skm.precision_recall_fscore_support(t, p, labels=labels, average=avg,
+                                                            zero_division=0)
+        out.update({f"{avg}_precision": float(pr), f"{avg}_recall": float(rc),
+                    f"{avg}_f1": float(f1)})
+    return out
+
+
+def decision_metrics(y_true, y_pred, class_names: Sequence[str]) -> dict[str, float]:
+    """frame_metrics plus, per class, precision, recall (= sensitivity), F1 and
+    specificity (sklearn has no specificity: TN / (TN + FP) from the confusion matrix)."""
+    k = len(class_names)
+    t, p = _checked(y_true, y_pred, k)
+    out = frame_metrics(t, p, k)
+    pr, rc, f1, _ = skm.precision_recall_fscore_support(t, p, labels=np.arange(k), average=None,
+                                                        zero_division=0)
+    cm = skm.confusion_matrix(t, p, labels=np.arange(k))
+    fp = cm.sum(0) - np.diag(cm)
+    tn = cm.sum() - cm.sum(0) - cm.sum(1) + np.diag(cm)
+    spec = np.divide(tn, tn + fp, out=np.zeros(k), where=(tn + fp) > 0)
+    for i, name in enumerate(class_names):
+        out.update({f"{name}_precision": float(pr[i]), f"{name}_recall": float(rc[i]),
+                    f"{name}_f1": float(f1[i]), f"{name}_specificity": float(spec[i])})
+    return out
 
 
 def setting2_mask(videos, scores, k: int, frames=None) -> np.ndarray:
@@ -101,21 +108,17 @@ def setting2_mask(videos, scores, k: int, frames=None) -> np.ndarray:
 
 
 def roc_auc_per_class(y_true, prob, num_classes: int) -> np.ndarray:
-    """One-vs-rest ROC AUC per class (rank statistic, ties averaged); NaN if the class is
-    absent or is every sample, where AUC is undefined."""
-    from scipy.stats import rankdata
-
+    """One-vs-rest ROC AUC per class; NaN if the class is absent or is every sample, where
+    AUC is undefined (sklearn would raise)."""
     t = _labels(y_true, "y_true")
     p = np.asarray(prob.detach().cpu() if isinstance(prob, torch.Tensor) else prob, np.float64)
     if p.shape != (t.size, num_classes):
         raise ValueError(f"prob must have shape ({t.size}, {num_classes}), got {p.shape}")
     out = np.full(num_classes, np.nan)
-    for c in range(num_classes):  # K <= 4 classes: a loop over classes, not samples
+    for c in range(num_classes):
         pos = t == c
-        n_pos, n_neg = int(pos.sum()), int((~pos).sum())
-        if n_pos and n_neg:
-            ranks = rankdata(p[:, c])
-            out[c] = (ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+        if 0 < pos.sum() < t.size:
+            out[c] = skm.roc_auc_score(pos, p[:, c])
     return out
 
 
@@ -131,14 +134,9 @@ def video_metrics(y_true, prob, class_names: Sequence[str] = VIDEO_CLASSES,
     if p.ndim != 2 or p.shape[1] != k:
         raise ValueError(f"prob must be (N, {k}) for classes {list(class_names)}, got {p.shape}")
     t, pred = _labels(y_true, "y_true"), p.argmax(1)
-    cm = confusion_matrix(t, pred, k)
-    out = summary_from_confusion(cm)
-    pc = per_class(cm)
-    auc = roc_auc_per_class(t, p, k)
-    for i, name in enumerate(class_names):
-        for m in ("precision", "recall", "f1", "specificity"):
-            out[f"{name}_{m}"] = float(pc[m][i])
-        out[f"{name}_auc"] = float(auc[i])
+    out = decision_metrics(t, pred, class_names)
+    for name, auc in zip(class_names, roc_auc_per_class(t, p, k)):
+        out[f"{name}_auc"] = float(auc)
     if positive in class_names:
         c = list(class_names).index(positive)
         out[f"{positive}_vs_rest_accuracy"] = float(np.mean((t == c) == (pred == c)))

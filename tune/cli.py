@@ -1,4 +1,9 @@
-"""`lus tune {aggregator,cnnlstm,regstn,seg}`: one sweep command for a laptop or a cluster."""
+"""`lus tune {aggregator,FAMILY}`: one sweep command for a laptop or a cluster.
+
+Everything that can be checked without Ray is checked first, in this process (the base
+config, the space's keys, the data and, for the aggregator, that the protocol's folds can
+be made), so a sweep that cannot work fails in seconds with one line, not trial by trial.
+"""
 from __future__ import annotations
 
 import argparse
@@ -63,13 +68,16 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a `lus aggregate --protocol` (default kfold)")
     agg.add_argument("--folds", type=int, default=5, help="k of (stratified_)kfold, by patient")
     agg.add_argument("--protocol-seed", type=int, default=0, help="fold assignment seed")
-    for fam, helptext in (("cnnlstm", "Barros et al.'s CNN-LSTM"),
-                          ("regstn", "Reg-STN, each trial a Ray Train run"),
-                          ("seg", "segmentation, each trial a Ray Train run")):
-        p = sub.add_parser(fam, help=helptext, epilog=EPILOG,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    from lus_dist import families
+
+    for fam in families.names():
+        cls = families.get(fam)
+        ray_train = cls.ray_train
+        p = sub.add_parser(fam, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+                           help=(cls.title or fam) + (", each trial a Ray Train run" if ray_train
+                                                      else ", each trial one process"))
         _common(p, fam)
-        if fam != "cnnlstm":
+        if ray_train:
             p.add_argument("--workers", type=int, default=2, help="Ray Train workers per trial")
     return parser
 
@@ -99,8 +107,8 @@ def _run(args: argparse.Namespace) -> int:
     from tune.ray_env import RayOptions, node_ips, start_ray, stop_ray
     from tune.spaces import check_space, load_space
     from tune.sweep import SweepOptions, build_tuner
-    from tune.trainables import (TrialContext, families, make_trainable, resolve_path,
-                                 tune_callbacks)
+    from tune.trainables import (TrialContext, families, is_ray_train, make_trainable,
+                                 resolve_path, tune_callbacks)
 
     space = load_space(args.space)
     if space.family != args.family:
@@ -111,14 +119,14 @@ def _run(args: argparse.Namespace) -> int:
     check_space(space, cls, base)
     space = dataclasses.replace(space, max_t=space.horizon(base))
     predictions = resolve_path(getattr(args, "predictions", None))
-    if predictions and not Path(predictions).is_file():
-        raise ConfigError(f"{predictions}: predictions file not found")
+    precheck(args.family, cls, base, space, predictions, getattr(args, "protocol", "kfold"),
+             getattr(args, "folds", 5), getattr(args, "protocol_seed", 0))
     opts = SweepOptions(trials=args.trials, scheduler=args.scheduler, search=args.search,
                         storage=args.storage, name=args.name or args.family,
                         resume=args.resume, max_concurrent=args.max_concurrent,
                         seed=args.seed, grace_period=args.grace_period,
                         verbose=0 if args.quiet else 1,
-                        reuse_actors=args.family not in ("regstn", "seg"))
+                        reuse_actors=not is_ray_train(args.family))
     ctx = TrialContext(family=args.family, base=base, metric=space.metric,
                        predictions=predictions, protocol=getattr(args, "protocol", "kfold"),
                        k=getattr(args, "folds", 5), seed=getattr(args, "protocol_seed", 0),
@@ -131,6 +139,36 @@ def _run(args: argparse.Namespace) -> int:
     finally:
         stop_ray()
     return _report(grid, space, cls, base, opts, family.command, ctx)
+
+
+def precheck(family: str, cls: type, base: dict, space, predictions: str | None,
+             protocol: str, k: int, seed: int) -> None:
+    """Build a trial's config and open its data once, here, before Ray starts: an error a
+    trial would hit raises ConfigError (one line, exit 2) instead of failing every trial."""
+    from lus_dist.aggregator.protocols import ProtocolError
+    from lus_dist.shards.manifest import ManifestError
+    from tune.spaces import build_config
+
+    cfg = build_config(cls, base, {k_: p.example() for k_, p in space.params.items()})
+    try:
+        if family == "aggregator":
+            _precheck_aggregator(cfg, predictions, protocol, k, seed)
+        else:
+            from lus_dist import families
+            families.make(family, cfg).build_data(None)
+    except (ProtocolError, ManifestError, ValueError, OSError) as exc:
+        raise ConfigError(f"{predictions or base.get('data', {}).get('root')}: {exc}") from None
+
+
+def _precheck_aggregator(cfg, predictions: str | None, protocol: str, k: int, seed: int) -> None:
+    from lus_dist.aggregator.protocols import make_folds
+    from lus_dist.aggregator.train import labelled_videos
+    from tune.trainables import _videos
+
+    if not predictions or not Path(predictions).is_file():
+        raise ConfigError(f"{predictions}: predictions file not found")
+    batch, y, _ = labelled_videos(_videos(predictions), cfg)
+    make_folds(batch.patient_id, y, protocol, k=k, seed=seed, split=batch.split)
 
 
 def _report(grid, space, cls, base, opts, command, ctx) -> int:

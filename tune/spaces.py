@@ -2,7 +2,7 @@
 
 A space file looks like::
 
-    family: aggregator          # aggregator | cnnlstm | regstn | seg
+    family: aggregator          # aggregator or a registered family (lus_dist.families)
     metric: mean_weighted_f1    # what the trial reports; the sweep optimises it
     mode: max
     max_t: 1                    # reports per trial; default: train.epochs of the base config
@@ -28,7 +28,15 @@ import yaml
 
 from lus_dist.config import ConfigError, from_dict, to_dict
 
-FAMILIES = ("aggregator", "cnnlstm", "regstn", "seg")
+
+
+def space_families() -> tuple[str, ...]:
+    """What a space can sweep: the aggregator and every registered engine family."""
+    from lus_dist import families
+
+    return ("aggregator", *families.names())
+
+
 # kind -> number of arguments
 DOMAIN_KINDS = {"choice": None, "grid": None, "uniform": 2, "loguniform": 2, "quniform": 3,
                 "qloguniform": 3, "randint": 2, "qrandint": 3}
@@ -102,8 +110,8 @@ def parse_space(data: Any, where: str = "<space>") -> SearchSpace:
     if unknown:
         raise SpaceError(f"{where}: unknown key(s) {unknown}; valid keys are {sorted(known)}")
     family = data.get("family")
-    if family not in FAMILIES:
-        raise SpaceError(f"{where}: family must be one of {FAMILIES}, got {family!r}")
+    if family not in space_families():
+        raise SpaceError(f"{where}: family must be one of {space_families()}, got {family!r}")
     mode = data.get("mode", "max")
     if mode not in ("max", "min"):
         raise SpaceError(f"{where}: mode must be max or min, got {mode!r}")
@@ -216,6 +224,6 @@ def with_grid(space: SearchSpace) -> SearchSpace:
                        space.max_t, space.source)
 
 
-__all__ = ["FAMILIES", "Param", "SearchSpace", "SpaceError", "build_config", "check_space",
+__all__ = ["space_families", "Param", "SearchSpace", "SpaceError", "build_config", "check_space",
            "grid_size", "load_space", "merge", "parse_space", "set_dotted",
            "to_ray", "with_grid"]

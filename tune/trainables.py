@@ -7,12 +7,10 @@ so a trial runs exactly what `best.yaml` will say.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
-import importlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from ray import tune as ray_tune
 
@@ -74,57 +72,44 @@ def aggregator_metrics(result: Any) -> dict[str, float]:
 
 # ---------------------------------------------------------------- engine families
 def engine_config_cls(family: str) -> type:
-    from lus_dist.engine.config import FAMILIES as ENGINE_FAMILIES
+    from lus_dist import families
 
-    return ENGINE_FAMILIES[family]
-
-
-def _no_signal_flag() -> type:
-    """PreemptionFlag without signal handlers: Ray runs trials off the main thread (where
-    Python refuses handlers), and Ray, not Slurm, stops and restarts them here."""
-    from hpc.signals import PreemptionFlag
-
-    class RayManagedFlag(PreemptionFlag):
-        def install(self) -> "RayManagedFlag":
-            return self
-
-        def uninstall(self) -> None:
-            return None
-
-    return RayManagedFlag
+    return families.get(family).config_cls
 
 
-@contextlib.contextmanager
-def engine_hooks(loop: Any, report: Callable[[dict[str, float]], None]) -> Iterator[None]:
-    """Report every epoch's validation metrics while `loop.run` trains.
+def is_ray_train(family: str) -> bool:
+    """Whether a trial of this family is a Ray Train group (several ranks) or one process."""
+    from lus_dist import families
 
-    The engine has no per-epoch callback (yet); each loop calls `RunLogger.epoch` on every
-    rank after validation, so a subclass that also reports stands in for the run. Ray
-    needs the report on every rank (Ray Train) and raises SystemExit from it when ASHA
-    stops the trial, which unwinds the engine loop like any exception.
-    """
-    saved = {"RunLogger": loop.RunLogger, "PreemptionFlag": loop.PreemptionFlag}
+    return family != "aggregator" and families.get(family).ray_train
 
-    class ReportingLogger(saved["RunLogger"]):  # type: ignore[misc, valid-type]
-        def epoch(self, epoch: int, global_step: int, metrics: dict[str, float]) -> None:
-            super().epoch(epoch, global_step, metrics)
-            report({**{k: float(v) for k, v in metrics.items()}, "epoch": int(epoch)})
 
-    loop.RunLogger, loop.PreemptionFlag = ReportingLogger, _no_signal_flag()
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            setattr(loop, name, value)
+class RayManagedStop:
+    """The run's stop flag under Ray: no signal handlers (Ray runs trials off the main
+    thread, where Python refuses them), and Ray, not Slurm, stops and restarts trials."""
+
+    def __enter__(self) -> "RayManagedStop":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def should_stop(self) -> bool:
+        return False
 
 
 def run_engine(family: str, cfg: Any, run_dir: Path,
                report: Callable[[dict[str, float]], None]) -> None:
-    """One training run of the engine, resuming its own checkpoints after a restart."""
-    from lus_dist.engine.cli import LOOPS
-    loop = importlib.import_module(LOOPS[family])
-    with engine_hooks(loop, report):
-        code = loop.run(cfg, run_dir, resume="auto")
+    """One training run of the engine, resuming its own checkpoints after a restart; every
+    epoch's validation metrics go to `report` on every rank (Ray Train needs all ranks to
+    report, and raises from it when a scheduler stops the trial, which ends the run)."""
+    from lus_dist import families
+    from lus_dist.engine import RunHooks, run
+
+    hooks = RunHooks(on_epoch_end=lambda epoch, metrics: report(
+        {**{k: float(v) for k, v in metrics.items()}, "epoch": int(epoch)}),
+        stop_flag=RayManagedStop)
+    code = run(families.make(family, cfg), run_dir, resume="auto", hooks=hooks)
     if code != 0:
         raise RuntimeError(f"lus train {family} exited {code} (run dir {run_dir})")
 
@@ -136,12 +121,13 @@ def _trial_run_dir(ctx: TrialContext) -> Path:
     return Path(ctx.experiment_dir) / "runs" / tune.get_context().get_trial_id()
 
 
-def cnnlstm_trial(config: dict[str, Any], ctx: TrialContext) -> None:
-    """The CNN-LSTM in the trial process, reporting validation metrics each epoch."""
+def in_process_trial(config: dict[str, Any], ctx: TrialContext) -> None:
+    """A single-process family (the CNN-LSTM) in the trial process, reporting validation
+    metrics each epoch."""
     from ray import tune
 
-    cfg = build_config(engine_config_cls("cnnlstm"), ctx.base, config)
-    run_engine("cnnlstm", cfg, _trial_run_dir(ctx), tune.report)
+    cfg = build_config(engine_config_cls(ctx.family), ctx.base, config)
+    run_engine(ctx.family, cfg, _trial_run_dir(ctx), tune.report)
 
 
 def _train_worker(loop_config: dict[str, Any]) -> None:
@@ -165,7 +151,7 @@ def _train_worker(loop_config: dict[str, Any]) -> None:
 
 
 def distributed_trial(config: dict[str, Any], ctx: TrialContext) -> None:
-    """Reg-STN / segmentation: the trial drives a TorchTrainer with `num_workers` ranks;
+    """A Ray Train family (Reg-STN, segmentation): the trial drives a TorchTrainer with `num_workers` ranks;
     rank 0's per-epoch reports reach Tune through TuneReportCallback."""
     import torch
     from ray.train import FailureConfig, RunConfig, ScalingConfig
@@ -231,7 +217,7 @@ class ReleaseTrainGroups(ray_tune.Callback):
 
 def tune_callbacks(ctx: TrialContext) -> list:
     """Callbacks the sweep driver runs (pickled with the sweep, so --resume keeps them)."""
-    return [ReleaseTrainGroups(ctx.experiment_dir)] if ctx.family in ("regstn", "seg") else []
+    return [ReleaseTrainGroups(ctx.experiment_dir)] if is_ray_train(ctx.family) else []
 
 
 # ---------------------------------------------------------------- registry
@@ -244,17 +230,17 @@ class Family:
 
 
 def families() -> dict[str, Family]:
-    return {
-        "aggregator": Family("aggregator", aggregator_config_cls, aggregator_trial,
-                             "lus aggregate --predictions {predictions} --config {best} "
-                             "--protocol {protocol} --folds {k} --seed {seed}"),
-        "cnnlstm": Family("cnnlstm", functools.partial(engine_config_cls, "cnnlstm"),
-                          cnnlstm_trial, "lus train cnnlstm --config {best}"),
-        "regstn": Family("regstn", functools.partial(engine_config_cls, "regstn"),
-                         distributed_trial, "lus train regstn --config {best}"),
-        "seg": Family("seg", functools.partial(engine_config_cls, "seg"),
-                      distributed_trial, "lus train seg --config {best}"),
-    }
+    """The aggregator plus every engine family of the registry (lus_dist.families)."""
+    from lus_dist import families as registry
+
+    out = {"aggregator": Family("aggregator", aggregator_config_cls, aggregator_trial,
+                                "lus aggregate --predictions {predictions} --config {best} "
+                                "--protocol {protocol} --folds {k} --seed {seed}")}
+    for name in registry.names():
+        trial = distributed_trial if is_ray_train(name) else in_process_trial
+        out[name] = Family(name, functools.partial(engine_config_cls, name), trial,
+                           f"lus train {name} --config {{best}}")
+    return out
 
 
 def trial_resources(ctx: TrialContext) -> Any:
@@ -262,7 +248,7 @@ def trial_resources(ctx: TrialContext) -> Any:
     custom TRAIN_DRIVER slot: its TorchTrainer asks Ray for the workers' CPUs itself, and a
     driver holding a CPU on a 2-CPU node would leave them unschedulable (a silent hang).
     One slot per node also caps concurrent distributed trials at one per node."""
-    if ctx.family in ("regstn", "seg"):
+    if is_ray_train(ctx.family):
         return {"cpu": 0, TRAIN_DRIVER_RESOURCE: 1}
     return {"cpu": 1}
 

@@ -1,10 +1,13 @@
-"""The training engine: one readable loop per model family over shared pieces.
+"""The training engine: one loop (loop.py) that every model family plugs into (family.py).
 
-`lus train {regstn,seg,cnnlstm}` (cli.py) -> train_regstn.py / train_seg.py /
-train_cnnlstm.py, which call common.py (start-up, data, DDP/DeepSpeed wrapping, stepping),
-checkpoint.py (atomic, resumable to the step) and logging.py (rank-0 CSV/TensorBoard).
-Run dir: config.yaml, checkpoints/, tb/, metrics.csv, viz/, predictions/, summary.json.
+`lus train FAMILY` (cli.py) looks the family up in the registry (lus_dist.families) and
+runs `loop.run`, which uses session.py (start-up), data.py (loaders), fit.py (DDP/DeepSpeed
+wrapping, stepping), checkpoint.py (atomic, resumable to the step) and logging.py (rank-0
+CSV/TensorBoard). Run dir: config.yaml, checkpoints/, tb/, metrics.csv, viz/, predictions/,
+summary.json.
 """
-from .config import FAMILIES, CNNLSTMConfig, RegSTNConfig, RunConfig, SegConfig, load_run_config
+from .config import RunConfig
+from .family import Family, Splits
+from .loop import RunHooks, run
 
-__all__ = ["FAMILIES", "RunConfig", "RegSTNConfig", "SegConfig", "CNNLSTMConfig", "load_run_config"]
+__all__ = ["Family", "RunConfig", "RunHooks", "Splits", "run"]

@@ -1,19 +1,23 @@
 """Atomic, resumable checkpoints for DDP and DeepSpeed runs.
 
-Layout: `checkpoints/step-000000123/` holds `main.pt` (rank 0: model, optimizer, scheduler,
-scaler, progress, config, code version) or DeepSpeed's own files, plus `rank-R.pt` per rank
-(every RNG and the sampler position), and `COMMIT` written last. A checkpoint is written
+Layout: `checkpoints/step-000000123/` holds `main.pt` (rank 0: every named state - model,
+optimizer, scheduler, ... - progress, config, code version) or DeepSpeed's own files, plus
+`rank-R.pt` per rank (every RNG and the sampler position), and `COMMIT` written last. A checkpoint is written
 into `.tmp-step-...` and renamed only after every rank finished, so a job killed mid-save
-leaves a torn temp dir that `--resume auto` ignores; the previous K-1 stay valid.
+leaves a torn temp dir that `--resume auto` ignores; the previous K-1 stay valid. A write
+that fails (disk full) is an error naming the path on every rank, never a torn commit.
+Loading accepts tensors and plain data only (`weights_only=True`).
 """
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import re
 import shutil
 import subprocess
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+
+from hpc.dist import collective_device, is_distributed
 
 STEP_RE = re.compile(r"^step-(\d{9})$")
 COMMIT = "COMMIT"
@@ -100,25 +106,42 @@ def code_version() -> str:
         return "unknown"
 
 
-def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(),
-             "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+class RNGState:
+    """Every RNG of this process as a stateful object, in plain types (weights_only loads)."""
 
+    def state_dict(self) -> dict[str, Any]:
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+                 "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)),
+                           "pos": int(pos), "has_gauss": int(has_gauss), "gauss": float(gauss)}}
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
 
-def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        version, internal, gauss = state["python"]
+        random.setstate((version, tuple(internal), gauss))
+        n = state["numpy"]
+        np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"],
+                             n["has_gauss"], n["gauss"]))
+        torch.set_rng_state(state["torch"])
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def _barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
+    if is_distributed():
         dist.barrier()
+
+
+def _all_ok(ok: bool) -> bool:
+    """True on every rank iff every rank succeeded (a failed write must not leave the
+    others waiting at a barrier until the process-group timeout)."""
+    if not is_distributed():
+        return ok
+    t = torch.tensor([1 if ok else 0], dtype=torch.int32, device=collective_device())
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(t.item())
 
 
 def _fsync_write(path: Path, text: str) -> None:
@@ -132,51 +155,103 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, "module", model)
 
 
+def _load(path: Path) -> Any:
+    """torch.load restricted to tensors and plain containers: a checkpoint in a shared
+    directory must not be able to run code. Our own payloads need nothing else, except
+    MultiStepLR's milestones, a collections.Counter."""
+    try:
+        with torch.serialization.safe_globals([Counter]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(f"{path}: refused, it needs arbitrary code to load (only tensors "
+                              f"and plain data are accepted): {str(exc).splitlines()[0]}") from None
+    except (OSError, RuntimeError, EOFError) as exc:
+        raise CheckpointError(f"{path}: unreadable checkpoint file ({exc})") from None
+
+
 class Checkpointer:
-    """Saves and restores one run's state; every rank calls save/load collectively."""
+    """Saves and restores one run's state; every rank calls save/load collectively.
+
+    `states` are named objects with `state_dict()`/`load_state_dict()` (model, optimizer,
+    scheduler, EMA, ...) saved by rank 0 into main.pt; `rank_states` (RNGs, the sampler
+    position) are saved by every rank into rank-R.pt. New state is one more dict entry.
+    Under DeepSpeed the engine saves the model and optimizer itself (`ds_engine`) and the
+    named states travel in its client state.
+    """
 
     def __init__(self, ckpt_dir: Path, rank: int, world_size: int, keep: int = 2):
         self.dir, self.rank, self.world_size, self.keep = Path(ckpt_dir), rank, world_size, keep
         self.version = code_version() if rank == 0 else ""
+        self.error: BaseException | None = None
 
-    def save(self, progress: Progress, *, model, optimizer, scheduler, scaler=None,
-             sampler_state: dict | None = None, config: dict | None = None,
-             ds_engine=None) -> Path:
+    def save(self, progress: Progress, states: dict[str, Any], rank_states: dict[str, Any],
+             config: dict | None = None, ds_engine=None) -> Path:
         name = checkpoint_name(progress.global_step)
         tmp, final = self.dir / f".tmp-{name}", self.dir / name
-        if self.rank == 0:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-        _barrier()
         main = {"progress": asdict(progress), "config": config, "code_version": self.version,
-                "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                "scaler": scaler.state_dict() if scaler is not None else None}
-        files = [f"rank-{r}.pt" for r in range(self.world_size)]
-        if ds_engine is not None:
-            ds_engine.save_checkpoint(str(tmp), tag="ds", client_state={"lus": main})
-            files.append("ds")
-        elif self.rank == 0:
-            main.update(model=unwrap(model).state_dict(), optimizer=optimizer.state_dict())
-            torch.save(main, tmp / "main.pt")
-        if ds_engine is None:
-            files.append("main.pt")
-        torch.save({"rng": rng_state(), "sampler": sampler_state}, tmp / f"rank-{self.rank}.pt")
-        _barrier()
+                "states": {k: v.state_dict() for k, v in states.items()}}
+        mine = {k: v.state_dict() for k, v in rank_states.items()}
+        files = [f"rank-{r}.pt" for r in range(self.world_size)] + (
+            ["ds"] if ds_engine is not None else ["main.pt"])
+        if not self._write(tmp, main, mine, ds_engine):
+            self._failed(tmp)
         if self.rank == 0:
-            _fsync_write(tmp / COMMIT, json.dumps({"global_step": progress.global_step,
-                                                   "world_size": self.world_size,
-                                                   "code_version": self.version, "files": files}))
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            for old in prune_plan([p.name for p in committed(self.dir)], self.keep):
-                shutil.rmtree(self.dir / old, ignore_errors=True)
-        _barrier()
+            self._attempt(lambda: self._commit(tmp, final, progress.global_step, files))
+        if not _all_ok(self.error is None):
+            self._failed(tmp)
         return final
 
-    def load(self, path: Path, *, model, optimizer, scheduler, scaler=None,
-             ds_engine=None) -> tuple[Progress, dict | None, dict]:
-        """Restore in place; returns (progress, this rank's sampler state, main payload)."""
+    def _commit(self, tmp: Path, final: Path, global_step: int, files: list[str]) -> None:
+        """COMMIT last, then the rename: only a complete checkpoint ever carries the name."""
+        _fsync_write(tmp / COMMIT, json.dumps({"global_step": global_step,
+                                               "world_size": self.world_size,
+                                               "code_version": self.version, "files": files}))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        for old in prune_plan([p.name for p in committed(self.dir)], self.keep):
+            shutil.rmtree(self.dir / old, ignore_errors=True)
+
+    def _write(self, tmp: Path, main: dict, mine: dict, ds_engine) -> bool:
+        """Every rank's part into `tmp`; True on every rank iff all parts were written.
+        The agreement after each phase doubles as its barrier, so a rank whose write failed
+        runs the same collectives as the others."""
+        self.error = None
+        if self.rank == 0:
+            self._attempt(lambda: (shutil.rmtree(tmp, ignore_errors=True), tmp.mkdir(parents=True)))
+        if not _all_ok(self.error is None):
+            return False
+        if ds_engine is not None:      # collective inside; DeepSpeed writes its own files
+            self._attempt(lambda: ds_engine.save_checkpoint(str(tmp), tag="ds",
+                                                            client_state={"lus": main}))
+        elif self.rank == 0:
+            self._attempt(lambda: torch.save(main, tmp / "main.pt"))
+        if self.error is None:
+            self._attempt(lambda: torch.save(mine, tmp / f"rank-{self.rank}.pt"))
+        return _all_ok(self.error is None)
+
+    def _attempt(self, write) -> None:
+        try:
+            write()
+        except (OSError, RuntimeError) as exc:   # torch.save reports ENOSPC as RuntimeError
+            self.error = exc
+
+    def _failed(self, tmp: Path) -> None:
+        """A failed write (disk full, quota, permissions): every rank raises, the temp dir
+        goes, and the committed checkpoints before it stay valid for --resume auto."""
+        if self.rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        prev = committed(self.dir)
+        exc = self.error
+        why = (getattr(exc, "strerror", None) or str(exc).splitlines()[0]) if exc is not None \
+            else "another rank failed to write its part"
+        raise CheckpointError(f"{tmp}: checkpoint not written ({why}); "
+                              + (f"{prev[-1]} is intact for --resume auto" if prev
+                                 else "no earlier checkpoint exists"))
+
+    def load(self, path: Path, states: dict[str, Any], rank_states: dict[str, Any],
+             ds_engine=None) -> tuple[Progress, dict]:
+        """Restore every named state in place; returns (progress, main payload)."""
         path = Path(path)
         info = json.loads((path / COMMIT).read_text())
         if info["world_size"] != self.world_size:
@@ -189,16 +264,22 @@ class Checkpointer:
                 raise CheckpointError(f"{path}: DeepSpeed could not load its checkpoint")
             main = client["lus"]
         else:
-            main = torch.load(path / "main.pt", map_location="cpu", weights_only=False)
-            unwrap(model).load_state_dict(main["model"])
-            optimizer.load_state_dict(main["optimizer"])
-        if scheduler is not None and main.get("scheduler") is not None:
-            scheduler.load_state_dict(main["scheduler"])
-        if scaler is not None and main.get("scaler") is not None:
-            scaler.load_state_dict(main["scaler"])
-        mine = torch.load(path / f"rank-{self.rank}.pt", map_location="cpu", weights_only=False)
-        set_rng_state(mine["rng"])
-        return Progress(**main["progress"]), mine["sampler"], main
+            main = _load(path / "main.pt")
+        if "states" not in main:
+            raise CheckpointError(f"{path}: written by an older lus-dist (before named states); "
+                                  "start a new run from its weights (best.pt)")
+        _restore(main["states"], states, path / "main.pt")
+        _restore(_load(path / f"rank-{self.rank}.pt"), rank_states, path / f"rank-{self.rank}.pt")
+        return Progress(**main["progress"]), main
+
+
+def _restore(saved: dict[str, Any], states: dict[str, Any], where: Path) -> None:
+    missing = sorted(set(states) - set(saved))
+    if missing:
+        raise CheckpointError(f"{where}: has no state for {missing} (saved: {sorted(saved)}); "
+                              "was it written by a different run configuration?")
+    for name, obj in states.items():
+        obj.load_state_dict(saved[name])
 
 
 def save_best(model, run_dir: Path, rank: int) -> None:

@@ -1,4 +1,4 @@
-"""`lus train {regstn,seg,cnnlstm}`: one entry point for a plain process, torchrun and srun.
+"""`lus train FAMILY`: one entry point for a plain process, torchrun and srun.
 
 The launcher is detected from the environment (hpc.world_from_env), so the same command
 line works as `python -m lus train ...`, under `torchrun --standalone|--rdzv-backend c10d`,
@@ -8,16 +8,13 @@ hpc.REQUEUE_EXIT_CODE (75) checkpointed on SIGUSR1/SIGTERM and asks to be requeu
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from pathlib import Path
 
 from hpc import exit_worker
+from lus_dist import families
 
-from .config import FAMILIES, load_run_config
-
-LOOPS = {"regstn": "lus_dist.engine.train_regstn", "seg": "lus_dist.engine.train_seg",
-         "cnnlstm": "lus_dist.engine.train_cnnlstm"}
+from .loop import run
 
 EPILOG = """examples:
   lus train regstn --config configs/demo_regstn.yaml data.root=data/shards train.epochs=5
@@ -37,10 +34,11 @@ torchrun --max-restarts (elastic restarts)."""
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="lus train", description="Train Reg-STN / frame baselines, segmentation or CNN-LSTM "
-        "on HDF5 shards with DDP or DeepSpeed; resumable to the step.",
+        prog="lus train", description="Train a model family (" + ", ".join(families.names())
+        + ") on HDF5 shards with DDP or DeepSpeed; resumable to the step.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("family", choices=sorted(FAMILIES), help="model family")
+    p.add_argument("family", choices=families.names(),
+                   help="model family (lus_dist.families; plug-ins via LUS_FAMILIES)")
     p.add_argument("--config", default=None, help="YAML config (defaults of the family if omitted)")
     p.add_argument("--run-dir", default=None, help="run directory (default: runs/<name>)")
     p.add_argument("--resume", default=None,
@@ -64,14 +62,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_intermixed_args(argv)
     from lus_dist.config import ConfigError
     try:
-        cfg = load_run_config(args.family, args.config, args.overrides)
+        cfg = families.load_run_config(args.family, args.config, args.overrides)
     except ConfigError as exc:
         print(f"lus train: {exc}", file=sys.stderr)
         return 2
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / cfg.name
-    loop = importlib.import_module(LOOPS[args.family])
     try:
-        return exit_worker(int(loop.run(cfg, run_dir, resume=args.resume)))
+        return exit_worker(run(families.make(args.family, cfg), run_dir, resume=args.resume))
     except user_errors() as exc:
         print(f"lus train: {exc}", file=sys.stderr)
         return exit_worker(2)

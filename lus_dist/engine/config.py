@@ -1,33 +1,33 @@
-"""Typed run configs, one per model family, built from YAML + dotted overrides.
+"""The config sections every model family shares, built from YAML + dotted overrides.
 
-Sections are shared (data, optim, schedule, train, dist, checkpoint, logging) so one
-override vocabulary works for every family: `optim.lr=3e-4 dist.backend=deepspeed`.
-`build()` methods turn a section into the object it describes, so the loops stay short.
+One override vocabulary for every family (`optim.lr=3e-4 dist.backend=deepspeed`); a
+family's own config subclasses `RunConfig` in its plug-in module (lus_dist/families).
+`build()` methods turn a section into the object it describes, so the loop stays short.
 """
 from __future__ import annotations
 
-import dataclasses
+import functools
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from lus_dist.config import ConfigError, load_config
-from lus_dist.losses import FrameLossConfig
-from lus_dist.shards.format import SCORE_CLASSES
+from lus_dist.config import ConfigError
 
 DEEPSPEED_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "deepspeed"
 
 
 @dataclass
 class DataConfig:
-    """Where the shards are and how to read them.
+    """Where the shards are and how to read them, and which videos do what.
 
-    `val_split` empty means "validate on test_split" (the ICLUS layout only has train/test).
-    `test_folds` (k-fold CV) trains on the other folds and evaluates on these instead;
-    `val_folds` then holds further folds out for picking the best epoch, so the test folds
-    never influence the model (val_split names them in the summary, default "val").
+    The best epoch is never picked on the test videos unless named (`val_split=test`):
+    `val_split` empty uses the manifest's "val" split, else holds `val_fraction` of the
+    training patients out (stratified, seeded). `test_folds` (k-fold CV) trains on the
+    other folds and grades on these; `val_folds` (default: the next fold) picks the epoch.
+    See lus_dist.engine.data.selection.
     """
     root: str = "data/shards"
     train_split: str = "train"
@@ -35,6 +35,7 @@ class DataConfig:
     test_split: str = "test"
     test_folds: list[int] | None = None
     val_folds: list[int] | None = None
+    val_fraction: float = 0.2     # of training patients, when no validation split exists
     batch_size: int = 32          # per rank
     eval_batch_size: int = 64
     num_workers: int = 0
@@ -46,6 +47,8 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.eval_batch_size < 1:
             raise ConfigError(f"data.batch_size must be >= 1, got {self.batch_size}")
+        if not 0 < self.val_fraction < 1:
+            raise ConfigError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
         if self.val_folds:
             if not self.test_folds:
                 raise ConfigError("data.val_folds needs data.test_folds (k-fold CV)")
@@ -91,14 +94,60 @@ class OptimConfig:
         return cls(params, lr=self.lr, betas=tuple(self.betas), weight_decay=self.weight_decay)
 
 
+SCHEDULES = ("multistep", "warmup_cosine", "constant")
+
+
 @dataclass
 class ScheduleConfig:
-    """Per-epoch MultiStep decay (Roy et al.: x0.1 at epoch 70)."""
+    """The learning-rate schedule: a named torch scheduler stepped once per `interval`.
+
+    `multistep` multiplies by `gamma` at each milestone (Roy et al.: x0.1 at epoch 70);
+    `warmup_cosine` rises linearly for `warmup` units, then follows a cosine down to
+    `min_lr_ratio` x lr at the end of training (the pretraining / fine-tuning recipe);
+    `constant` keeps lr. Milestones and warmup count in `interval` units: epochs, or
+    optimizer steps (`step`, resumed exactly mid-epoch because the scheduler is in every
+    checkpoint).
+    """
+    name: str = "multistep"
+    interval: str = "epoch"       # epoch | step
     milestones: list[int] = field(default_factory=lambda: [70])
     gamma: float = 0.1
+    warmup: int = 0
+    min_lr_ratio: float = 0.0
 
-    def build(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
-        return torch.optim.lr_scheduler.MultiStepLR(optimizer, list(self.milestones), self.gamma)
+    def __post_init__(self) -> None:
+        if self.name not in SCHEDULES:
+            raise ConfigError(f"schedule.name must be one of {'|'.join(SCHEDULES)}, got {self.name!r}")
+        if self.interval not in ("epoch", "step"):
+            raise ConfigError(f"schedule.interval must be epoch|step, got {self.interval!r}")
+        if self.warmup < 0 or not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ConfigError(f"schedule.warmup must be >= 0 and schedule.min_lr_ratio in [0, 1], "
+                              f"got {self.warmup} and {self.min_lr_ratio}")
+
+    def build(self, optimizer: torch.optim.Optimizer, steps_per_epoch: int,
+              epochs: int) -> torch.optim.lr_scheduler.LRScheduler:
+        """`steps_per_epoch` and `epochs` size the cosine; stepped by the loop per interval."""
+        sched = torch.optim.lr_scheduler
+        if self.name == "multistep":
+            return sched.MultiStepLR(optimizer, list(self.milestones), self.gamma)
+        if self.name == "constant":
+            return sched.LambdaLR(optimizer, functools.partial(constant_factor))
+        total = epochs * (steps_per_epoch if self.interval == "step" else 1)
+        return sched.LambdaLR(optimizer, functools.partial(
+            warmup_cosine_factor, warmup=self.warmup, total=total, min_ratio=self.min_lr_ratio))
+
+
+def constant_factor(unit: int) -> float:
+    return 1.0
+
+
+def warmup_cosine_factor(unit: int, warmup: int, total: int, min_ratio: float) -> float:
+    """lr multiplier after `unit` scheduler steps: linear warmup reaching 1 at `warmup`,
+    then half a cosine from 1 to `min_ratio` at `total` (held there after)."""
+    if unit < warmup:
+        return (unit + 1) / (warmup + 1)
+    progress = min(1.0, (unit - warmup) / max(1, total - warmup))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 @dataclass
@@ -108,10 +157,15 @@ class TrainConfig:
     bf16: str = "auto"            # auto: on for CUDA, off on CPU; "true"/"false" force it
     deterministic: bool = False
     device: str = "auto"          # auto|cpu|cuda
+    # ranks agree on a preemption signal every N optimizer steps (one all-reduce + host sync
+    # each); a stop still lands on a step boundary and resumes exactly whatever N is
+    stop_check_every: int = 1
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
             raise ConfigError(f"train.epochs must be >= 1, got {self.epochs}")
+        if self.stop_check_every < 1:
+            raise ConfigError(f"train.stop_check_every must be >= 1, got {self.stop_check_every}")
         if str(self.bf16).lower() not in ("auto", "true", "false"):
             raise ConfigError(f"train.bf16 must be auto|true|false, got {self.bf16!r}")
 
@@ -181,52 +235,3 @@ class RunConfig:
     dist: DistConfig = field(default_factory=DistConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
-
-
-@dataclass
-class RegSTNConfig(RunConfig):
-    """Reg-STN and the Table 1 frame baselines (any `build_frame_model` name)."""
-    name: str = "regstn"
-    loss: FrameLossConfig = field(default_factory=FrameLossConfig)
-    viz_frames: int = 8           # frames in the STN localisation grid per epoch
-    predict_splits: list[str] = field(default_factory=lambda: ["test"])
-    # names of the per-frame targets in the shards (one output each): the severity scores,
-    # or, for data without frame scores (POCUS), the clip classes the packer stored there
-    frame_classes: list[str] = field(default_factory=lambda: list(SCORE_CLASSES))
-
-    def __post_init__(self) -> None:
-        if len(self.frame_classes) < 2 or len(set(self.frame_classes)) != len(self.frame_classes):
-            raise ConfigError(f"frame_classes must be >= 2 distinct names, got {self.frame_classes}")
-
-
-@dataclass
-class SegConfig(RunConfig):
-    name: str = "seg"
-    model: ModelConfig = field(default_factory=lambda: ModelConfig(
-        name="unet", kwargs={"encoder": "resnet18"}))
-    ce_weight: float = 1.0
-    dice_weight: float = 1.0
-
-
-@dataclass
-class CNNLSTMConfig(RunConfig):
-    name: str = "cnnlstm"
-    model: ModelConfig = field(default_factory=lambda: ModelConfig(name="cnnlstm"))
-    schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(milestones=[], gamma=1.0))
-    data: DataConfig = field(default_factory=lambda: DataConfig(batch_size=4, eval_batch_size=8,
-                                                                 balanced=False))
-
-
-FAMILIES: dict[str, type[RunConfig]] = {"regstn": RegSTNConfig, "seg": SegConfig,
-                                        "cnnlstm": CNNLSTMConfig}
-
-
-def load_run_config(family: str, path: str | Path | None, overrides: list[str]) -> RunConfig:
-    if family not in FAMILIES:
-        raise ConfigError(f"unknown model family {family!r}; choose from {sorted(FAMILIES)}")
-    return load_config(FAMILIES[family], path, overrides)
-
-
-def replace(cfg: Any, **changes: Any) -> Any:
-    """dataclasses.replace, re-exported so loops need one import."""
-    return dataclasses.replace(cfg, **changes)

@@ -59,9 +59,13 @@ class RunLogger:
                 self._tb.add_scalar(f"{kind}/{name}", value, step)
         self._fh.flush()
 
+    def wants_step(self, global_step: int) -> bool:
+        """Whether `step` would write: the loop reads its losses off the device only then."""
+        return self.active and global_step % max(1, self.cfg.every_steps) == 0
+
     def step(self, epoch: int, global_step: int, metrics: dict[str, float]) -> None:
         """Per optimizer step; written every `logging.every_steps` steps."""
-        if self.active and global_step % max(1, self.cfg.every_steps) == 0:
+        if self.wants_step(global_step):
             self._write("step", epoch, global_step, metrics)
 
     def epoch(self, epoch: int, global_step: int, metrics: dict[str, float]) -> None:

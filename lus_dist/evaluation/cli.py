@@ -9,18 +9,9 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
+from lus_dist import families
 
-from lus_dist.shards.format import MASK_CLASSES, VIDEO_CLASSES
-
-from . import plots
-from .report import (Report, ReportError, RunInfo, aggregate_for, cnnlstm_metrics,
-                     confusion_and_roc, frame_scores_of, load_run, localisation_vs_random,
-                     read_aggregate_dir, read_video_predictions, seg_metrics,
-                     video_folds_of)
-from .tables import FrameScores, cnnlstm_table, frame_table, seg_table, video_table
-
-MARKERS = tuple(i for i, c in enumerate(MASK_CLASSES) if c in ("b_line", "consolidation"))
+from .report import Report, ReportError, load_run
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -43,137 +34,15 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _predictions(run: RunInfo):
-    from lus_dist.aggregator.data import PredictionsError, read_predictions
-    path = run.path / "predictions" / "test.h5"
-    try:
-        return read_predictions(path), None
-    except PredictionsError as exc:
-        return None, str(exc)
-
-
-def frame_section(rep: Report, runs: list[RunInfo], aggregate: str | None, n_stn: int) -> None:
-    """Tables 1 and 2 first, then each run's figures (confusion, ROC, STN crops)."""
-    rows, notes, video_folds, found = [], [], {}, []
-    if aggregate:
-        video_folds = video_folds_of(read_aggregate_dir(aggregate))
-    for run in runs:
-        preds, why = _predictions(run)
-        found.append(preds)
-        if preds is None:
-            rows.append(FrameScores(run.name, None, {}))
-            notes.append(f"{run.path}: {why}")
-            continue
-        rows.append(frame_scores_of(run.name, preds))
-        if not aggregate:
-            prefix = f"{run.name}: " if len(runs) > 1 else ""
-            try:
-                for m, folds in video_folds_of(aggregate_for(preds)).items():
-                    video_folds[prefix + m] = folds
-            except ValueError as exc:  # e.g. no video has a target
-                notes.append(f"{run.path}: no video table ({exc})")
-    why = "no Reg-STN / frame-model run given" if not runs else ""
-    rep.table(frame_table(rows, note=why), "table1_frame")
-    src = f"from {aggregate}" if aggregate else "uninorm trained k-fold by patient on the test " \
-        "predictions (defaults); pass --aggregate for a `lus aggregate` result"
-    rep.table(video_table(video_folds, note=why or src), "table2_video")
-    for run, preds in zip(runs, found):
-        if preds is not None and (preds.frame_score >= 0).any():
-            known = preds.frame_score >= 0
-            confusion_and_roc(rep, f"frame_{run.path.name}", preds.frame_score[known],
-                              preds.probs[known], list(preds.class_names), f"{run.name} frames")
-        stn_section(rep, run, n_stn, notes)
-    for n in notes:
-        rep.text(f"_Note: {n}_")
-
-
-def stn_section(rep: Report, run: RunInfo, n: int, notes: list[str]) -> None:
-    """Boxes on test frames with markers, and how often they hold the markers vs chance."""
-    from lus_dist.models.localization import stn_boxes
-    from lus_dist.shards.reader import ShardDataset
-
-    from .predict import PredictError, load_run as load_model_run
-    if n <= 0:
-        return
-    try:
-        loaded = load_model_run(run.path, "regstn")
-    except PredictError as exc:
-        notes.append(f"{run.path}: no STN examples ({exc})")
-        return
-    m = loaded.model
-    if not (hasattr(m, "transforms") or hasattr(m, "thetas")):
-        return
-    d = loaded.config.data
-    sel = {"folds": list(d.test_folds)} if d.test_folds else {"split": d.test_split}
-    try:
-        ds = ShardDataset(d.root, with_masks=True, channels=d.channels, **sel)
-        items = [ds[i] for i in np.linspace(0, len(ds) - 1, min(len(ds), 256)).astype(int)]
-    except Exception as exc:  # no masks packed, shards moved: say so, keep the report
-        notes.append(f"{run.path}: no STN examples from {d.root} ({exc})")
-        return
-    x = np.stack([it["image"] for it in items])
-    masks = np.stack([it["mask"] for it in items])
-    import torch
-    boxes = stn_boxes(m, torch.from_numpy(x)).numpy()
-    loc = localisation_vs_random(boxes[:, 0], masks, MARKERS)
-    with_markers = np.isin(masks, MARKERS).any((1, 2))
-    pool = np.flatnonzero(with_markers) if with_markers.any() else np.arange(len(x))
-    pick = pool[np.linspace(0, len(pool) - 1, min(n, len(pool))).astype(int)]
-    titles = [f"score {items[i]['score']}" for i in pick]
-    path = plots.stn_examples_png(x[pick, 0], boxes[pick], rep.out / f"stn_{run.path.name}.png",
-                                  titles, masks[pick])
-    rep.image(path, f"{run.name} STN crops")
-    if loc.get("frames"):
-        rep.text(f"Localisation ({run.name}, {loc['frames']} test frames with B-lines or "
-                 f"consolidations): crop 1 holds >= half of the marker pixels in "
-                 f"{loc['stn_hit_rate']:.0%} of frames vs {loc['random_hit_rate']:.0%} for a "
-                 f"random box of the same size (mean coverage {loc['stn_mean_coverage']:.2f} vs "
-                 f"{loc['random_mean_coverage']:.2f}).")
-
-
-def seg_section(rep: Report, runs: list[RunInfo]) -> None:
-    per_arch, notes = {}, []
-    for run in runs:
-        m = seg_metrics(run.summary)
-        if m is None:
-            notes.append(f"{run.path}/summary.json has no test Dice/IoU")
-            m = {}
-        per_arch[run.name] = m
-    note = "; ".join(notes) or ("" if runs else "no segmentation run given")
-    rep.table(seg_table(per_arch, MASK_CLASSES, note=note), "segmentation")
-
-
-def cnnlstm_section(rep: Report, runs: list[RunInfo]) -> None:
-    """One row per run (= per CV fold); figures over the pooled test videos of all runs."""
-    folds, notes, ys, ps = [], [], [], []
-    for run in runs:
-        m = cnnlstm_metrics(run.summary)
-        if m is None:
-            notes.append(f"{run.path}/summary.json has no test metrics")
-        folds.append(m or {})
-        try:
-            y, p = read_video_predictions(run.path / "predictions" / "test_videos.csv")
-            ys.append(y)
-            ps.append(p)
-        except ReportError as exc:
-            notes.append(str(exc))
-    note = "; ".join(notes) or ("" if runs else "no CNN-LSTM run given")
-    rep.table(cnnlstm_table(folds, VIDEO_CLASSES, note=note), "cnnlstm_evaluation")
-    if ys and len(np.concatenate(ys)):
-        confusion_and_roc(rep, "cnnlstm", np.concatenate(ys), np.concatenate(ps), VIDEO_CLASSES,
-                          "CNN-LSTM test videos")
-
-
 def evaluate(run_paths: list[str], out: str | None, aggregate: str | None = None,
              n_stn: int = 8) -> Report:
     runs = [load_run(p) for p in run_paths]
     out_dir = Path(out) if out else runs[0].path / "report"
     rep = Report("lus-dist report", out_dir)
     rep.text("Runs: " + ", ".join(f"`{r.path}` ({r.family})" for r in runs))
-    by = {f: [r for r in runs if r.family == f] for f in ("regstn", "seg", "cnnlstm")}
-    frame_section(rep, by["regstn"], aggregate, n_stn)
-    seg_section(rep, by["seg"])
-    cnnlstm_section(rep, by["cnnlstm"])
+    options = {"aggregate": aggregate, "stn_examples": n_stn}
+    for name in families.names():
+        families.get(name).report_section(rep, [r for r in runs if r.family == name], options)
     rep.write()
     return rep
 

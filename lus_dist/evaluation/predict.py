@@ -44,18 +44,18 @@ def find_run_dir(path: str | Path) -> Path:
 
 def run_family(run_dir: Path) -> str:
     """From summary.json when finished, else by which family's schema the config fits."""
+    from lus_dist import families
     from lus_dist.config import ConfigError
-    from lus_dist.engine.config import FAMILIES, load_run_config
 
     summary = run_dir / "summary.json"
     if summary.is_file():
         fam = json.loads(summary.read_text()).get("family")
-        if fam in FAMILIES:
+        if fam in families.names():
             return fam
     fits = []
-    for fam in FAMILIES:
+    for fam in families.names():
         try:
-            load_run_config(fam, run_dir / "config.yaml", [])
+            families.load_run_config(fam, run_dir / "config.yaml", [])
             fits.append(fam)
         except ConfigError:
             pass
@@ -110,7 +110,7 @@ def build_model(family: str, cfg, pre) -> torch.nn.Module:
 def load_run(path: str | Path, expect: str, size: int | None = None,
              channels: int | None = None, device: str = "cpu") -> LoadedRun:
     """A trained model from its run dir; `expect` is the family the caller needs."""
-    from lus_dist.engine.config import load_run_config
+    from lus_dist.families import load_run_config
 
     run_dir = find_run_dir(path)
     family = run_family(run_dir)

@@ -15,8 +15,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from lus_dist.metrics import (confusion_matrix, frame_metrics, per_class, setting2_mask,
-                              summary_from_confusion)
+from lus_dist.metrics import confusion_matrix, decision_metrics, frame_metrics, setting2_mask
 from lus_dist.shards.format import VIDEO_CLASSES
 
 from . import plots
@@ -31,7 +30,7 @@ class ReportError(ValueError):
 @dataclass
 class RunInfo:
     path: Path
-    family: str                    # regstn | seg | cnnlstm
+    family: str                    # a registered family (lus_dist.families)
     name: str
     summary: dict = field(default_factory=dict)
 
@@ -56,8 +55,10 @@ def load_run(path: str | Path) -> RunInfo:
                           "resume it with `lus train ... --run-dir {path} --resume auto`)")
     summary = read_json(summary_path)
     family = summary.get("family")
-    if family not in ("regstn", "seg", "cnnlstm"):
-        raise ReportError(f"{summary_path}: unknown family {family!r}")
+    from lus_dist import families
+    if family not in families.names():
+        raise ReportError(f"{summary_path}: unknown family {family!r} (registered: "
+                          f"{', '.join(families.names())})")
     return RunInfo(path, family, str(summary.get("model") or summary.get("name") or path.name),
                    summary)
 
@@ -146,13 +147,7 @@ def read_video_predictions(path: Path) -> tuple[np.ndarray, np.ndarray]:
 def decisions_metrics(y: np.ndarray, pred: np.ndarray, classes) -> dict[str, float]:
     """Barros et al.'s columns from hard decisions (the aggregator reports classes, not
     probabilities, so there is no AUC here)."""
-    cm = confusion_matrix(np.asarray(y, np.int64), np.asarray(pred, np.int64), len(classes))
-    out = summary_from_confusion(cm)
-    pc = per_class(cm)
-    for i, c in enumerate(classes):
-        out.update({f"{c}_{m}": float(pc[m][i]) for m in ("precision", "recall", "f1",
-                                                           "specificity")})
-    return out
+    return decision_metrics(np.asarray(y, np.int64), np.asarray(pred, np.int64), classes)
 
 
 # ---------------------------------------------------------------- segmentation
@@ -263,3 +258,16 @@ def confusion_and_roc(rep: Report, stem: str, y: np.ndarray, probs: np.ndarray,
                                   f"{what}: confusion"), f"{what} confusion matrix")
     rep.image(plots.roc_png(y, probs, classes, rep.out / f"{stem}_roc.png", aucs,
                             f"{what}: ROC"), f"{what} ROC")
+
+
+def generic_section(rep: Report, family: str, runs: Sequence[RunInfo]) -> None:
+    """A family without its own tables: each run's test scores (summary.json) in one table.
+    Nothing is written when no run of the family was given."""
+    if not runs:
+        return
+    keys = sorted({k for r in runs for k, v in (r.summary.get("test") or {}).items()
+                   if isinstance(v, (int, float))})
+    rows = [[r.name, *[(r.summary.get("test") or {}).get(k) for k in keys]] for r in runs]
+    selected = sorted({str(r.summary.get("best_selected_on")) for r in runs})
+    rep.table(Table(f"{family}: test scores", ["run", *keys], rows,
+                    note=f"best epoch selected on: {', '.join(selected)}"), f"{family}_test")

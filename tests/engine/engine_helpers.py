@@ -83,3 +83,21 @@ def worker_pids(agent_pid: int) -> list[int]:
     """The torchrun agent's worker processes (its direct children)."""
     path = Path(f"/proc/{agent_pid}/task/{agent_pid}/children")
     return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def preempt_mid_run(family: str, run_dir: Path, overrides: list[str], at_step: int = 3) -> str:
+    """Launch 2 ranks, and once step `at_step` is logged send USR1 to the agent
+    (hpc.launch ignores it) and to ONE worker: the other rank must learn of it through the
+    step-boundary agreement. Asserts the requeue exit; returns the run's stdout."""
+    import signal
+
+    from hpc import REQUEUE_EXIT_CODE
+
+    proc = subprocess.Popen(launch_cmd(family, run_dir, overrides, resume="auto"), env=child_env(),
+                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    wait_for(lambda: last_step(run_dir) >= at_step, proc, 240, f"training step {at_step}")
+    os.kill(proc.pid, signal.SIGUSR1)
+    os.kill(worker_pids(proc.pid)[-1], signal.SIGUSR1)
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == REQUEUE_EXIT_CODE, f"exit {proc.returncode}\n{out[-3000:]}\n{err[-3000:]}"
+    return out

@@ -11,8 +11,10 @@ import torch
 from hpc import World
 from lus_dist.config import ConfigError
 from lus_dist.engine.cli import main as train_main
-from lus_dist.engine.common import Session, deepspeed_json
-from lus_dist.engine.config import FAMILIES, load_run_config
+from lus_dist import families
+from lus_dist.engine.fit import deepspeed_json
+from lus_dist.engine.session import Session
+from lus_dist.families import load_run_config
 from lus_dist.engine.logging import RunLogger, format_metrics, read_metrics, use_tqdm
 from lus_dist.engine.config import LoggingConfig
 
@@ -23,7 +25,7 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs"
                                          ("cnnlstm", "cnnlstm.yaml"), ("regstn", "demo_regstn.yaml")])
 def test_shipped_configs_load(family, name):
     cfg = load_run_config(family, CONFIGS / name, ["optim.lr=3e-4", "dist.backend=deepspeed"])
-    assert isinstance(cfg, FAMILIES[family])
+    assert isinstance(cfg, families.get(family).config_cls)
     assert cfg.optim.lr == 3e-4 and cfg.dist.backend == "deepspeed"
     assert cfg.optim.weight_decay == 1e-4          # both papers' Adam weight decay
 
@@ -31,7 +33,8 @@ def test_shipped_configs_load(family, name):
 def test_regstn_schedule_is_the_papers():
     cfg = load_run_config("regstn", CONFIGS / "regstn.yaml", [])
     opt = cfg.optim.build(torch.nn.Linear(2, 2).parameters())
-    sched = cfg.schedule.build(opt)
+    sched = cfg.schedule.build(opt, steps_per_epoch=10, epochs=cfg.train.epochs)
+    assert cfg.schedule.interval == "epoch"
     lrs = []
     for _ in range(cfg.train.epochs):
         lrs.append(opt.param_groups[0]["lr"])

@@ -11,12 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hpc import REQUEUE_EXIT_CODE
 from lus_dist.aggregator.data import read_predictions
 from lus_dist.engine.checkpoint import committed
 
-from engine_helpers import (child_env, explain, last_step, launch_cmd, run_train, step_losses,
-                       summary, wait_for, worker_pids)
+from engine_helpers import (child_env, explain, last_step, launch_cmd, preempt_mid_run, run_train,
+                            step_losses, summary, wait_for, worker_pids)
 
 pytestmark = pytest.mark.slow
 
@@ -88,15 +87,7 @@ def reference(engine_shards, tmp_path_factory) -> str:
 def test_preemption_then_resume_is_bitwise_identical(engine_shards, tmp_path, reference):
     run = tmp_path / "pre"
     args = ("regstn", run, [f"data.root={engine_shards}", *TINY, "checkpoint.every_steps=2"])
-    proc = subprocess.Popen(launch_cmd(*args, resume="auto"), env=child_env(), text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    wait_for(lambda: last_step(run) >= 3, proc, 240, "training step 3")
-    # Signal the agent (hpc.launch ignores USR1) and ONE worker: the other rank must learn
-    # of it through the step-boundary agreement and stop at the same step.
-    os.kill(proc.pid, signal.SIGUSR1)
-    os.kill(worker_pids(proc.pid)[-1], signal.SIGUSR1)
-    out, err = proc.communicate(timeout=240)
-    assert proc.returncode == REQUEUE_EXIT_CODE, f"exit {proc.returncode}\n{out[-3000:]}\n{err[-3000:]}"
+    out = preempt_mid_run(*args)
     assert "preempted at step" in out and not (run / "summary.json").exists()
     resumed = run_train(*args, resume="auto")
     assert "resumed from step-" in resumed.stdout, explain(resumed)
@@ -117,3 +108,30 @@ def test_sigkilled_worker_elastic_restart_resumes_and_finishes(engine_shards, tm
     assert proc.returncode == 0, f"exit {proc.returncode}\n{out[-3000:]}\n{err[-3000:]}"
     assert "resumed from step-" in out, out[-3000:]
     assert summary(run)["param_digests"] == [reference, reference]
+
+
+def _lrs(run_dir: Path) -> dict[int, float]:
+    import csv
+    with open(run_dir / "metrics.csv", newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["kind"] == "step" and r["name"] == "lr"]
+    return {int(r["global_step"]): float(r["value"]) for r in rows}   # last row per step wins
+
+
+def test_warmup_cosine_per_step_preempted_mid_epoch_resumes_exactly(engine_shards, tmp_path):
+    """A per-step schedule (warmup + cosine), stopped mid-epoch: the resumed run continues
+    the same learning rates and ends with the uninterrupted run's weights."""
+    args = [f"data.root={engine_shards}", *TINY, "checkpoint.every_steps=2",
+            "schedule.name=warmup_cosine", "schedule.interval=step", "schedule.warmup=3",
+            "schedule.min_lr_ratio=0.1"]
+    ref = run_train("regstn", tmp_path / "ref", args)
+    assert_trained_and_ranks_agree(tmp_path / "ref", ref)
+    run = tmp_path / "pre"
+    preempt_mid_run("regstn", run, args)
+    stopped = last_step(run)
+    assert 0 < stopped % 6, f"meant to stop mid-epoch (6 steps/epoch), stopped at {stopped}"
+    resumed = run_train("regstn", run, args, resume="auto")
+    assert "resumed from step-" in resumed.stdout, explain(resumed)
+    want, got = _lrs(tmp_path / "ref"), _lrs(run)
+    assert len(want) == 12 and got == want
+    assert want[1] < want[3] and want[4] > want[12]               # warmup, then decay
+    assert summary(run)["param_digests"] == summary(tmp_path / "ref")["param_digests"]

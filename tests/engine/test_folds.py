@@ -1,22 +1,22 @@
-"""k-fold selection in the engine: with data.val_folds the best epoch is picked on folds
-that are neither trained on nor graded, so a CV estimate is not flattered by selection."""
+"""Which videos train, pick the best epoch and grade a run: the test videos never pick the
+model unless the user names them, in k-fold CV and in train/test layouts alike."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 from lus_dist.config import ConfigError
-from lus_dist.engine import common as C
-from lus_dist.engine.config import load_run_config
+from lus_dist.engine.data import open_split, selection, validation_name
+from lus_dist.families import load_run_config
 from lus_dist.shards.manifest import Manifest
 
 
 def _folds_read(engine_shards, overrides: list[str]) -> dict[str, set[int]]:
     cfg = load_run_config("regstn", None, [f"data.root={engine_shards}", *overrides])
     out = {}
-    for role in ("train", "val", "test"):
-        split = getattr(cfg.data, f"{role}_split") or cfg.data.test_split
-        ds = C.open_split(cfg, split, mode="frame")
+    for role, split in (("train", cfg.data.train_split), ("val", validation_name(cfg.data)),
+                        ("test", cfg.data.test_split)):
+        ds = open_split(cfg, split, mode="frame")
         out[role] = set(np.unique(ds.manifest.videos["fold"][ds.video_rows]).tolist())
     return out
 
@@ -26,9 +26,53 @@ def test_val_folds_are_held_out_from_training_and_from_the_test_grade(engine_sha
     assert k >= 3
     folds = _folds_read(engine_shards, ["data.test_folds=[0]", "data.val_folds=[1]"])
     assert folds == {"train": set(range(2, k)), "val": {1}, "test": {0}}
-    # without val_folds the model is picked on the test fold (the documented default)
+    # without val_folds the next fold picks the model, never the test fold ...
     folds = _folds_read(engine_shards, ["data.test_folds=[0]"])
+    assert folds == {"train": set(range(2, k)), "val": {1}, "test": {0}}
+    folds = _folds_read(engine_shards, [f"data.test_folds=[{k - 1}]"])
+    assert folds == {"train": set(range(1, k - 1)), "val": {0}, "test": {k - 1}}
+    # ... unless the user asks for it by name
+    folds = _folds_read(engine_shards, ["data.test_folds=[0]", "data.val_split=test"])
     assert folds == {"train": set(range(1, k)), "val": {0}, "test": {0}}
+
+
+def _videos(n_patients=10, with_val=False):
+    pid = np.repeat([f"p{i}" for i in range(n_patients)], 2)
+    split = np.where(np.arange(2 * n_patients) < 4, "test", "train").astype(object)
+    if with_val:
+        split[4:6] = "val"
+    return {"patient_id": pid, "split": split, "label": np.arange(2 * n_patients) // 2 % 3,
+            "fold": np.zeros(2 * n_patients, int)}
+
+
+def test_train_test_layout_holds_validation_patients_out_of_training():
+    cfg = load_run_config("regstn", None, ["data.val_fraction=0.25"])
+    v = _videos()
+    train = selection(cfg.data, "train", v, seed=0)
+    val = selection(cfg.data, validation_name(cfg.data), v, seed=0)
+    test_patients = set(v["patient_id"][v["split"] == "test"])
+    assert train["split"] == val["split"] == "train"
+    assert set(train["patients"]).isdisjoint(val["patients"])
+    assert set(train["patients"]) | set(val["patients"]) == set(v["patient_id"]) - test_patients
+    assert len(val["patients"]) == 2                         # 8 training patients / round(1/0.25)
+    assert selection(cfg.data, "test", v, seed=0) == {"split": "test"}
+    assert val == selection(cfg.data, "val", v, seed=0)      # deterministic
+    assert val != selection(cfg.data, "val", v, seed=1)      # ... per seed
+
+
+def test_a_named_or_packed_validation_split_is_used_as_is():
+    v = _videos(with_val=True)
+    cfg = load_run_config("regstn", None, [])
+    assert selection(cfg.data, "train", v, 0) == {"split": "train"}      # the packed "val" split
+    assert selection(cfg.data, "val", v, 0) == {"split": "val"}
+    named = load_run_config("regstn", None, ["data.val_split=test"])
+    assert selection(named.data, validation_name(named.data), _videos(), 0) == {"split": "test"}
+
+
+def test_too_few_training_patients_to_hold_out_is_a_clear_error():
+    cfg = load_run_config("regstn", None, [])
+    with pytest.raises(ConfigError, match="too few to hold out"):
+        selection(cfg.data, "train", _videos(n_patients=5), 0)
 
 
 @pytest.mark.parametrize("overrides, message", [

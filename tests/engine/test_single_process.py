@@ -7,8 +7,9 @@ import math
 import pytest
 
 from engine_helpers import step_losses, summary
-from lus_dist.engine import train_regstn
-from lus_dist.engine.config import load_run_config
+from lus_dist import families
+from lus_dist.engine import run
+from lus_dist.families import load_run_config
 
 
 @pytest.mark.slow
@@ -20,7 +21,7 @@ def test_plain_process_with_accumulation_clipping_bf16(engine_shards, tmp_path, 
         "optim.grad_clip=1.0", "train.bf16=true", "model.channels_last=true", "train.epochs=1",
         "train.max_steps_per_epoch=4", "logging.every_steps=1", "logging.tensorboard=false",
         "viz_frames=2", "predict_splits=[test]"])
-    assert train_regstn.run(cfg, tmp_path / "run") == 0
+    assert run(families.make("regstn", cfg), tmp_path / "run") == 0
     s = summary(tmp_path / "run")
     assert s["global_step"] == 4 and s["world_size"] == 1      # 8 micro-batches, 4 steps
     losses = step_losses(tmp_path / "run")

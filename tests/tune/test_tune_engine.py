@@ -63,13 +63,11 @@ def test_regstn_sweep_two_trials_of_two_ray_train_workers(tmp_path, phantom_tmp,
         assert len(set(summary["param_digests"])) == 1   # ... in one DDP process group
     best = yaml.safe_load((out / "best.yaml").read_text())
     assert best["data"]["root"] == str(shards) and best["train"]["epochs"] == 2
-    from lus_dist.engine.config import load_run_config
+    from lus_dist.families import load_run_config
     load_run_config("regstn", out / "best.yaml", [])   # `lus train --config` reads it
 
 
 def test_cnnlstm_sweep_four_trials(tmp_path, phantom_tmp, netns):
-    pytest.importorskip("lus_dist.engine.train_cnnlstm",
-                        reason="the engine's CNN-LSTM loop has not landed")
     shards = _pack(phantom_tmp, "pocus")
     space = yaml.safe_load((ROOT / "tune" / "spaces" / "cnnlstm.yaml").read_text())
     space["params"]["data.clip_len"] = {"choice": [4, 6]}          # phantom clips are short

@@ -1,0 +1,168 @@
+"""Data plumbing every family shares: which shards a split reads, the distributed training
+loader, evaluation blocks and gathering them back in dataset order."""
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Subset
+
+from hpc import World
+from hpc.dist import is_distributed
+from lus_dist.config import ConfigError
+from lus_dist.shards.partition import class_balanced_weights, split_even
+from lus_dist.shards.sampler import DistributedShardSampler
+
+from .config import RunConfig
+
+
+def open_split(cfg: RunConfig, split: str, **kw):
+    """A ShardDataset of one split, as `selection` assigns its videos. Empty is an error,
+    not a silent no-op."""
+    from lus_dist.shards.manifest import Manifest
+    from lus_dist.shards.reader import ShardDataset
+
+    d = cfg.data
+    sel = selection(d, split, Manifest.load(d.root).videos, cfg.seed)
+    ds = ShardDataset(d.root, channels=d.channels, **sel, **kw)
+    if len(ds) == 0:
+        raise ConfigError(f"{d.root}: no samples for {split!r} ({describe(sel)}; check "
+                          "data.*_split / data.test_folds against the manifest)")
+    return ds
+
+
+def validation_name(d) -> str:
+    """What the best epoch is picked on, as summary.json names it."""
+    return d.val_split or "val"
+
+
+def selection(d, split: str, videos: dict, seed: int) -> dict:
+    """ShardDataset selection (split / folds / patients) of `split`; pure.
+
+    The test videos never pick the model unless the user names them as the validation
+    split (`data.val_split=test`). k-fold (`data.test_folds`): validation is
+    `data.val_folds`, by default the fold after the last test fold, and training reads the
+    remaining folds. Otherwise validation is the named `data.val_split`, else the
+    manifest's own "val" split if it has one, else `data.val_fraction` of the training
+    patients held out (stratified by video class, seeded), and training reads the rest.
+    """
+    if d.test_folds:
+        test = list(d.test_folds)
+        if d.val_split == d.test_split:
+            val = test
+        else:
+            val = list(d.val_folds or [next_fold(test, videos["fold"])])
+        if split == d.train_split:
+            return {"exclude_folds": sorted(set(test) | set(val))}
+        return {"folds": val if split == validation_name(d) else test}
+    carve = not d.val_split and not (np.asarray(videos["split"]) == "val").any()
+    if carve and split in (d.train_split, validation_name(d)):
+        held = held_out_patients(videos, d.train_split, d.val_fraction, seed)
+        in_train = np.asarray(videos["split"]) == d.train_split
+        patients = np.unique(np.asarray(videos["patient_id"])[in_train].astype(str))
+        keep = [p for p in patients if (p in held) == (split != d.train_split)]
+        return {"split": d.train_split, "patients": keep}
+    return {"split": split}
+
+
+def next_fold(test_folds: list[int], folds) -> int:
+    """The fold after the last test fold (wrapping), skipping test folds."""
+    known = sorted({int(f) for f in np.asarray(folds) if int(f) >= 0})
+    rest = [f for f in known if f not in test_folds]
+    if len(rest) < 2:
+        raise ConfigError(f"folds {known}: testing on {test_folds} leaves {rest}, too few to "
+                          "both validate and train on (set data.val_folds or data.val_split)")
+    after = [f for f in rest if f > max(test_folds)]
+    return after[0] if after else rest[0]
+
+
+def held_out_patients(videos: dict, train_split: str, fraction: float, seed: int) -> set[str]:
+    """About `fraction` of the training patients, stratified by video class (one fold of
+    a seeded stratified group k-fold, k = round(1 / fraction))."""
+    from lus_dist.shards.splits import group_kfold
+
+    in_train = np.asarray(videos["split"]) == train_split
+    patients = np.asarray(videos["patient_id"])[in_train].astype(str)
+    labels = np.asarray(videos["label"])[in_train]
+    k = max(2, int(round(1 / fraction)))
+    if len(set(patients)) < k:
+        raise ConfigError(f"{len(set(patients))} training patients are too few to hold out "
+                          f"data.val_fraction={fraction} of them for picking the best epoch; "
+                          "name a validation split (data.val_split) instead")
+    fold = group_kfold(patients.tolist(), k, seed, strata=labels.tolist())
+    return set(patients[fold == 0].tolist())
+
+
+def describe(sel: dict) -> str:
+    """`patients=[7 ids]` rather than the ids: one short line for logs and errors."""
+    return ", ".join(f"{k}=[{len(v)} ids]" if k == "patients" else f"{k}={v}"
+                     for k, v in sel.items())
+
+
+def train_loader(ds, labels: np.ndarray | None, cfg: RunConfig, world: World
+                 ) -> tuple[DataLoader, DistributedShardSampler]:
+    """Distributed, shard-local, class-balanced (if labels are given) training loader.
+
+    The loader gets its own generator, re-seeded per epoch in `epoch_batches`, so creating
+    an iterator never consumes the global torch RNG: a resumed run draws the same dropout
+    masks as an uninterrupted one.
+    """
+    weights = class_balanced_weights(labels) if labels is not None and cfg.data.balanced else None
+    sampler = DistributedShardSampler(ds.shard_ids, world.world_size, world.rank, seed=cfg.seed,
+                                      shuffle=True, weights=weights)
+    if len(sampler) < cfg.data.batch_size:
+        raise ConfigError(f"{cfg.data.root}: {len(sampler)} training samples per rank is fewer "
+                          f"than data.batch_size={cfg.data.batch_size}")
+    loader = DataLoader(ds, batch_size=cfg.data.batch_size, sampler=sampler, drop_last=True,
+                        num_workers=cfg.data.num_workers, generator=torch.Generator(),
+                        pin_memory=torch.cuda.is_available())
+    return loader, sampler
+
+
+def steps_per_epoch(loader: DataLoader, cfg: RunConfig) -> int:
+    """Optimizer steps per epoch; equal on every rank because the sampler pads shares equal."""
+    full = len(loader.sampler.indices()) // cfg.data.batch_size // cfg.optim.grad_accum
+    cap = cfg.train.max_steps_per_epoch
+    return min(full, cap) if cap > 0 else full
+
+
+def epoch_batches(loader: DataLoader, sampler: DistributedShardSampler, epoch: int,
+                  seed: int, rank: int) -> Iterator[Any]:
+    sampler.set_epoch(epoch)
+    if hasattr(loader.dataset, "set_epoch"):
+        loader.dataset.set_epoch(epoch)      # random clip windows depend on (seed, epoch, item)
+    loader.generator.manual_seed(seed * 1_000_003 + epoch * 7919 + rank)
+    return iter(loader)
+
+
+def eval_loader(ds, cfg: RunConfig, world: World) -> DataLoader:
+    """This rank's contiguous block of an evaluation set (no padding: every item once)."""
+    start, stop = split_even(len(ds), world.world_size, world.rank)
+    return DataLoader(Subset(ds, range(start, stop)), batch_size=cfg.data.eval_batch_size,
+                      shuffle=False, num_workers=cfg.data.num_workers, generator=torch.Generator())
+
+
+def gather(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Concatenate each rank's eval outputs in rank order (= dataset order, see eval_loader)."""
+    if not is_distributed():
+        return arrays
+    parts: list[dict[str, np.ndarray] | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, arrays)
+    return {k: np.concatenate([p[k] for p in parts]) for k in arrays}
+
+
+def stack_outputs(out: dict[str, list], empty_widths: dict[str, int]) -> dict[str, np.ndarray]:
+    """Concatenate per-batch arrays; a rank whose block is empty gets (0,) or (0, K) arrays
+    so the gather still concatenates."""
+    return {n: np.concatenate(v) if v else np.zeros((0, empty_widths[n]) if n in empty_widths
+                                                  else 0) for n, v in out.items()}
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device,
+              channels_last: bool = False) -> dict[str, torch.Tensor]:
+    out = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    if channels_last and "image" in out:
+        out["image"] = out["image"].contiguous(memory_format=torch.channels_last)
+    return out

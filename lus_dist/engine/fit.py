@@ -1,0 +1,179 @@
+"""The model being trained, wrapped for DDP or DeepSpeed, with its optimizer and schedule.
+
+`Fit` hides the one real difference between the two backends (DeepSpeed owns backward,
+step and its checkpoint files) so the loop never branches on the backend.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from hpc.dist import is_distributed
+from lus_dist.config import ConfigError
+
+from .checkpoint import unwrap
+from .config import RunConfig
+from .session import Session
+
+
+@dataclass
+class Fit:
+    """The wrapped model and its optimizer state; `backward` does accumulation and clipping."""
+    model: torch.nn.Module          # DDP / DeepSpeed engine / plain module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    accum: int
+    clip: float
+    bf16: bool
+    device: torch.device
+    engine: Any = None              # the DeepSpeed engine when dist.backend=deepspeed
+
+    @property
+    def net(self) -> torch.nn.Module:
+        """The unwrapped module (evaluation, visualisation, saving)."""
+        return unwrap(self.model)
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def states(self) -> dict[str, Any]:
+        """What a checkpoint must hold besides what DeepSpeed saves itself."""
+        own = {} if self.engine is not None else {"model": self.net, "optimizer": self.optimizer}
+        return {**own, "scheduler": self.scheduler}
+
+    def autocast(self):
+        if not self.bf16 or self.engine is not None:   # DeepSpeed casts the model itself
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+    def input_dtype(self) -> torch.dtype:
+        if self.engine is not None and self.bf16:
+            return torch.bfloat16
+        return torch.float32
+
+    def sync_context(self, micro: int):
+        """Skip the DDP all-reduce on all but the last micro-batch of an accumulation."""
+        last = (micro + 1) % self.accum == 0
+        if self.engine is None and not last and hasattr(self.model, "no_sync"):
+            return self.model.no_sync()
+        return contextlib.nullcontext()
+
+    def backward(self, loss: torch.Tensor, micro: int) -> bool:
+        """Backward one micro-batch; step the optimizer at the accumulation boundary."""
+        if self.engine is not None:
+            self.engine.backward(loss)
+            self.engine.step()       # a no-op inside an accumulation window
+            return (micro + 1) % self.accum == 0
+        (loss / self.accum).backward()
+        if (micro + 1) % self.accum:
+            return False
+        if self.clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return True
+
+
+def build_fit(model: torch.nn.Module, cfg: RunConfig, session: Session, steps_per_epoch: int) -> Fit:
+    """Move, optionally channels_last, wrap for DDP or DeepSpeed, and build the schedule."""
+    model = model.to(session.device)
+    if cfg.model.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = cfg.optim.build(model.parameters())
+    engine = None
+    if cfg.dist.backend == "deepspeed":
+        model = engine = deepspeed_engine(model, optimizer, cfg, session)
+    elif session.world.world_size > 1:
+        ids = [session.device.index] if session.device.type == "cuda" else None
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    scheduler = cfg.schedule.build(optimizer, steps_per_epoch, cfg.train.epochs)
+    return Fit(model, optimizer, scheduler, cfg.optim.grad_accum, cfg.optim.grad_clip,
+               session.bf16, session.device, engine=engine)
+
+
+def deepspeed_json(cfg: RunConfig, session: Session) -> dict:
+    """The DeepSpeed JSON with batch, accumulation, clipping and precision from our config."""
+    path = cfg.dist.deepspeed_json()
+    try:
+        ds = json.loads(path.read_text())
+    except ValueError as exc:
+        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+    if "optimizer" in ds or "scheduler" in ds:
+        raise ConfigError(f"{path}: remove 'optimizer'/'scheduler': the engine passes its own torch "
+                          "optimizer (optim.*) and schedule (schedule.*); a JSON optimizer would "
+                          "JIT-compile FusedAdam")
+    ds["train_micro_batch_size_per_gpu"] = cfg.data.batch_size
+    ds["gradient_accumulation_steps"] = cfg.optim.grad_accum
+    ds["train_batch_size"] = cfg.data.batch_size * cfg.optim.grad_accum * session.world.world_size
+    ds["gradient_clipping"] = cfg.optim.grad_clip
+    bf16 = ds.setdefault("bf16", {})
+    if bf16.get("enabled") == "auto":
+        bf16["enabled"] = session.bf16
+    session.bf16 = bool(bf16.get("enabled", False))
+    ds.setdefault("zero_optimization", {})["stage"] = ds.get("zero_optimization", {}).get(
+        "stage", cfg.dist.zero_stage)
+    return ds
+
+
+def deepspeed_engine(model, optimizer, cfg: RunConfig, session: Session):
+    """deepspeed.initialize without the two CPU traps: the shm_comm op JIT build (disabled:
+    gloo does the collectives) and FusedAdam (we pass a torch optimizer)."""
+    import deepspeed
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
+                                           config=deepspeed_json(cfg, session),
+                                           dist_init_required=False)
+    if session.bf16:
+        cast_buffers(engine.module, torch.bfloat16)
+    return engine
+
+
+def cast_buffers(module: torch.nn.Module, dtype: torch.dtype) -> None:
+    """DeepSpeed's bf16 casts the parameters only; BatchNorm's running statistics stay
+    float32 and batch_norm then refuses the mix ("expected scalar type BFloat16 but found
+    Float"). Floating buffers follow the parameters' dtype."""
+    for buf in module.buffers():
+        if buf.is_floating_point():
+            buf.data = buf.data.to(dtype)
+
+
+def sync_buffers(fit: Fit) -> None:
+    """Make rank 0's buffers (BatchNorm statistics) everyone's before evaluating or saving.
+
+    DDP broadcasts them only at the start of a training forward, so after the last step of
+    an epoch each rank holds its own update; DeepSpeed never broadcasts them. Evaluation runs
+    the bare module on each rank's block, so without this the ranks would score different
+    models and best.pt (rank 0's) would not be the model that was scored.
+    """
+    if not is_distributed() or dist.get_world_size() == 1:
+        return
+    for buf in fit.net.buffers():
+        dist.broadcast(buf, 0)
+
+
+def params_digest(model: torch.nn.Module) -> str:
+    """SHA-256 over every parameter and buffer: equal digests mean bitwise-equal weights."""
+    net = unwrap(model)
+    h = hashlib.sha256()
+    for name, t in sorted(net.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def all_digests(model: torch.nn.Module) -> list[str]:
+    mine = params_digest(model)
+    if not is_distributed():
+        return [mine]
+    out: list[str | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, mine)
+    return [str(d) for d in out]

@@ -1,0 +1,123 @@
+"""Reg-STN (Roy et al. 2020) and the Table 1 frame baselines as a family plug-in.
+
+Frames in, severity scores (or, for POCUS, the clip classes) out; the best epoch has the
+highest weighted F1; after training the best model's per-frame probabilities are exported
+for the uninorm aggregator, and each epoch draws the STN crops on validation frames.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lus_dist.config import ConfigError
+from lus_dist.engine.config import RunConfig
+from lus_dist.engine.data import validation_name, gather, open_split, stack_outputs
+from lus_dist.engine.family import Family, Splits
+from lus_dist.engine.results import write_frame_predictions
+from lus_dist.losses import FrameLossConfig, frame_loss
+from lus_dist.metrics import frame_metrics
+from lus_dist.models import build_frame_model, draw_boxes, stn_boxes
+from lus_dist.shards.format import SCORE_CLASSES
+
+
+@dataclass
+class RegSTNConfig(RunConfig):
+    """Reg-STN and the Table 1 frame baselines (any `build_frame_model` name)."""
+    name: str = "regstn"
+    loss: FrameLossConfig = field(default_factory=FrameLossConfig)
+    viz_frames: int = 8           # frames in the STN localisation grid per epoch
+    predict_splits: list[str] = field(default_factory=lambda: ["test"])
+    # names of the per-frame targets in the shards (one output each): the severity scores,
+    # or, for data without frame scores (POCUS), the clip classes the packer stored there
+    frame_classes: list[str] = field(default_factory=lambda: list(SCORE_CLASSES))
+
+    def __post_init__(self) -> None:
+        if len(self.frame_classes) < 2 or len(set(self.frame_classes)) != len(self.frame_classes):
+            raise ConfigError(f"frame_classes must be >= 2 distinct names, got {self.frame_classes}")
+
+
+class RegSTN(Family):
+    name = "regstn"
+    config_cls = RegSTNConfig
+    best_metric = "weighted_f1"
+    logged_metrics = ("accuracy", "weighted_f1")
+    title = "Reg-STN / frame baselines (Roy et al. 2020)"
+    ray_train = True
+    cfg: RegSTNConfig
+
+    def build_data(self, session) -> Splits:
+        d = self.cfg.data
+        train = open_split(self.cfg, d.train_split, mode="frame")
+        val_split = validation_name(d)
+        val = open_split(self.cfg, val_split, mode="frame")
+        return Splits(train, val, val_split, train.frame_scores,
+                      f"{len(train)} train / {len(val)} {val_split} frames")
+
+    def build_model(self, splits: Splits) -> torch.nn.Module:
+        channels, height, width = splits.train[0]["image"].shape
+        return build_frame_model(self.cfg.model.name, in_channels=channels,
+                                 num_classes=len(self.cfg.frame_classes), image_size=(height, width),
+                                 **self.cfg.model.kwargs)
+
+    def loss(self, model, batch):
+        return frame_loss(model(batch["image"]), batch["score"], self.cfg.loss)
+
+    @torch.no_grad()
+    def evaluate(self, fit, ds, session) -> dict[str, np.ndarray]:
+        """Per-frame softmax probabilities + ids for a whole split, gathered in dataset order."""
+        net = fit.net      # the bare module: no collective in forward, unequal blocks are safe
+        net.eval()
+        out: dict[str, list] = {"probs": [], "score": [], "video": [], "frame": []}
+        for x, batch in self.eval_batches(ds, fit, session):
+            with fit.autocast():
+                logits = net(x).logits
+            out["probs"].append(torch.softmax(logits.float(), 1).cpu().numpy())
+            for k in ("score", "video", "frame"):
+                out[k].append(batch[k].numpy())
+        net.train()
+        return gather(stack_outputs(out, {"probs": len(self.cfg.frame_classes)}))
+
+    def scores(self, pred: dict[str, np.ndarray]) -> dict[str, float]:
+        known = pred["score"] >= 0
+        return frame_metrics(pred["score"][known], pred["probs"][known].argmax(1),
+                             pred["probs"].shape[1])
+
+    def open_split(self, split: str):
+        return open_split(self.cfg, split, mode="frame")
+
+    def final_splits(self) -> list[str]:
+        return [*self.cfg.predict_splits, self.cfg.data.test_split]
+
+    def export(self, split: str, ds, pred, run_dir: Path) -> None:
+        if split in self.cfg.predict_splits:
+            write_frame_predictions(run_dir / "predictions" / f"{split}.h5", pred, ds, split,
+                                    self.cfg.frame_classes)
+
+    def after_epoch(self, net, splits: Splits, run_dir: Path, epoch: int) -> None:
+        if self.cfg.viz_frames > 0 and hasattr(net, "transforms"):
+            stn_grid(net, splits.val, self.cfg.viz_frames, run_dir / "viz" / f"epoch-{epoch:03d}.png")
+
+    @classmethod
+    def report_section(cls, rep, runs, options) -> None:
+        from lus_dist.evaluation.sections import frame_section
+
+        frame_section(rep, runs, options.get("aggregate"), options.get("stn_examples", 8))
+
+
+def stn_grid(model, ds, n: int, path: Path) -> None:
+    """n frames spread over the split (so over videos), 2 rows, with both crop boxes."""
+    picks = np.linspace(0, len(ds) - 1, min(n, len(ds))).round().astype(int)
+    x = torch.stack([ds[int(i)]["image"] for i in picks])
+    param = next(model.parameters())          # the model's device and dtype (bf16 under DeepSpeed)
+    boxes = stn_boxes(model, x.to(param.device, param.dtype)).float().cpu()
+    cols = (len(x) + 1) // 2
+    c, h, w = x.shape[1:]
+    canvas = torch.zeros(c, h * 2, w * cols)
+    for i, frame in enumerate(x):
+        r, q = divmod(i, cols)
+        canvas[:, r * h:(r + 1) * h, q * w:(q + 1) * w] = frame
+        boxes[i] += torch.tensor([q * w, r * h, q * w, r * h])
+    draw_boxes(canvas, boxes.reshape(-1, 4), path, upscale=max(1, 256 // h))
