@@ -68,3 +68,20 @@ def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.1,
     all1, all2 = both.split(z1.shape[1], dim=1)
     logits, targets = nt_xent_logits_targets(z1, z2, all1, all2, rank, temperature)
     return F.cross_entropy(logits, targets)
+
+
+def pair_loss(model: torch.nn.Module, view1: torch.Tensor, view2: torch.Tensor, augment_cfg,
+              generator: torch.Generator, temperature: float = 0.1, group=None) -> torch.Tensor:
+    """The pretraining loss step: augment both views, one forward, NT-Xent.
+
+    view1, view2: (B, C, H, W) frames of this rank's pairs, already on the model's device.
+    Both views go through `model` as one batch of 2B: one forward per backward (what DDP
+    expects) and BatchNorm statistics over both views, as SimCLR. `generator` is a CPU
+    generator, e.g. `augment.step_generator(seed, epoch, step, rank)` (exact on resume).
+    """
+    from lus_dist.augment import augment_batch
+
+    x = torch.cat([augment_batch(view1, augment_cfg, generator),
+                   augment_batch(view2, augment_cfg, generator)])
+    z1, z2 = model(x).chunk(2)
+    return nt_xent_loss(z1, z2, temperature, group)

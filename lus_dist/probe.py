@@ -73,3 +73,12 @@ def embed(encoder: nn.Module, loader, device: torch.device | str = "cpu",
     if not feats:
         raise ValueError("embed: the loader yielded no batches")
     return np.concatenate(feats), np.concatenate(labels)
+
+
+def knn_monitor(encoder: nn.Module, bank_loader, query_loader, device: torch.device | str = "cpu",
+                k: int = 20, label_key: str = "score") -> float:
+    """Per-epoch pretraining quality: kNN accuracy of the held-aside frames (queries)
+    against the labelled training frames (bank), features from the frozen `encoder`."""
+    xb, yb = embed(encoder, bank_loader, device, label_key=label_key)
+    xq, yq = embed(encoder, query_loader, device, label_key=label_key)
+    return knn_accuracy(xb, yb, xq, yq, k=k)

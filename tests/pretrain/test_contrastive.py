@@ -70,7 +70,8 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         model = nn.parallel.DistributedDataParallel(make_model())
         x1, x2 = global_batch()
         mine = slice(rank * B, (rank + 1) * B)
-        loss = nt_xent_loss(model(x1[mine]), model(x2[mine]), temperature=0.5)
+        z1, z2 = model(torch.cat([x1[mine], x2[mine]])).chunk(2)   # one forward, as pair_loss
+        loss = nt_xent_loss(z1, z2, temperature=0.5)
         loss.backward()                      # DDP all-reduces (averages) the gradients
         mean_loss = loss.detach().clone()
         dist.all_reduce(mean_loss)

@@ -66,3 +66,24 @@ def test_pairs_with_the_distributed_sampler_cover_the_epoch(pretrain_shards):
 def test_masked_frame_sets_are_refused(pretrain_shards):
     with pytest.raises(ValueError, match="with_masks"):
         FramePairs(ShardDataset(pretrain_shards, mode="frame", with_masks=True))
+
+
+def test_resume_mid_epoch_yields_the_same_remaining_pairs(pretrain_shards):
+    def loader_and_sampler():
+        pairs = FramePairs.open(pretrain_shards, max_gap=3, seed=2)
+        sampler = DistributedShardSampler(pairs.shard_ids, num_replicas=2, rank=1, seed=2)
+        return pairs, sampler, torch.utils.data.DataLoader(pairs, batch_size=4, sampler=sampler,
+                                                           drop_last=True)
+
+    pairs, sampler, loader = loader_and_sampler()
+    sampler.set_epoch(3), pairs.set_epoch(3)
+    batches = list(loader)
+    state = sampler.state_dict(consumed=2 * 4)          # the loop had finished two steps
+    pairs2, sampler2, loader2 = loader_and_sampler()
+    sampler2.load_state_dict(state)
+    pairs2.set_epoch(state["epoch"])
+    resumed = list(loader2)
+    assert len(resumed) == len(batches) - 2
+    for a, b in zip(batches[2:], resumed):
+        assert torch.equal(a["view1"], b["view1"]) and torch.equal(a["view2"], b["view2"])
+        assert torch.equal(a["frame2"], b["frame2"])

@@ -8,30 +8,22 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from lus_dist.augment import AugmentConfig, augment_batch, step_generator
-from lus_dist.contrastive import nt_xent_loss
+from lus_dist.augment import AugmentConfig, step_generator
+from lus_dist.contrastive import pair_loss
 from lus_dist.models import ContrastiveModel, build_frame_model, export_encoder
 from lus_dist.pretrain_data import FramePairs
-from lus_dist.probe import embed, knn_accuracy
+from lus_dist.probe import knn_monitor
 from lus_dist.shards.reader import ShardDataset
 from lus_dist.shards.sampler import DistributedShardSampler
 
-SEED, BATCH, STEPS, HELD_FOLD = 0, 16, 24, 0
-
-
-def pair_loss(model, batch, cfg, gen) -> torch.Tensor:
-    """The family's loss step: augment both views on the batch's device, project, NT-Xent."""
-    x1 = augment_batch(batch["view1"], cfg, gen)
-    x2 = augment_batch(batch["view2"], cfg, gen)
-    return nt_xent_loss(model(x1), model(x2), temperature=0.2)
+SEED, BATCH, STEPS, HELD_FOLD, TEMPERATURE = 0, 16, 24, 0, 0.2
 
 
 def knn_on_held_fold(model, root) -> float:
     bank = ShardDataset(root, split="train", exclude_folds=[HELD_FOLD])
     held = ShardDataset(root, split="train", folds=[HELD_FOLD])
-    xb, yb = embed(model.features, DataLoader(bank, batch_size=64))
-    xq, yq = embed(model.features, DataLoader(held, batch_size=64))
-    return knn_accuracy(xb, yb, xq, yq, k=10)
+    return knn_monitor(model.features, DataLoader(bank, batch_size=64),
+                       DataLoader(held, batch_size=64), k=10)
 
 
 def test_pretraining_lowers_the_loss_and_reports_knn(pretrain_shards, tmp_path):
@@ -49,7 +41,8 @@ def test_pretraining_lowers_the_loss_and_reports_knn(pretrain_shards, tmp_path):
 
     def fixed_loss() -> float:
         with torch.no_grad():
-            return pair_loss(model, fixed, cfg, step_generator(SEED, 0, 0, stream=1)).item()
+            return pair_loss(model, fixed["view1"], fixed["view2"], cfg,
+                             step_generator(SEED, 0, 0, stream=1), TEMPERATURE).item()
 
     knn_before, loss_before = knn_on_held_fold(model, pretrain_shards), fixed_loss()
     step, epoch, losses = 0, 0, []
@@ -57,7 +50,8 @@ def test_pretraining_lowers_the_loss_and_reports_knn(pretrain_shards, tmp_path):
         sampler.set_epoch(epoch)
         pairs.set_epoch(epoch)
         for batch in loader:
-            loss = pair_loss(model, batch, cfg, step_generator(SEED, epoch, step))
+            loss = pair_loss(model, batch["view1"], batch["view2"], cfg,
+                             step_generator(SEED, epoch, step), TEMPERATURE)
             losses.append(round(loss.item(), 3))
             opt.zero_grad()
             loss.backward()
