@@ -101,8 +101,8 @@ def test_keeps_dtype_and_device_and_checks_input():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
-def test_cuda_matches_cpu():
-    x = frames(b=3)
-    cpu = augment_batch(x, AugmentConfig(), step_generator(0, 0, 0))
-    gpu = augment_batch(x.cuda(), AugmentConfig(), step_generator(0, 0, 0))
+def test_cuda_matches_cpu_up_to_the_speckle_stream():
+    x, cfg = frames(b=3), AugmentConfig(speckle=0.0)
+    cpu = augment_batch(x, cfg, step_generator(0, 0, 0))
+    gpu = augment_batch(x.cuda(), cfg, step_generator(0, 0, 0))
     assert torch.allclose(cpu, gpu.cpu(), atol=1e-4)
