@@ -24,8 +24,7 @@ Use in supervised training (frames in [0, 1] as the shard reader yields them):
     gen = step_generator(seed, epoch, step, rank)
     x = augment_batch(batch["image"].to(device), cfg, gen)   # labels unchanged
 
-Not for segmentation as is: masks would need the same geometric map (`affine_thetas`)
-applied with nearest sampling.
+Segmentation: `augment_with_masks(x, masks, cfg, gen)` moves each mask with its frame.
 """
 from __future__ import annotations
 
@@ -134,13 +133,19 @@ def speckle_field(b: int, height: int, width: int, grain: int, noise_seed: int,
         if grain > 1 else small
 
 
+def sampling_grid(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """The (B, H, W, 2) grid_sample grid of the batch's affine maps, on x's device."""
+    thetas = affine_thetas(p, x.shape[-2], x.shape[-1]).to(x.device, torch.float32)
+    return F.affine_grid(thetas, list(x.shape), align_corners=False)
+
+
 def apply_params(x: torch.Tensor, p: dict[str, torch.Tensor], cfg: AugmentConfig) -> torch.Tensor:
     """Apply drawn parameters to frames x (B, C, H, W) in [0, 1], on x's device."""
-    b, c, h, w = x.shape
+    b, _, h, w = x.shape
     dev = x.device
     as_x = {k: v.to(dev, torch.float32).view(b, 1, 1, 1) for k, v in p.items() if k != "noise_seed"}
-    grid = F.affine_grid(affine_thetas(p, h, w).to(dev, torch.float32), [b, c, h, w], align_corners=False)
-    out = F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    out = F.grid_sample(x.float(), sampling_grid(p, x), mode="bilinear", padding_mode="zeros",
+                        align_corners=False)
     out = out.clamp(0, 1) ** as_x["gamma"]
     mean = out.mean(dim=(1, 2, 3), keepdim=True)
     out = (out - mean) * as_x["contrast"] + mean + as_x["brightness"]
@@ -157,3 +162,18 @@ def augment_batch(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> 
     if gen.device.type != "cpu":
         raise ValueError("augment_batch needs a CPU torch.Generator (same draws on any device)")
     return apply_params(x, sample_params(x.shape[0], cfg, gen), cfg)
+
+
+def augment_with_masks(x: torch.Tensor, masks: torch.Tensor, cfg: AugmentConfig,
+                       gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """`augment_batch` for segmentation: masks (B, H, W) int follow their frame's geometric
+    map (nearest sampling; outside the frame is class 0, background); intensity and speckle
+    touch the frames only. The frames get exactly what `augment_batch` gives them."""
+    if masks.shape != (x.shape[0], *x.shape[-2:]):
+        raise ValueError(f"augment_with_masks: masks {tuple(masks.shape)} do not match frames "
+                         f"{tuple(x.shape)}")
+    p = sample_params(x.shape[0], cfg, gen)
+    grid = sampling_grid(p, x)
+    moved = F.grid_sample(masks[:, None].float(), grid, mode="nearest", padding_mode="zeros",
+                          align_corners=False)
+    return apply_params(x, p, cfg), moved[:, 0].round().to(masks.dtype)

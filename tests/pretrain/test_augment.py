@@ -6,11 +6,12 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lus_dist.augment import (AugmentConfig, affine_thetas, apply_params, augment_batch,
-                              sample_params, step_generator)
+                              augment_with_masks, sample_params, sampling_grid, step_generator)
 
 OFF = AugmentConfig(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), depth=(1.0, 1.0), rotation_deg=0.0,
                     flip_p=0.0, brightness=0.0, contrast=0.0, gamma=1.0, speckle=0.0)
@@ -106,3 +107,18 @@ def test_cuda_matches_cpu_up_to_the_speckle_stream():
     cpu = augment_batch(x, cfg, step_generator(0, 0, 0))
     gpu = augment_batch(x.cuda(), cfg, step_generator(0, 0, 0))
     assert torch.allclose(cpu, gpu.cpu(), atol=1e-4)
+
+
+def test_masks_follow_their_frames():
+    """A mask equal to (frame > 0.5) stays aligned with the geometric part of the frame."""
+    x = frames(b=5, h=20, w=20)
+    masks = (x[:, 0] > 0.5).long() * 2
+    geo = AugmentConfig(brightness=0.0, contrast=0.0, gamma=1.0, speckle=0.0)
+    out, moved = augment_with_masks(x, masks, geo, step_generator(1, 0, 0))
+    assert torch.equal(out, augment_batch(x, geo, step_generator(1, 0, 0)))
+    assert set(moved.unique().tolist()) <= {0, 2} and moved.dtype == masks.dtype
+    nearest = F.grid_sample(x, sampling_grid(sample_params(5, geo, step_generator(1, 0, 0)), x),
+                            mode="nearest", align_corners=False)
+    assert torch.equal(moved, (nearest[:, 0] > 0.5).long() * 2)
+    with pytest.raises(ValueError, match="do not match"):
+        augment_with_masks(x, masks[:, :10], geo, step_generator(1, 0, 0))
