@@ -45,6 +45,6 @@ def _load(model: nn.Module, path: str, what: str) -> None:
         load_weights_file(model, path, what)
     except ValueError as whole_error:
         try:
-            load_weights_file(model.encoder, path, f"{what} encoder")
+            load_encoder(model, path)   # the one encoder mechanism, as `encoder_weights`
         except ValueError:
             raise whole_error from None
