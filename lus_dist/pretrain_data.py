@@ -7,7 +7,8 @@ dataset (the anchor) plus a partner frame of the same video at most `max_gap` fr
 so a `DistributedShardSampler(pairs.shard_ids, ...)` over the anchors keeps its shard-local,
 resumable order. The partner depends only on (seed, epoch, i): any worker, any resume.
 
-Labels ride along for monitoring (kNN accuracy) only; the contrastive loss never reads them.
+Labels ride along ("score": the frame score, -1 where the data has none, as POCUS;
+"label": the clip class) for monitoring only; the contrastive loss never reads them.
 """
 from __future__ import annotations
 
@@ -66,11 +67,6 @@ class FramePairs(Dataset):
     def shard_ids(self) -> np.ndarray:
         """Shard of each anchor: what DistributedShardSampler partitions by."""
         return self.frames.shard_ids
-
-    @property
-    def labels(self) -> np.ndarray:
-        """Per-frame targets for monitoring (the reader's frame scores; -1 unknown)."""
-        return self.frames.frame_scores
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

@@ -7,7 +7,9 @@ classifier on the queries' frame labels; the labels are never used for training 
 encoder. Never pass test clips here: this score may be used to pick an epoch.
 
 The scoring functions are pure over arrays (features (N, F), integer labels (N,), -1 for
-unknown, which is dropped); `embed` is the one torch part.
+unknown, which is dropped); `embed` is the one torch part. Which label: the frame score
+("score") where the shards have frame scores (ICLUS-style), else the clip class ("label":
+POCUS-style packs store -1 frame scores).
 """
 from __future__ import annotations
 
