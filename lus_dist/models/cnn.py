@@ -24,20 +24,29 @@ def conv_bn_relu(cin: int, cout: int) -> list[nn.Module]:
             nn.ReLU(inplace=True)]
 
 
+def double_conv_blocks(in_channels: int, dropout: float = 0.3,
+                       pool_last: bool = True) -> list[nn.Module]:
+    """The paper's six blocks (two conv-BN-ReLU + 2x2 max pool each; dropout after the
+    fifth). `pool_last=False` leaves out the sixth pool, as the reference's localiser."""
+    layers: list[nn.Module] = []
+    cin = in_channels
+    for i, (c1, c2) in enumerate(BLOCK_WIDTHS):
+        layers += conv_bn_relu(cin, c1) + conv_bn_relu(c1, c2)
+        if pool_last or i < len(BLOCK_WIDTHS) - 1:
+            layers.append(nn.MaxPool2d(2, ceil_mode=True))
+        if i == DROPOUT_AFTER_BLOCK:
+            layers.append(nn.Dropout(dropout))
+        cin = c2
+    return layers
+
+
 class ScoreClassifier(nn.Module):
     """Six conv blocks (two 3x3 convs + pool each) -> global average pool -> 256 -> classes."""
 
     def __init__(self, in_channels: int, num_classes: int, dropout: float = 0.3):
         super().__init__()
-        layers: list[nn.Module] = []
-        cin = in_channels
-        for i, (c1, c2) in enumerate(BLOCK_WIDTHS):
-            layers += conv_bn_relu(cin, c1) + conv_bn_relu(c1, c2)
-            layers.append(nn.MaxPool2d(2, ceil_mode=True))
-            if i == DROPOUT_AFTER_BLOCK:
-                layers.append(nn.Dropout(dropout))
-            cin = c2
-        self.features = nn.Sequential(*layers)
+        self.features = nn.Sequential(*double_conv_blocks(in_channels, dropout))
+        cin = BLOCK_WIDTHS[-1][1]
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                                   nn.Linear(cin, HIDDEN), nn.ReLU(inplace=True),
                                   nn.Linear(HIDDEN, num_classes))

@@ -11,14 +11,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from . import load_weights_file
-from .cnn import ScoreClassifier
+from .encoder import build_encoder, load_encoder
 
 
 @dataclass
 class CNNLSTMConfig:
     encoder: str = "small_cnn"  # "small_cnn", "resnet18" or any timm model name
-    encoder_weights: str | None = None  # local state-dict file; never downloaded
+    encoder_weights: str | None = None  # local encoder file (models.load_encoder); never downloaded
     freeze_encoder: bool = False
     in_channels: int = 1
     seq_len: int = 10  # frames per clip (paper: 5 / 10 / 15 / 20); set by the data
@@ -26,27 +25,6 @@ class CNNLSTMConfig:
     dropout: float = 0.5
     dense_units: int = 64
     num_classes: int = 3
-
-
-def build_encoder(name: str, in_channels: int) -> tuple[nn.Module, int]:
-    """(module mapping (N, C, H, W) -> (N, F), F)."""
-    if name == "small_cnn":
-        body = ScoreClassifier(in_channels, 2).features  # Roy et al.'s six conv blocks
-        return nn.Sequential(body, nn.AdaptiveAvgPool2d(1), nn.Flatten()), 128
-    if name == "resnet18":
-        from torchvision.models import resnet18
-        net = resnet18(weights=None)
-        if in_channels != 3:
-            net.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
-        net.fc = nn.Identity()
-        return net, 512
-    import timm
-    if not timm.is_model(name):
-        raise ValueError(f"unknown CNN-LSTM encoder {name!r}: use small_cnn, resnet18 or a "
-                         f"timm model name (e.g. xception41, efficientnet_b0)")
-    net = timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_channels)
-    # models with a pre-logits head (MobileNetV3, ...) emit head_hidden_size, not num_features
-    return net, int(getattr(net, "head_hidden_size", None) or net.num_features)
 
 
 class CNNLSTM(nn.Module):
@@ -61,7 +39,7 @@ class CNNLSTM(nn.Module):
         if feature_dim is None:
             self.encoder, feature_dim = build_encoder(cfg.encoder, cfg.in_channels)
             if cfg.encoder_weights:
-                load_weights_file(self.encoder, cfg.encoder_weights, f"encoder {cfg.encoder}")
+                load_encoder(self, cfg.encoder_weights)
             if cfg.freeze_encoder:
                 self.encoder.requires_grad_(False)
         self.feature_dim = feature_dim

@@ -5,6 +5,7 @@ from typing import Callable
 
 from torch import nn
 
+from .encoder import load_encoder
 from .cnn import PlainCNN, RandomCropCNN, ResNet18Frame
 from .regstn import RegSTN
 
@@ -20,9 +21,13 @@ FRAME_MODELS: dict[str, Callable[..., nn.Module]] = {
 
 
 def build_frame_model(name: str, in_channels: int = 1, num_classes: int = 4,
-                      image_size: int | tuple[int, int] = 64, **kw) -> nn.Module:
+                      image_size: int | tuple[int, int] = 64, encoder_weights: str | None = None,
+                      **kw) -> nn.Module:
     """All models size themselves from the input (ceil-mode and adaptive pooling), so
-    `image_size` is only checked: below 8 px the half-size crops carry no structure."""
+    `image_size` is only checked: below 8 px the half-size crops carry no structure.
+
+    `encoder_weights`: a local encoder file (e.g. from contrastive pretraining) loaded into
+    the model's encoder by `load_encoder`; the rest of the model starts random."""
     if name not in FRAME_MODELS:
         raise ValueError(f"unknown frame model {name!r}; choose one of {sorted(FRAME_MODELS)}")
     sizes = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
@@ -32,6 +37,7 @@ def build_frame_model(name: str, in_channels: int = 1, num_classes: int = 4,
         raise ValueError(f"{name}: need in_channels >= 1 and num_classes >= 2, "
                          f"got {in_channels} and {num_classes}")
     try:
-        return FRAME_MODELS[name](in_channels, num_classes, **kw)
+        model = FRAME_MODELS[name](in_channels, num_classes, **kw)
     except TypeError as exc:
         raise ValueError(f"{name}: bad model option(s) {sorted(kw)}: {exc}") from None
+    return load_encoder(model, encoder_weights) if encoder_weights else model

@@ -14,29 +14,53 @@ import torch
 from torch import nn
 
 from . import FrameOutput
-from .cnn import ScoreClassifier, affine_crop, conv_bn_relu, half_size
+from .cnn import BLOCK_WIDTHS, ScoreClassifier, affine_crop, conv_bn_relu, double_conv_blocks, half_size
 
 LOCALISER_WIDTHS: tuple[int, ...] = (32, 64, 64, 128)
 LOCALISER_HIDDEN = 128
+PAPER_LOCALISER_MAP, PAPER_LOCALISER_HIDDEN = 7, 32   # the reference's 128*7*7 -> 32
 SCALE_PRIOR: tuple[float, float] = (0.5, 0.75)
 INIT_TRANSLATION: tuple[tuple[float, float], ...] = ((0.3, 0.3), (0.2, 0.2))
 # parameters per transform and number of transforms for each mode
 MODES = {"fixed": (2, 2), "learned": (4, 2), "affine": (6, 1)}
 
 
-class Localiser(nn.Module):
-    """Four conv-BN-ReLU-pool blocks -> global average pool -> 128 -> transform parameters."""
+def light_body(in_channels: int) -> tuple[nn.Sequential, int]:
+    """Four conv-BN-ReLU-pool blocks -> global average pool -> 128 (0.15 M parameters):
+    lighter than the reference, the default."""
+    layers: list[nn.Module] = []
+    cin = in_channels
+    for width in LOCALISER_WIDTHS:
+        layers += conv_bn_relu(cin, width) + [nn.MaxPool2d(2, ceil_mode=True)]
+        cin = width
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(cin, LOCALISER_HIDDEN), nn.ReLU(inplace=True)), LOCALISER_HIDDEN
 
-    def __init__(self, in_channels: int, n_out: int):
+
+def paper_body(in_channels: int) -> tuple[nn.Sequential, int]:
+    """The reference implementation's localiser (mhug-Trento/DL4covidUltrasound, 0.93 M
+    parameters), for exact reproduction: the six double-conv blocks (no pool after the
+    sixth), the 128 x 7 x 7 map flattened -> 32. The map is 7 x 7 at 224 px; other sizes
+    are average-pooled to 7 x 7, so parameter count and checkpoints are size-independent."""
+    side, width = PAPER_LOCALISER_MAP, BLOCK_WIDTHS[-1][1]
+    return nn.Sequential(*double_conv_blocks(in_channels, pool_last=False),
+                         nn.AdaptiveAvgPool2d(side), nn.Flatten(),
+                         nn.Linear(width * side * side, PAPER_LOCALISER_HIDDEN),
+                         nn.ReLU(inplace=True)), PAPER_LOCALISER_HIDDEN
+
+
+LOCALISERS = {"light": light_body, "paper": paper_body}
+
+
+class Localiser(nn.Module):
+    """A body (`LOCALISERS[kind]`) -> transform parameters (`out`, initialised by RegSTN)."""
+
+    def __init__(self, in_channels: int, n_out: int, kind: str = "light"):
         super().__init__()
-        layers: list[nn.Module] = []
-        cin = in_channels
-        for width in LOCALISER_WIDTHS:
-            layers += conv_bn_relu(cin, width) + [nn.MaxPool2d(2, ceil_mode=True)]
-            cin = width
-        self.body = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                                  nn.Linear(cin, LOCALISER_HIDDEN), nn.ReLU(inplace=True))
-        self.out = nn.Linear(LOCALISER_HIDDEN, n_out)
+        if kind not in LOCALISERS:
+            raise ValueError(f"unknown STN localiser {kind!r}; expected one of {sorted(LOCALISERS)}")
+        self.body, hidden = LOCALISERS[kind](in_channels)
+        self.out = nn.Linear(hidden, n_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.out(self.body(x))
@@ -76,15 +100,18 @@ def params_to_theta(params: torch.Tensor, mode: str,
 
 
 class RegSTN(nn.Module):
-    """mode "fixed" / "learned": Reg-STN's two crops; "affine": CNN + STN (one free crop)."""
+    """mode "fixed" / "learned": Reg-STN's two crops; "affine": CNN + STN (one free crop).
 
-    def __init__(self, in_channels: int, num_classes: int, mode: str = "learned"):
+    localiser "light" (default) or "paper" (the reference's, `model.kwargs.localiser`)."""
+
+    def __init__(self, in_channels: int, num_classes: int, mode: str = "learned",
+                 localiser: str = "light"):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"unknown STN mode {mode!r}; expected one of {sorted(MODES)}")
         self.mode = mode
         self.n_params, self.n_crops = MODES[mode]
-        self.localiser = Localiser(in_channels, self.n_params * self.n_crops)
+        self.localiser = Localiser(in_channels, self.n_params * self.n_crops, localiser)
         nn.init.zeros_(self.localiser.out.weight)
         with torch.no_grad():
             self.localiser.out.bias.copy_(initial_params(mode))

@@ -8,14 +8,20 @@ from __future__ import annotations
 from torch import nn
 
 from . import load_weights_file
+from .encoder import load_encoder
 
 SEG_ARCHS: dict[str, str] = {"unet": "Unet", "unetplusplus": "UnetPlusPlus",
                              "deeplabv3plus": "DeepLabV3Plus"}
 
 
 def build_seg_model(arch: str, encoder: str = "resnet18", in_channels: int = 1,
-                    num_classes: int = 4, weights_path: str | None = None) -> nn.Module:
-    """forward(x (B, C, H, W)) -> logits (B, num_classes, H, W); H, W multiples of 32."""
+                    num_classes: int = 4, weights_path: str | None = None,
+                    encoder_weights: str | None = None) -> nn.Module:
+    """forward(x (B, C, H, W)) -> logits (B, num_classes, H, W); H, W multiples of 32.
+
+    `weights_path`: the whole network (or its encoder); `encoder_weights`: an encoder file
+    as every model family takes it (`load_encoder`; e.g. a pretrained resnet18 encoder,
+    whose keys are smp's resnet18 encoder's)."""
     import segmentation_models_pytorch as smp
 
     if arch not in SEG_ARCHS:
@@ -28,6 +34,8 @@ def build_seg_model(arch: str, encoder: str = "resnet18", in_channels: int = 1,
                          f"{exc}") from None
     if weights_path is not None:
         _load(model, weights_path, f"{arch}/{encoder}")
+    if encoder_weights:
+        load_encoder(model, encoder_weights)
     return model
 
 
@@ -37,6 +45,6 @@ def _load(model: nn.Module, path: str, what: str) -> None:
         load_weights_file(model, path, what)
     except ValueError as whole_error:
         try:
-            load_weights_file(model.encoder, path, f"{what} encoder")
+            load_encoder(model, path)   # the one encoder mechanism, as `encoder_weights`
         except ValueError:
             raise whole_error from None

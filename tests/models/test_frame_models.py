@@ -137,3 +137,25 @@ def test_bad_names_and_sizes_are_clear_errors():
         build_frame_model("cnn_sord", image_size=4)
     with pytest.raises(ValueError, match="bad model option"):
         build_frame_model("cnn_sord", colour=3)
+
+
+def test_regstn_paper_localiser_matches_the_reference():
+    """The reference's localiser: six double-conv blocks, 128*7*7 -> 32 -> parameters."""
+    blocks, cin = 0, 1
+    for c1, c2 in PAPER_BLOCKS:
+        blocks += conv_bn(cin, c1) + conv_bn(c1, c2)
+        cin = c2
+    for mode, n_out in (("learned", 8), ("fixed", 4)):
+        model = RegSTN(1, 4, mode=mode, localiser="paper")
+        assert n_params(model.localiser) == blocks + 128 * 49 * 32 + 32 + 32 * n_out + n_out
+    light = build_frame_model("regstn_learned", 1, 4)
+    paper = build_frame_model("regstn_learned", 1, 4, localiser="paper")
+    assert round(n_params(light) / 1e6, 2) == 0.91 and round(n_params(paper) / 1e6, 2) == 1.70
+    for size in (64, 224):
+        x = torch.rand(2, 1, size, size)
+        out = paper(x)
+        assert out.logits.shape == (2, 4) and out.aux["thetas"].shape == (2, 2, 2, 3)
+        # the last layer starts at the priors, so the first crops are the paper's
+        assert torch.allclose(out.aux["scales"], torch.tensor([[0.5, 0.75]] * 2), atol=1e-6)
+    with pytest.raises(ValueError, match="localiser"):
+        build_frame_model("regstn_learned", 1, 4, localiser="huge")

@@ -79,5 +79,5 @@ def test_cnnlstm_frozen_encoder_and_cached_features(tmp_path):
 
 
 def test_cnnlstm_unknown_timm_encoder():
-    with pytest.raises(ValueError, match="unknown CNN-LSTM encoder 'nope_net'"):
+    with pytest.raises(ValueError, match="unknown encoder 'nope_net'"):
         CNNLSTM(CNNLSTMConfig(encoder="nope_net"))

@@ -1,0 +1,123 @@
+"""Frame encoders, the contrastive pretraining model, and the one way to load an encoder.
+
+An *encoder* maps frames (N, C, H, W) to vectors (N, F). The same architectures sit inside
+every model of the project: "small_cnn" (Roy et al.'s six conv blocks) is the body of the
+frame CNN, of Reg-STN's classifier and of the CNN-LSTM's default encoder; "resnet18" is the
+ResNet-18 frame baseline, a CNN-LSTM option and segmentation-models-pytorch's resnet18
+encoder (same state-dict keys). Pretraining trains an encoder and `export_encoder` writes
+it; `load_encoder(model, path)` puts it into any of those models: `encoder_slot` knows
+where each model keeps its encoder, and the file's keys and shapes must match exactly
+(the error names the file and the mismatch).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import check_and_load, read_state_dict
+from .cnn import ScoreClassifier
+
+EXPORT_FORMAT = "lus-dist-encoder/1"
+
+
+def build_encoder(name: str, in_channels: int) -> tuple[nn.Module, int]:
+    """(module mapping (N, C, H, W) -> (N, F), F). Random init: nothing is downloaded."""
+    if name == "small_cnn":
+        body = ScoreClassifier(in_channels, 2).features  # Roy et al.'s six conv blocks
+        return nn.Sequential(body, nn.AdaptiveAvgPool2d(1), nn.Flatten()), 128
+    if name == "resnet18":
+        from torchvision.models import resnet18
+        net = resnet18(weights=None)
+        if in_channels != 3:
+            net.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
+        net.fc = nn.Identity()
+        return net, 512
+    import timm
+    if not timm.is_model(name):
+        raise ValueError(f"unknown encoder {name!r}: use small_cnn, resnet18 or a "
+                         f"timm model name (e.g. xception41, efficientnet_b0)")
+    net = timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_channels)
+    # models with a pre-logits head (MobileNetV3, ...) emit head_hidden_size, not num_features
+    return net, int(getattr(net, "head_hidden_size", None) or net.num_features)
+
+
+class ContrastiveModel(nn.Module):
+    """Encoder + SimCLR projection head (Linear-BN-ReLU-Linear); forward gives projections.
+
+    The head only serves the contrastive loss; downstream models get the encoder alone.
+    """
+
+    def __init__(self, encoder: str = "small_cnn", in_channels: int = 1, proj_dim: int = 128,
+                 proj_hidden: int = 512):
+        super().__init__()
+        if proj_dim < 1 or proj_hidden < 1:
+            raise ValueError(f"projection sizes must be >= 1, got {proj_hidden} -> {proj_dim}")
+        self.encoder_name, self.in_channels = encoder, in_channels
+        self.encoder, self.feature_dim = build_encoder(encoder, in_channels)
+        self.projector = nn.Sequential(nn.Linear(self.feature_dim, proj_hidden, bias=False),
+                                       nn.BatchNorm1d(proj_hidden), nn.ReLU(inplace=True),
+                                       nn.Linear(proj_hidden, proj_dim))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, F) encoder features: what kNN monitoring and downstream models see."""
+        return self.encoder(x).flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.projector(self.features(x))
+
+
+def encoder_slot(model: nn.Module) -> tuple[str | None, nn.Module, tuple[str, ...]]:
+    """(encoder architecture or None if unknown, module holding the encoder's weights,
+    key prefixes of that module an exported encoder does not have).
+
+    Loading into the returned module writes into `model` (the slot shares its submodules).
+    """
+    from .cnn import ResNet18Frame
+    from .cnnlstm import CNNLSTM
+
+    net = getattr(model, "module", model)  # DDP / DeepSpeed wrappers
+    if isinstance(net, ContrastiveModel):
+        return net.encoder_name, net.encoder, ()
+    if isinstance(net, CNNLSTM):
+        if net.encoder is None:
+            raise ValueError("this CNN-LSTM was built from_features: it has no encoder to load")
+        return net.cfg.encoder, net.encoder, ()
+    if isinstance(getattr(net, "classifier", None), ScoreClassifier):
+        # frame CNN, random-crop CNN, Reg-STN (its classifier; the localiser stays random):
+        # wrapped like build_encoder's small_cnn so the keys read "0.<layer>..."
+        return "small_cnn", nn.Sequential(net.classifier.features), ()
+    if isinstance(net, ResNet18Frame):
+        return "resnet18", net.net, ("fc.",)
+    if hasattr(net, "encoder") and hasattr(net, "decoder"):  # segmentation-models-pytorch
+        return None, net.encoder, ()
+    raise TypeError(f"{type(net).__name__} has no known encoder slot for encoder weights")
+
+
+def export_encoder(model: ContrastiveModel, path: str | Path) -> Path:
+    """Write the encoder (no projection head) as a weights-only file `load_encoder` reads."""
+    net = getattr(model, "module", model)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().clone() for k, v in net.encoder.state_dict().items()}
+    torch.save({"format": EXPORT_FORMAT, "encoder": net.encoder_name,
+                "in_channels": net.in_channels, "feature_dim": net.feature_dim,
+                "state_dict": state}, path)
+    return path
+
+
+def load_encoder(model: nn.Module, path: str | Path) -> nn.Module:
+    """Load encoder weights from a local file into `model`'s encoder; returns `model`.
+
+    Accepts `export_encoder` files and bare encoder state dicts. Raises FileNotFoundError
+    or ValueError naming the file and what does not match (architecture, keys, shapes).
+    """
+    arch, slot, ignore = encoder_slot(model)
+    what = f"{arch or type(getattr(model, 'module', model)).__name__} encoder"
+    state, meta = read_state_dict(path, what)
+    if arch and meta.get("encoder") and meta["encoder"] != arch:
+        raise ValueError(f"{path}: holds a {meta['encoder']!r} encoder, this model's encoder "
+                         f"is {arch!r}")
+    check_and_load(slot, state, path, what, ignore)
+    return model
