@@ -20,8 +20,9 @@ The rules (README "GPUs: device plan"):
   own GPUs, so every task takes ``cuda:0``.
 * Fewer visible GPUs than ranks on a node (``lus demo``'s 2 ranks on a 1-GPU laptop):
   ``device=auto`` shares them round-robin (``cuda:<local_rank % n>``) with **gloo**, because
-  NCCL refuses two ranks on one GPU; ``device=cuda`` (one GPU per rank demanded) and
-  ``process_group=nccl`` are errors. ``lus doctor`` prints the sharing as a warning.
+  NCCL refuses two ranks on one GPU; ``device=cuda`` (one GPU per rank demanded),
+  ``process_group=nccl`` and DeepSpeed (collectives gloo has no CUDA path for) are errors.
+  ``lus doctor`` prints the sharing as a warning.
 * Backend ``auto``: nccl on a GPU of its own, gloo otherwise.
 * ``bf16=auto``: bf16 on a GPU that supports it natively (compute capability >= 8.0),
   fp32 on CPU. CPU bf16 autocast works in torch but is slower than fp32 on CPUs without
@@ -120,9 +121,13 @@ def plan_run(world: World, facts: CudaFacts, *, device: str = "auto", bf16: str 
     _check_choice("train.bf16", bf16_mode, BF16_MODES)
     _check_choice("dist.process_group", process_group, PROCESS_GROUPS)
     _check_choice("dist.backend", dist_backend, DIST_BACKENDS)
-    warnings: list[str] = []
-    index, shared = _gpu_index(world, facts, device, process_group, warnings)
-    on_gpu = index is not None
+    index, shortage = _gpu_index(world, facts, device, process_group)
+    on_gpu, shared = index is not None, bool(shortage)
+    if shared and dist_backend == "deepspeed":
+        raise PlanError(f"dist.backend=deepspeed needs one GPU per rank: {shortage}; hint: "
+                        "fewer ranks per node, or dist.backend=ddp to share GPUs")
+    warnings = (f"{shortage}: ranks share GPUs round-robin with gloo (slow; for trying things "
+                "out, not for measuring)",) if shared else ()
     backend = _backend(process_group, on_gpu, shared)
     use_bf16 = _bf16(bf16_mode, on_gpu, facts)
     physical = None
@@ -132,7 +137,7 @@ def plan_run(world: World, facts: CudaFacts, *, device: str = "auto", bf16: str 
     return RunPlan(world, f"cuda:{index}" if on_gpu else "cpu", backend, use_bf16,
                    tf32 and on_gpu, dist_backend,
                    ("cuda" if on_gpu else "cpu") if dist_backend == "deepspeed" else None,
-                   physical, shared, facts.bf16_supported if on_gpu else True, tuple(warnings))
+                   physical, shared, facts.bf16_supported if on_gpu else True, warnings)
 
 
 def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -140,12 +145,12 @@ def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
         raise PlanError(f"{name}={value!r}: expected {'|'.join(allowed)}")
 
 
-def _gpu_index(world: World, facts: CudaFacts, device: str, process_group: str,
-               warnings: list[str]) -> tuple[int | None, bool]:
-    """(CUDA index or None for CPU, whether ranks share GPUs)."""
+def _gpu_index(world: World, facts: CudaFacts, device: str, process_group: str
+               ) -> tuple[int | None, str]:
+    """(CUDA index or None for CPU, "" or the GPU shortage that makes ranks share GPUs)."""
     where = world.hostname or "this node"
     if device == "cpu":
-        return None, False
+        return None, ""
     if not facts.available or facts.device_count == 0:
         if facts.node_gpus and not facts.hidden_on_purpose:
             raise PlanError(
@@ -157,12 +162,12 @@ def _gpu_index(world: World, facts: CudaFacts, device: str, process_group: str,
         if device == "cuda":
             hidden = " (CUDA_VISIBLE_DEVICES hides them)" if facts.hidden_on_purpose else ""
             raise PlanError(f"train.device=cuda but no CUDA device is visible on {where}{hidden}")
-        return None, False
+        return None, ""
     n = facts.device_count
     if facts.gpus_per_task and world.launcher == "srun":
-        return 0, False                   # srun --gpus-per-task: this task's own GPU(s)
+        return 0, ""                      # srun --gpus-per-task: this task's own GPU(s)
     if world.local_rank < n and world.local_world_size <= n:
-        return world.local_rank, False
+        return world.local_rank, ""
     demand = (f"{world.local_world_size} ranks on {where} but only {n} GPU(s) visible"
               f"{f' (CUDA_VISIBLE_DEVICES={facts.visible_devices})' if facts.visible_devices else ''}")
     if device == "cuda":
@@ -172,9 +177,7 @@ def _gpu_index(world: World, facts: CudaFacts, device: str, process_group: str,
     if process_group == "nccl":
         raise PlanError(f"dist.process_group=nccl cannot run two ranks on one GPU: {demand}; "
                         "hint: use dist.process_group=auto (gloo) or fewer ranks per node")
-    warnings.append(f"{demand}: ranks share GPUs round-robin with gloo (slow; for trying "
-                    "things out, not for measuring)")
-    return world.local_rank % n, True
+    return world.local_rank % n, demand
 
 
 def _backend(requested: str, on_gpu: bool, shared: bool) -> str:
@@ -306,17 +309,21 @@ def apply_plan(plan: RunPlan) -> None:
 
 
 def set_tf32(on: bool) -> None:
-    """TF32 for float32 matmuls and cuDNN convolutions (no effect on CPU)."""
+    """TF32 for float32 matmuls and cuDNN convolutions/RNNs (no effect on CPU). Uses the
+    ``fp32_precision`` settings (torch >= 2.9; ``allow_tf32`` is their deprecated form)."""
     import torch
 
-    torch.backends.cuda.matmul.allow_tf32 = on
-    torch.backends.cudnn.allow_tf32 = on
+    mode = "tf32" if on else "ieee"
+    torch.backends.cuda.matmul.fp32_precision = mode
+    torch.backends.cudnn.conv.fp32_precision = mode
+    torch.backends.cudnn.rnn.fp32_precision = mode
 
 
 def tf32_state() -> dict[str, bool]:
+    """Whether TF32 is on for matmul and cuDNN convolutions in this process."""
     import torch
-    return {"matmul": bool(torch.backends.cuda.matmul.allow_tf32),
-            "cudnn": bool(torch.backends.cudnn.allow_tf32)}
+    return {"matmul": torch.backends.cuda.matmul.fp32_precision == "tf32",
+            "cudnn": torch.backends.cudnn.conv.fp32_precision == "tf32"}
 
 
 __all__ = ["CudaFacts", "RunPlan", "PlanError", "plan_run", "deepspeed_bf16",

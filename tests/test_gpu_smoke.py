@@ -40,7 +40,7 @@ def test_cells_cover_every_family_on_one_and_two_gpus(tmp_path):
         args = train_parser().parse_intermixed_args(train[1:])      # the real `lus train` CLI
         assert train[0] == "train" and args.family == cell.family
         cfg = load_run_config(args.family, args.config, args.overrides)   # real config loader
-        assert (cfg.train.device, cfg.train.bf16, cfg.train.epochs) == ("cuda", "true", 1)
+        assert (cfg.train.device, str(cfg.train.bf16).lower(), cfg.train.epochs) == ("cuda", "true", 1)
         assert cfg.train.max_steps_per_epoch == 20 and cfg.data.root == str(tmp_path / "shards")
         assert cfg.data.num_workers > 0                  # the production configs, as shipped
         if cell.name == "zero2":

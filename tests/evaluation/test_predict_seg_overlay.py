@@ -11,21 +11,23 @@ import numpy as np
 import pytest
 import torch
 
-from .conftest import run_lus_ok, train
-
 pytestmark = pytest.mark.slow
 SEG_SIZE, SEG_CHANNELS = 48, 3
 
 
-@pytest.fixture(scope="module")
-def seg48_run(phantom):
-    shards = phantom / "shards48rgb"
+@pytest.fixture
+def seg48_run(phantom, lus_ok):
+    """Packed and trained once per session (inside the session's phantom dir), then reused."""
+    shards, run = phantom / "shards48rgb", phantom / "runs" / "seg48rgb"
     if not (shards / "manifest.json").is_file():
-        run_lus_ok("prep", "pack", "--layout", "iclus", "--src", str(phantom / "raw" / "iclus"),
-                   "--out", str(shards), "--size", str(SEG_SIZE), "--channels", str(SEG_CHANNELS),
-                   "--workers", "1", "--quiet")
-    return train(phantom / "runs" / "seg48rgb", "seg", f"data.root={shards}", "train.epochs=3",
-                 "data.batch_size=16", "optim.lr=3e-3", "schedule.milestones=[]")
+        lus_ok("prep", "pack", "--layout", "iclus", "--src", str(phantom / "raw" / "iclus"),
+               "--out", str(shards), "--size", str(SEG_SIZE), "--channels", str(SEG_CHANNELS),
+               "--workers", "1", "--quiet")
+    if not (run / "summary.json").is_file():
+        lus_ok("train", "seg", "--run-dir", str(run), f"data.root={shards}", "train.epochs=3",
+               "data.batch_size=16", "optim.lr=3e-3", "schedule.milestones=[]",
+               "logging.progress=plain", "logging.tensorboard=false", "seed=0")
+    return run
 
 
 @pytest.fixture(scope="module")

@@ -71,6 +71,8 @@ def test_one_gpu_two_ranks_is_an_error_when_one_gpu_per_rank_is_demanded():
         plan_run(torchrun(1, 2), gpus(1), device="cuda")
     with pytest.raises(PlanError, match="nccl cannot run two ranks on one GPU"):
         plan_run(torchrun(1, 2), gpus(1), process_group="nccl")
+    with pytest.raises(PlanError, match="deepspeed needs one GPU per rank: 2 ranks on this node"):
+        plan_run(torchrun(1, 2), gpus(1), dist_backend="deepspeed")
 
 
 def test_srun_gpus_per_task_every_task_takes_its_own_cuda0_with_nccl():
@@ -236,7 +238,8 @@ def test_node_gpu_count_and_driver_from_a_fake_root(tmp_path):
 
 def test_apply_plan_sets_tf32_and_deepspeed_accelerator(monkeypatch):
     monkeypatch.delenv("DS_ACCELERATOR", raising=False)
-    before = tf32_state()
+    before = (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision,
+              torch.backends.cudnn.rnn.fp32_precision)
     try:
         apply_plan(plan_run(SINGLE, NO_GPU, dist_backend="deepspeed"))
         assert tf32_state() == {"matmul": False, "cudnn": False}
@@ -244,5 +247,5 @@ def test_apply_plan_sets_tf32_and_deepspeed_accelerator(monkeypatch):
         set_tf32(True)
         assert tf32_state() == {"matmul": True, "cudnn": True}
     finally:
-        torch.backends.cuda.matmul.allow_tf32 = before["matmul"]
-        torch.backends.cudnn.allow_tf32 = before["cudnn"]
+        (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision,
+         torch.backends.cudnn.rnn.fp32_precision) = before
