@@ -301,8 +301,8 @@ def apply_plan(plan: RunPlan) -> None:
     Call before creating models or the process group."""
     import torch
 
-    if plan.ds_accelerator:
-        os.environ.setdefault("DS_ACCELERATOR", plan.ds_accelerator)
+    if plan.ds_accelerator:   # the plan wins over an inherited value (make test exports cpu)
+        os.environ["DS_ACCELERATOR"] = plan.ds_accelerator
     if plan.on_gpu:
         torch.cuda.set_device(plan.device_index)
     set_tf32(plan.tf32)

@@ -133,7 +133,12 @@ def report(cfg, world, facts) -> tuple[list[str], list[str], object]:
         lines.append(deepspeed_line(cfg, plan))
     loader, warn = loader_line(cfg, world)
     lines += [loader, gpu_line(facts), versions(facts), env_line()]
-    return lines, list(plan.warnings) + ([warn] if warn else []), plan
+    warnings = list(plan.warnings) + ([warn] if warn else [])
+    inherited = os.environ.get("DS_ACCELERATOR")
+    if plan.ds_accelerator and inherited and inherited != plan.ds_accelerator:
+        warnings.append(f"DS_ACCELERATOR={inherited} in the environment; the run sets "
+                        f"{plan.ds_accelerator} to match device {plan.device}")
+    return lines, warnings, plan
 
 
 def comm_check(world, plan) -> str:

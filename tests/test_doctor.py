@@ -103,3 +103,11 @@ def test_report_warns_when_loader_workers_outnumber_the_cpus():
     cfg = load_run_config("regstn", DEMO, ["data.num_workers=64"])
     _, warnings, _ = report(cfg, _torchrun_world(0, 2), CudaFacts())
     assert any("64 loader workers + the trainer need 65 CPUs" in w for w in warnings), warnings
+
+
+def test_report_warns_when_an_inherited_deepspeed_accelerator_disagrees(monkeypatch):
+    monkeypatch.setenv("DS_ACCELERATOR", "cpu")
+    cfg = load_run_config("regstn", DEMO, ["dist.backend=deepspeed"])
+    _, warnings, plan = report(cfg, _torchrun_world(0, 2), _gpus(2))
+    assert plan.ds_accelerator == "cuda"
+    assert "DS_ACCELERATOR=cpu in the environment; the run sets cuda" in warnings[-1]
