@@ -1,6 +1,7 @@
 """Process groups with the two rules that keep CPU and GPU runs alike and debuggable.
 
-* Backend: ``gloo`` on CPU, ``nccl`` when this rank has a GPU (``backend="auto"``).
+* Backend: ``gloo`` on CPU, ``nccl`` when this rank has a GPU of its own (``backend="auto"``);
+  the choice is :func:`hpc.device_plan.plan_run`'s, together with device and precision.
 * Always an explicit timeout: a rank that died must turn into an error on the others
   within minutes, not the 30-minute (gloo) or 10-minute (nccl) library default.
 
@@ -16,25 +17,24 @@ import os
 import socket
 import sys
 
-from hpc.world import World, WorldError, device_for
+from hpc.device_plan import RunPlan, plan_run, probe_cuda
+from hpc.world import World, WorldError
 
 DEFAULT_TIMEOUT_S = 300.0
 
 
-def resolve_backend(world: World, backend: str = "auto") -> str:
-    """``auto`` -> nccl if this rank gets a CUDA device, else gloo; nccl without a GPU is an error."""
-    if backend not in ("auto", "gloo", "nccl"):
-        raise WorldError(f"backend={backend!r}: expected auto, gloo or nccl")
-    on_gpu = device_for(world).type == "cuda"
-    if backend == "auto":
-        return "nccl" if on_gpu else "gloo"
-    if backend == "nccl" and not on_gpu:
-        raise WorldError("backend=nccl needs a CUDA device on every rank; use gloo (or auto) on CPU")
-    return backend
+def resolve_backend(world: World, backend: str = "auto", device: str = "auto") -> str:
+    """The process-group backend :func:`plan_run` picks for ``train.device=device`` here:
+    nccl on a GPU of its own, gloo on CPU or shared GPUs; nccl without a GPU is an error."""
+    return plan_run(world, probe_cuda(), device=device, process_group=backend).backend
 
 
-def init_distributed(world: World, backend: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S) -> str | None:
+def init_distributed(world: World, backend: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S,
+                     plan: RunPlan | None = None) -> str | None:
     """Join the default process group described by ``world``; returns the backend used.
+
+    With a ``plan`` (:func:`hpc.device_plan.plan_run`) its backend and CUDA device are used
+    and ``backend`` is ignored; without one the plan for ``train.device=auto`` is made here.
 
     A no-op (returns None) for a single-process world, so the same training code runs
     unchanged under ``python``, ``torchrun`` and ``srun``. Rendezvous is ``env://`` with
@@ -50,9 +50,11 @@ def init_distributed(world: World, backend: str = "auto", timeout_s: float = DEF
         raise WorldError(f"timeout_s={timeout_s} must be positive")
     if dist.is_initialized():
         return dist.get_backend()
-    chosen = resolve_backend(world, backend)
-    if chosen == "nccl":
-        torch.cuda.set_device(world.local_rank)
+    if plan is None:
+        plan = plan_run(world, probe_cuda(), process_group=backend)
+    chosen = plan.backend
+    if plan.on_gpu:
+        torch.cuda.set_device(plan.device_index)
     os.environ.setdefault("MASTER_ADDR", world.master_addr)
     os.environ.setdefault("MASTER_PORT", str(world.master_port))
     dist.init_process_group(chosen, init_method="env://", rank=world.rank,

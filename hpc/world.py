@@ -245,23 +245,9 @@ def current_world() -> World:
 
 
 def device_for(world: World, prefer: str = "auto"):
-    """The device this rank should use: ``cuda:<local_rank>`` when GPUs exist, else CPU.
+    """The torch device of :func:`hpc.device_plan.plan_run` for this process (``prefer`` is
+    ``train.device``). A thin wrapper kept for callers that need only the device; new code
+    takes the whole plan (backend, precision, TF32 come from the same decision)."""
+    from hpc.device_plan import plan_run, probe_cuda
 
-    ``prefer="cuda"`` fails loudly without a GPU instead of silently training on CPU.
-    """
-    import torch
-
-    if prefer not in ("auto", "cpu", "cuda"):
-        raise WorldError(f"device prefer={prefer!r}: expected auto, cpu or cuda")
-    if prefer == "cpu":
-        return torch.device("cpu")
-    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if n == 0:
-        if prefer == "cuda":
-            raise WorldError("device=cuda requested but no CUDA device is visible")
-        return torch.device("cpu")
-    if world.local_rank >= n:
-        raise WorldError(f"local rank {world.local_rank} but only {n} GPU(s) visible on "
-                         f"{world.hostname or 'this node'}; hint: --nproc-per-node / "
-                         "--ntasks-per-node must not exceed --gpus-per-node")
-    return torch.device("cuda", world.local_rank)
+    return plan_run(world, probe_cuda(), device=prefer).torch_device()

@@ -171,6 +171,31 @@ def seg_masks(run: LoadedRun, x: torch.Tensor, batch: int = 32) -> np.ndarray:
     return np.concatenate(out)
 
 
+def overlay_masks(seg: LoadedRun, clip: str | Path, frame_pre, x_frame: torch.Tensor) -> np.ndarray:
+    """Segmentation masks on the frame model's display grid.
+
+    The segmentation model gets the clip prepared by its own run's preprocessing (size,
+    channels), never the frame model's input; its masks are then mapped to the frame run's
+    size with nearest neighbour (class ids stay ids). Both preprocessings place the source
+    frame the same way when their `aspect` is equal, so the mapping is a pure rescale; with
+    different aspects it would misplace the overlay and is refused.
+    """
+    import cv2
+    pre = seg.preprocessing
+    if pre == frame_pre:
+        return seg_masks(seg, x_frame)
+    if pre.aspect != frame_pre.aspect:
+        raise PredictError(f"{seg.run_dir}: segmentation shards packed with aspect={pre.aspect!r} "
+                           f"but the frame model's with {frame_pre.aspect!r}; the overlay would be "
+                           "misplaced (pack both with the same --aspect)")
+    _, x_seg = read_clip(clip, pre)
+    masks = seg_masks(seg, x_seg)
+    size = frame_pre.size
+    if masks.shape[1:] == (size, size):
+        return masks
+    return np.stack([cv2.resize(m, (size, size), interpolation=cv2.INTER_NEAREST) for m in masks])
+
+
 # ---------------------------------------------------------------- outputs
 MASK_RGB = np.array([[0, 0, 0], [255, 220, 0], [0, 200, 255], [255, 60, 200]], np.uint8)
 
@@ -284,12 +309,7 @@ def predict(args) -> dict:
     masks = None
     if args.seg_checkpoint:
         seg = load_run(args.seg_checkpoint, "seg", args.size, args.channels, device)
-        if seg.preprocessing != run.preprocessing:
-            _, x_seg = read_clip(args.clip, seg.preprocessing)
-            if x_seg.shape[-2:] != x.shape[-2:]:
-                raise PredictError(f"{args.seg_checkpoint}: trained at {x_seg.shape[-1]} px but "
-                                   f"the frame model at {x.shape[-1]} px; overlay needs one size")
-        masks = seg_masks(seg, x)
+        masks = overlay_masks(seg, args.clip, run.preprocessing, x)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     classes = list(run.config.frame_classes)

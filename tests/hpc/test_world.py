@@ -111,7 +111,7 @@ def test_device_for_cpu_and_refuses_missing_gpu():
         assert device_for(w) == torch.device("cpu")
         with pytest.raises(WorldError, match="no CUDA device"):
             device_for(w, "cuda")
-    with pytest.raises(WorldError, match="prefer"):
+    with pytest.raises(WorldError, match="train.device='tpu'"):
         device_for(w, "tpu")
 
 
