@@ -95,14 +95,37 @@ def rank_share(order: np.ndarray, num_replicas: int, rank: int, drop_last: bool)
     return order[rank * per_rank:(rank + 1) * per_rank]
 
 
+def worker_affine(share: np.ndarray, workers: int, batch_size: int,
+                  rng: np.random.Generator | None) -> np.ndarray:
+    """A rank's share (in locality order) reordered so that DataLoader worker w reads
+    only block w of it: the share is cut into `workers` contiguous blocks (disjoint shards
+    but for the <= workers - 1 shards on a cut), each mixed by `rng` (None: kept), and
+    batches are dealt round-robin, batch j from block j % workers, as the DataLoader hands
+    batch j to worker j % workers. Each shard is then opened by one worker per epoch
+    instead of by every worker. A block that runs out is skipped (only the epoch's last
+    batches). Pure and a permutation of `share`."""
+    blocks = []
+    for w in range(workers):
+        start, stop = split_even(len(share), workers, w)
+        block = share[start:stop]
+        blocks.append(block[rng.permutation(len(block))] if rng is not None else block)
+    batches = [np.array_split(b, range(batch_size, len(b), batch_size)) if len(b) else [] for b in blocks]
+    dealt = [batch for j in range(max(map(len, batches), default=0)) for bl in batches if j < len(bl)
+             for batch in [bl[j]]]
+    return np.concatenate(dealt) if dealt else share[:0]
+
+
 def epoch_indices(shard_ids: np.ndarray, num_replicas: int, rank: int, seed: int, epoch: int,
                   shuffle: bool = True, weights: np.ndarray | None = None,
-                  drop_last: bool = False, num_samples: int | None = None) -> np.ndarray:
-    """This rank's sample indices for one epoch, in the order it should read them."""
+                  drop_last: bool = False, num_samples: int | None = None,
+                  loader_workers: int = 0, batch_size: int = 1) -> np.ndarray:
+    """This rank's sample indices for one epoch, in the order it should read them. With
+    loader_workers > 1 (and the loader's batch size) the mix step is `worker_affine`."""
     shard_ids = np.asarray(shard_ids)
     pool = epoch_pool(len(shard_ids), seed, epoch, weights, num_samples)
     share = rank_share(locality_order(pool, shard_ids, seed, epoch, shuffle),
                        num_replicas, rank, drop_last)
-    if shuffle:
-        share = share[epoch_rng(seed, epoch, 2, rank).permutation(len(share))]
-    return share
+    rng = epoch_rng(seed, epoch, 2, rank) if shuffle else None
+    if loader_workers > 1:
+        return worker_affine(share, loader_workers, batch_size, rng)
+    return share[rng.permutation(len(share))] if rng is not None else share
