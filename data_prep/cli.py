@@ -97,7 +97,8 @@ def _ingest(args):
 
 def _pack(args) -> int:
     from data_prep.pack import PackConfig, pack, provenance
-    from lus_dist.shards.format import Preprocessing
+    from lus_dist.shards.format import MANIFEST_NAME, Preprocessing
+    from lus_dist.shards.manifest import Manifest
     task, n_tasks = resolve_task(args.task_index, args.num_tasks, os.environ)
     report = _ingest(args)
     print(report.summary())
@@ -107,10 +108,14 @@ def _pack(args) -> int:
                      incomplete=args.incomplete)
     options = {"viral": args.viral, "include_images": not args.no_images,
                "table": str(args.table) if args.table else None}
+    manifest = args.out / MANIFEST_NAME
+    before = Manifest.load(args.out).version if args.append and manifest.is_file() else None
     m = pack(report.sources, args.out, cfg, provenance(args.layout, args.src, report.skipped, options),
              workers=args.workers, task_index=task, num_tasks=n_tasks, progress=not args.quiet,
              append=args.append)
-    if m is None:
+    if m is not None and m.version == before:
+        print(f"{args.out}: nothing new to append: version {m.version} is current")
+    elif m is None:
         print(f"task {task} of {n_tasks} done; run `lus prep finalize {args.out}` after all tasks")
     else:
         _print_done(args.out, m)

@@ -30,7 +30,8 @@ def _shard_state(out) -> dict:
 def _train(shards, run_dir) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "lus", "train", "regstn", "--config", str(ROOT / "configs" / "demo_regstn.yaml"),
            "--run-dir", str(run_dir), f"data.root={shards}", "train.epochs=1", "train.max_steps_per_epoch=2",
-           "data.batch_size=8", "logging.tensorboard=false", "viz_frames=2", "predict_splits=[train]"]
+           "data.batch_size=8", "data.test_folds=[0]", "logging.tensorboard=false", "viz_frames=2",
+           "predict_splits=[train]"]
     env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)}
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
@@ -96,9 +97,9 @@ def test_training_on_the_new_version_reads_old_and_new_frames(grown):
     assert run.returncode == 0, run.stderr[-3000:]
     with h5py.File(base / "run_v2" / "predictions" / "train.h5", "r") as f:
         videos = {v.decode() if isinstance(v, bytes) else str(v) for v in f["video_id"][:]}
-    old_ids = set(v1.videos["video_id"][v1.videos["split"] == "train"])
+    old_ids = set(v1.videos["video_id"][v1.videos["fold"] != 0])          # training reads folds 1, 2
     v2 = Manifest.load(out)
-    new_ids = set(v2.videos["video_id"][v1.n_videos:][v2.videos["split"][v1.n_videos:] == "train"])
+    new_ids = set(v2.videos["video_id"][v1.n_videos:][v2.videos["fold"][v1.n_videos:] != 0])
     assert new_ids and videos == old_ids | new_ids
 
 
@@ -106,7 +107,8 @@ def test_append_with_nothing_new_or_other_settings(grown, capsys):
     out, _, _, base = grown
     state = _shard_state(out)
     assert main(PACK + ["--src", str(base / "raw" / "iclus"), "--out", str(out), "--append"]) == 0
+    assert "nothing new to append: version 2 is current" in capsys.readouterr().out
     assert _shard_state(out) == state and Manifest.load(out).version == 2
-    code = main([*PACK[:3], "32", *PACK[4:], "--src", str(base / "raw" / "iclus"), "--out", str(out), "--append"])
+    code = main([*PACK[:4], "32", *PACK[5:], "--src", str(base / "raw" / "iclus"), "--out", str(out), "--append"])
     assert code == 2 and "--append must use the settings of the existing pack; these differ: size" \
         in capsys.readouterr().err
