@@ -12,21 +12,26 @@ measured in fresh processes:
   B/frame       Python heap retained by one ShardDataset (tracemalloc), per frame: what
                 each of the N ranks x W loader workers holds
   plan_s        the sampler's epoch plan (4 ranks, rank 0)
-  opens, stats  file opens and path stats of the data files in one epoch with 2 loader
-                workers (strace -f; only paths under the set count, not Python's imports)
+  opens, stats  file opens and path stats of the data files in one whole epoch with 2
+                loader workers (strace -f; only paths under the set count, not Python's
+                imports), through the reader's own opener with the pixel decode left out
+                (opens do not depend on pixels; this makes a 10^6-frame epoch take seconds)
   npy_opens     the same for one .npy file per frame (the authors' layout), measured on
                 up to --npy-frames frames and scaled per frame
-  frames/s      steady state of that epoch, 2 workers, batch 64
+  frames/s      steady state reading --rate-frames frames (2 workers, batch 64, float
+                tensors as training gets them)
   *_aff         the same epoch with the sampler told the loader's workers and batch size
                 (DistributedShardSampler(loader_workers=, batch_size=)): each worker reads
                 its own shards, so a shard is opened once per epoch, not once per worker
-An index-only row at 10^7 frames (manifest + tables, no pixels) measures what depends on
-the index alone. The last line is
+Index-only rows (manifest + tables, no pixels: 10^6 frames in 10 and 10^4 shards, 10^7
+frames) measure what depends on the index alone; the pixels of 10^6 frames are written
+once, in 10^3 shards (writing takes minutes per 10^6 frames on 2 shared cores). The last line is
     scale: startup_s_per_1000_shards=X bytes_per_frame=Y opens_ratio_vs_npy=Z
-at the largest frame count: X from its most-sharded set, Y the largest over its sets, Z at
-its 10^3-shard set with worker-affine batches (about the packer's default 1024 frames per
-shard; a set of 100-frame shards cannot open 1000x fewer files than 1 per frame). Goals (issue 15): X <= 1,
-Y <= 64, Z >= 1000. --quick stops at 10^5 frames (about 5 minutes). On a shared machine
+at the largest frame count with shards on disk (10^6 full, 10^5 --quick): X from the
+most-sharded set at that count (index-only rows included), Y the largest over those sets,
+Z at its 10^3-shard set with worker-affine batches (about the packer's default 1024
+frames per shard; a set of 100-frame shards cannot open 1000x fewer files than 1 per
+frame). Goals (issue 15): X <= 1, Y <= 64, Z >= 1000. --quick stops at 10^5 frames (about 5 minutes). On a shared machine
 wall times follow the other tenants' load, printed beside each row.
 """
 from __future__ import annotations
@@ -42,10 +47,12 @@ import tempfile
 import time
 from pathlib import Path
 
-FULL = [(10**4, 10), (10**4, 10**3), (10**5, 10), (10**5, 10**3), (10**5, 10**4),
-        (10**6, 10), (10**6, 10**3), (10**6, 10**4)]
-QUICK = [row for row in FULL if row[0] <= 10**5]
-INDEX_ONLY = [(10**7, 10**3), (10**7, 10**4)]
+from lus_dist.shards import format as fmt
+from lus_dist.shards.reader import ShardDataset
+
+QUICK = [(10**4, 10), (10**4, 10**3), (10**5, 10), (10**5, 10**3), (10**5, 10**4)]
+FULL = QUICK + [(10**6, 10**3)]
+INDEX_ONLY = [(10**6, 10), (10**6, 10**4), (10**7, 10**3), (10**7, 10**4)]
 HERE = Path(__file__).resolve()
 
 
@@ -54,7 +61,6 @@ def measure_index(root: str, replicas: int = 4) -> dict:
     import tracemalloc
 
     from lus_dist.shards.manifest import Manifest
-    from lus_dist.shards.reader import ShardDataset
     from lus_dist.shards.sampler import DistributedShardSampler
     t = time.perf_counter()
     Manifest.load(root)
@@ -72,16 +78,17 @@ def measure_index(root: str, replicas: int = 4) -> dict:
 
 
 def run_epoch(root: str, layout: str, workers: int, limit: int) -> dict:
-    """One epoch through a DataLoader: shards via ShardDataset + the shard sampler, or the
-    same frames as .npy files in the same order."""
+    """One pass through a DataLoader (2 workers, batch 64) over the shard sampler's order:
+    "read" reads frames with ShardDataset (the first `limit` items: frames/s); "open" and
+    "open-affine" run the whole epoch through ShardDataset's own lazy opener without
+    decoding pixels (opens do not depend on pixels; see OpenOnly); "npy" reads the same
+    frames from one .npy file each."""
     import numpy as np
-    import torch
     from torch.utils.data import DataLoader
 
-    from lus_dist.shards.reader import ShardDataset
     from lus_dist.shards.sampler import DistributedShardSampler
-    ds = ShardDataset(root)
-    affine = {"loader_workers": workers, "batch_size": 64} if layout == "shards-affine" else {}
+    ds = OpenOnly(root) if layout.startswith("open") else ShardDataset(root)
+    affine = {"loader_workers": workers, "batch_size": 64} if layout == "open-affine" else {}
     order = DistributedShardSampler(ds.shard_ids, 1, 0, seed=0, **affine).indices()[:limit or None]
     if layout == "npy":
         from bench_reader import NpyFrames
@@ -90,11 +97,19 @@ def run_epoch(root: str, layout: str, workers: int, limit: int) -> dict:
     loader = DataLoader(ds, batch_size=64, sampler=order.tolist(), num_workers=workers)
     t = time.perf_counter()
     it = iter(loader)
-    next(it)
-    first = time.perf_counter() - t
+    first = len(next(it)["image"])
+    first_s = time.perf_counter() - t
     n = sum(len(b["image"]) for b in it)
-    return {"worker_s": first, "frames_per_s": n / (time.perf_counter() - t - first), "n": n + 64,
-            "threads": torch.get_num_threads()}
+    return {"worker_s": first_s, "frames_per_s": n / (time.perf_counter() - t - first_s), "n": n + first}
+
+
+class OpenOnly(ShardDataset):
+    """ShardDataset whose items only open their shard through the reader's own handle cache
+    (`_dataset`), so a whole epoch's file opens are counted at 10^6 frames in seconds."""
+
+    def __getitem__(self, i):
+        self._dataset(int(self.shard_ids[i]), fmt.DS_FRAMES)
+        return {"image": int(i)}
 
 
 # ----------------------------------------------------------- driver
@@ -126,8 +141,6 @@ def write_npy(root: Path, limit: int) -> int:
     """The first `limit` frames of the shard sampler's order as one .npy each."""
     import numpy as np
 
-    from lus_dist.shards import format as fmt
-    from lus_dist.shards.reader import ShardDataset
     from lus_dist.shards.sampler import DistributedShardSampler
     ds = ShardDataset(root)
     order = DistributedShardSampler(ds.shard_ids, 1, 0, seed=0).indices()[:limit]
@@ -143,12 +156,12 @@ def measure_set(root: Path, frames: int, shards: int, args, npy_per_frame: float
     m = write_synth_pack(root, frames, shards, workers=args.workers)
     row = {"frames": m.n_frames, "shards": len(m.shards["name"]), "pack_s": time.perf_counter() - t}
     row.update(_child("--measure", str(root)))
+    row.update(_child("--epoch", str(root), "read", str(args.workers), str(args.rate_frames)))
     trace = root.parent / "trace.txt"
-    row.update(_child("--epoch", str(root), "shards", str(args.workers), "0", trace=trace))
+    _child("--epoch", str(root), "open", str(args.workers), "0", trace=trace)
     row["opens"], row["stats"] = count_file_ops(trace, root)
-    affine = _child("--epoch", str(root), "shards-affine", str(args.workers), "0", trace=trace)
+    _child("--epoch", str(root), "open-affine", str(args.workers), "0", trace=trace)
     row["opens_aff"], _ = count_file_ops(trace, root)
-    row["fps_aff"] = affine["frames_per_s"]
     row["npy_opens"] = npy_per_frame * row["frames"]
     row["opens_ratio"] = row["npy_opens"] / max(row["opens"], 1)
     row["ratio_aff"] = row["npy_opens"] / max(row["opens_aff"], 1)
@@ -186,8 +199,8 @@ def index_only_row(tmp: Path, frames: int, shards: int) -> dict:
 COLS = [("frames", "{:>9}"), ("shards", "{:>6}"), ("pack_s", "{:8.1f}"), ("manifest_s", "{:10.3f}"),
         ("startup_s", "{:9.3f}"), ("worker_s", "{:8.2f}"), ("bytes_per_frame", "{:7.1f}"),
         ("plan_s", "{:6.3f}"), ("opens", "{:7}"), ("stats", "{:6}"), ("npy_opens", "{:9.0f}"),
-        ("opens_ratio", "{:7.0f}"), ("frames_per_s", "{:8.0f}"), ("opens_aff", "{:9}"),
-        ("ratio_aff", "{:9.0f}"), ("fps_aff", "{:8.0f}"), ("load", "{:4.1f}")]
+        ("opens_ratio", "{:7.0f}"), ("opens_aff", "{:9}"), ("ratio_aff", "{:9.0f}"),
+        ("frames_per_s", "{:8.0f}"), ("load", "{:4.1f}")]
 
 
 def print_row(row: dict) -> None:
@@ -196,11 +209,11 @@ def print_row(row: dict) -> None:
 
 
 def scale_line(rows: list[dict]) -> str:
-    real = [r for r in rows if "opens" in r]
-    top = max(r["frames"] for r in real)
-    at_top = [r for r in real if r["frames"] == top]
+    top = max(r["frames"] for r in rows if "opens" in r)
+    at_top = [r for r in rows if r["frames"] == top]
+    real = [r for r in at_top if "opens" in r]
     most = max(at_top, key=lambda r: r["shards"])
-    default = min(at_top, key=lambda r: abs(r["shards"] - top / 1024))
+    default = min(real, key=lambda r: abs(r["shards"] - top / 1024))
     return (f"scale: startup_s_per_1000_shards={most['startup_s'] / (most['shards'] / 1000):.3f} "
             f"bytes_per_frame={max(r['bytes_per_frame'] for r in at_top):.1f} "
             f"opens_ratio_vs_npy={default['ratio_aff']:.0f}")
@@ -211,6 +224,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="10^4 and 10^5 frames only (< 25 min)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--npy-frames", type=int, default=20_000)
+    ap.add_argument("--rate-frames", type=int, default=30_000, help="frames read for frames/s")
     ap.add_argument("--tmp", type=Path, default=None, help="scratch directory (default: system temp)")
     args = ap.parse_args()
     if shutil.which("strace") is None:
@@ -226,10 +240,9 @@ def main() -> None:
             rows.append(measure_set(tmp / f"set_{frames}_{shards}", frames, shards, args, per_frame))
             print_row(rows[-1])
             shutil.rmtree(tmp / f"set_{frames}_{shards}")
-        if not args.quick:
-            for frames, shards in INDEX_ONLY:
-                rows.append(index_only_row(tmp, frames, shards))
-                print_row(rows[-1])
+        for frames, shards in INDEX_ONLY if not args.quick else []:
+            rows.append(index_only_row(tmp, frames, shards))
+            print_row(rows[-1])
     print(f"load average {os.getloadavg()[0]:.1f} at end")
     print(scale_line(rows))
 

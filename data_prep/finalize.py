@@ -55,11 +55,11 @@ def _check(out: Path, plan: Manifest) -> dict[int, dict]:
     return infos
 
 
-def _frame_columns(out: Path, plan: Manifest) -> dict[str, np.ndarray]:
+def frame_columns(out: Path, plan: Manifest) -> dict[str, np.ndarray]:
     """Per-frame columns of every shard, in shard order: carried over from the previous
     version where it has them, read from the shard otherwise."""
     prev = None
-    if plan.version > 1 and (plan.shards["version"] < plan.version).any():
+    if plan.version > 1 and (plan.shards["version"] < plan.version).any():   # an append
         prev = Manifest.load(out, version=plan.version - 1)
     prev_start = np.concatenate([[0], np.cumsum(prev.shards["n_frames"])]) if prev is not None else None
     parts: dict[str, list] = {c: [] for c in FRAME_COLUMNS}
@@ -101,6 +101,6 @@ def finalize_pack(out: Path) -> Manifest:
         raise PackError(f"{plan_path} not found: run `lus prep pack ... --out {out}` first")
     plan = Manifest.from_json(plan_path.read_text(), str(plan_path))
     manifest = _complete(plan, _check(out, plan))
-    manifest.frames = _frame_columns(out, manifest)
+    manifest.frames = frame_columns(out, manifest)
     manifest.save_version(out)
     return manifest

@@ -100,30 +100,25 @@ def _assign(sources: list[VideoSource], cfg: PackConfig, base: Manifest | None) 
     """split, fold and patient index per source. With `base` (an append), patients already
     there keep theirs; new patients get a split by the same rule (given split, else seeded
     fractions) and a fold by the same stratified rule, continued from the existing folds."""
-    pids = [s.patient_id for s in sources]
-    old_pid = base.videos["patient_id"].tolist() if base else []
-    new_pids = sorted(set(pids) - set(old_pid))
-    index = {p: i for i, p in enumerate(dict.fromkeys(
-        (base.patients["patient_id"].tolist() if base else []) + new_pids))}
-    is_new = set(new_pids)
-    new_rows = [i for i, p in enumerate(pids) if p in is_new]
-    split = np.array([None] * len(sources), dtype=object)
+    pids, labels = [s.patient_id for s in sources], [s.label for s in sources]
+    old_pids = base.videos["patient_id"].tolist() if base else []
+    known = dict(zip(old_pids, zip(base.videos["split"].tolist(), base.videos["fold"].tolist()))) if base else {}
+    new_rows = [i for i, p in enumerate(pids) if p not in known]
+    split = np.array([known[p][0] if p in known else None for p in pids], dtype=object)
     if new_rows:
         split[new_rows] = patient_split([pids[i] for i in new_rows],
                                         [sources[i].extra.get("split") for i in new_rows],
                                         cfg.test_frac, cfg.val_frac, cfg.split_seed)
-    labels = [s.label for s in sources]
-    if base is None:
-        folds = group_kfold(pids, cfg.folds, cfg.split_seed, labels) if cfg.folds >= 2 \
-            else np.full(len(sources), -1)
+    if cfg.folds < 2:
+        folds = np.full(len(sources), -1)
+    elif base is None:
+        folds = group_kfold(pids, cfg.folds, cfg.split_seed, labels)
     else:
-        old_of = dict(zip(old_pid, zip(base.videos["split"].tolist(), base.videos["fold"].tolist())))
-        for i, p in enumerate(pids):
-            split[i] = old_of[p][0] if p in old_of else split[i]
-        folds = np.full(len(sources), -1) if cfg.folds < 2 else extend_group_kfold(
-            np.concatenate([base.videos["fold"], [old_of.get(p, (0, -1))[1] for p in pids]]),
-            old_pid + pids, cfg.folds, cfg.split_seed,
-            np.concatenate([base.videos["label"], labels]))[len(old_pid):]
+        old_folds = np.concatenate([base.videos["fold"], [known.get(p, (None, -1))[1] for p in pids]])
+        folds = extend_group_kfold(old_folds, old_pids + pids, cfg.folds, cfg.split_seed,
+                                   np.concatenate([base.videos["label"], labels]))[len(old_pids):]
+    order = (base.patients["patient_id"].tolist() if base else []) + sorted({pids[i] for i in new_rows})
+    index = {p: i for i, p in enumerate(order)}
     return {"split": split, "fold": np.asarray(folds), "patient": [index[p] for p in pids]}
 
 
@@ -285,7 +280,12 @@ def _base(out: Path, append: bool) -> Manifest | None:
     if not (out / fmt.MANIFEST_NAME).is_file():
         raise PackError(f"--append: {out} holds no finished pack ({fmt.MANIFEST_NAME} missing); "
                         "pack it first (or finalize it)")
-    return Manifest.load(out)
+    base = Manifest.load(out)
+    if base.frames is None:   # schema 1: saved as version 1 of schema 2 so it stays loadable
+        from data_prep.finalize import frame_columns
+        base.frames = frame_columns(out, base)
+        base.save_version(out)
+    return base
 
 
 def pack(sources: list[VideoSource], out: str | Path, cfg: PackConfig, provenance: dict,

@@ -10,6 +10,7 @@ again, so nothing is held open before workers fork.
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from pathlib import Path
 from typing import Iterable
 
@@ -78,17 +79,19 @@ class ShardDataset(Dataset):
     (seed, epoch, item), not on the worker that reads them; call `set_epoch` each epoch.
     `manifest_version` reads the set as that version of the manifest saw it (default: the
     newest; `lus prep pack --append` adds versions); an unknown version is a ManifestError
-    naming the versions present.
+    naming the versions present. Each process keeps at most `max_open_shards` shard files
+    open (least recently used closed first).
     """
 
     def __init__(self, root, split=None, folds=None, exclude_folds=None, mode: str = "frame",
                  clip_len: int = 10, clip_sampling: str = "uniform", with_masks: bool = False,
                  channels: int | None = None, patients=None, probes=None, locking: bool = False,
-                 seed: int = 0, manifest_version: int | None = None):
+                 seed: int = 0, manifest_version: int | None = None, max_open_shards: int = 128):
         if mode not in ("frame", "clip"):
             raise ValueError(f"mode must be 'frame' or 'clip', got {mode!r}")
         self.root, self.mode, self.clip_len, self.clip_sampling = Path(root), mode, clip_len, clip_sampling
         self.with_masks, self.locking, self.seed, self.epoch = with_masks, locking, seed, 0
+        self.max_open_shards = max(1, max_open_shards)
         self.manifest = Manifest.load(self.root, version=manifest_version)
         self.stored_channels = int(self.manifest.preprocessing["channels"])
         self.channels = channels or self.stored_channels
@@ -157,11 +160,18 @@ class ShardDataset(Dataset):
         return state
 
     def _dataset(self, shard: int, name: str) -> h5py.Dataset:
+        """The dataset `name` of a shard, through a per-process LRU of open files (at most
+        max_open_shards: an open HDF5 file costs ~0.5 MB, so 10^4 open shards would cost
+        GBs per worker; the sampler's windowed mix keeps the working set below the bound)."""
         if self._pid != os.getpid():   # first use in this process: drop inherited handles
-            self._pid, self._files = os.getpid(), {}
-        if shard not in self._files:
+            self._pid, self._files = os.getpid(), OrderedDict()
+        if shard in self._files:
+            self._files.move_to_end(shard)
+        else:
+            if len(self._files) >= self.max_open_shards:
+                self._files.popitem(last=False)[1][0].close()
             path = self.root / self.manifest.shards["name"][shard]
-            self._files[shard] = (h5py.File(path, "r", locking=self.locking), {})
+            self._files[shard] = (h5py.File(path, "r", locking=self.locking, rdcc_nbytes=0), {})
         f, cache = self._files[shard]
         if name not in cache:
             cache[name] = f[name]

@@ -112,3 +112,24 @@ def test_append_with_nothing_new_or_other_settings(grown, capsys):
     code = main([*PACK[:4], "32", *PACK[5:], "--src", str(base / "raw" / "iclus"), "--out", str(out), "--append"])
     assert code == 2 and "--append must use the settings of the existing pack; these differ: size" \
         in capsys.readouterr().err
+
+
+def test_schema_1_sets_still_load_and_take_an_append(tmp_path):
+    """A set packed before schema 2 (tables inline in manifest.json, no frame columns) reads
+    as version 1, and an append keeps that version loadable."""
+    from data_prep.pack import pack, provenance
+    from shard_helpers import make_sources, pack_synthetic, small_config
+    sources = make_sources()
+    old = pack_synthetic(tmp_path, sources[:15])
+    legacy = old.to_json().replace('"schema_version": 2', '"schema_version": 1')
+    for f in tmp_path.glob("manifest*"):
+        f.unlink()
+    (tmp_path / fmt.MANIFEST_NAME).write_text(legacy)
+    ds = ShardDataset(tmp_path)
+    assert Manifest.load(tmp_path).frames is None and len(ds) == old.n_frames
+    new = pack(sources, tmp_path, small_config(), provenance("synthetic", "/synthetic", [], {}),
+               progress=False, append=True)
+    assert new.version == 2 and new.n_videos == len(sources)
+    assert len(ShardDataset(tmp_path, manifest_version=1)) == old.n_frames
+    assert np.array_equal(ShardDataset(tmp_path, manifest_version=1).frame_scores, ds.frame_scores)
+    assert report(tmp_path)[0] == 0
