@@ -15,6 +15,8 @@ EPILOG = """examples:
   sbatch --array=0-7 --wrap "lus prep pack --layout pocus --src RAW --out SHARDS"
   sbatch --dependency=afterok:<array job> --wrap "lus prep finalize SHARDS"
   lus prep validate data/shards        # exit 1 naming every bad shard
+  # new clips arrived: new shards + manifest version 2; old shards, splits and folds kept
+  lus prep pack --layout pocus --src ../shared/data/pocus --out data/pocus_shards --append
 """
 
 
@@ -71,6 +73,13 @@ def _parser() -> argparse.ArgumentParser:
     pk.add_argument("--allow-pickle", action="store_true", help="iclus: allow a pandas pickle table (runs code)")
     pk.add_argument("--viral", choices=("skip", "pneumonia"), default="skip", help="pocus: Vir_* clips")
     pk.add_argument("--no-images", action="store_true", help="pocus: skip still images")
+    pk.add_argument("--incomplete", choices=("skip", "keep"), default="skip",
+                    help="a clip that decodes fewer frames than its header announces (truncated or "
+                         "corrupt part-way): skip it (default) or keep its decoded frames; both are "
+                         "reported by name with decoded/expected counts")
+    pk.add_argument("--append", action="store_true",
+                    help="add the clips --out does not hold yet as new shards and a new manifest "
+                         "version; existing shards, splits and folds are kept (same settings required)")
     pk.add_argument("--quiet", action="store_true", help="no progress bar")
     for name, text in (("finalize", "check all shards of an array pack and write manifest.json"),
                        ("validate", "re-verify checksums, counts and files; exit 1 naming bad shards")):
@@ -88,18 +97,25 @@ def _ingest(args):
 
 def _pack(args) -> int:
     from data_prep.pack import PackConfig, pack, provenance
-    from lus_dist.shards.format import Preprocessing
+    from lus_dist.shards.format import MANIFEST_NAME, Preprocessing
+    from lus_dist.shards.manifest import Manifest
     task, n_tasks = resolve_task(args.task_index, args.num_tasks, os.environ)
     report = _ingest(args)
     print(report.summary())
     cfg = PackConfig(preprocessing=Preprocessing(size=args.size, channels=args.channels, aspect=args.aspect),
                      compression=args.compression, shard_frames=args.shard_frames, folds=args.folds,
-                     split_seed=args.split_seed, test_frac=args.test_frac, val_frac=args.val_frac)
+                     split_seed=args.split_seed, test_frac=args.test_frac, val_frac=args.val_frac,
+                     incomplete=args.incomplete)
     options = {"viral": args.viral, "include_images": not args.no_images,
                "table": str(args.table) if args.table else None}
+    manifest = args.out / MANIFEST_NAME
+    before = Manifest.load(args.out).version if args.append and manifest.is_file() else None
     m = pack(report.sources, args.out, cfg, provenance(args.layout, args.src, report.skipped, options),
-             workers=args.workers, task_index=task, num_tasks=n_tasks, progress=not args.quiet)
-    if m is None:
+             workers=args.workers, task_index=task, num_tasks=n_tasks, progress=not args.quiet,
+             append=args.append)
+    if m is not None and m.version == before:
+        print(f"{args.out}: nothing new to append: version {m.version} is current")
+    elif m is None:
         print(f"task {task} of {n_tasks} done; run `lus prep finalize {args.out}` after all tasks")
     else:
         _print_done(args.out, m)
@@ -107,11 +123,18 @@ def _pack(args) -> int:
 
 
 def _print_done(out: Path, m) -> None:
+    """The pack report: every skipped clip with its reason, every incomplete clip kept."""
     skipped = m.provenance.get("pack_skipped", [])
-    print(f"{out}: {len(m.shards['name'])} shards, {m.n_videos} videos, {m.n_frames} frames; "
-          f"{len(skipped)} video(s) skipped while packing")
+    kept = m.provenance.get("pack_incomplete_kept", [])
+    new = int((m.shards["version"] == m.version).sum())
+    print(f"{out}: version {m.version}: {len(m.shards['name'])} shards ({new} new), {m.n_videos} videos, "
+          f"{m.n_frames} frames; {len(skipped)} video(s) skipped while packing, "
+          f"{len(kept)} incomplete clip(s) kept")
     for s in skipped:
         print(f"  skipped {s['path']}: {s['reason']}")
+    for s in kept:
+        for c in s["incomplete"]:
+            print(f"  kept incomplete {c['path']}: decoded {c['decoded']} of {c['expected']} frames")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from data_prep.records import IngestError, IngestReport, LoadedVideo, VideoSource
-from data_prep.video_io import (MediaError, natural_key, image_shape, is_video_file, read_image,
+from lus_dist.video import (MediaError, natural_key, image_shape, is_video_file, read_image,
                                 read_video, to_gray_if_monochrome)
 from lus_dist.config import load_config
 from lus_dist.shards.format import MASK_CLASSES, SCORE_CLASSES, UNKNOWN, VIDEO_CLASSES

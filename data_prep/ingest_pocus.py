@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from data_prep.records import IngestError, IngestReport, LoadedVideo, VideoSource
-from data_prep.video_io import MediaError, image_shape, is_image_file, is_video_file, read_video, video_info
+from lus_dist.video import MediaError, image_shape, is_image_file, is_video_file, read_video, video_info
 from lus_dist.shards.format import UNKNOWN, VIDEO_CLASSES
 
 PREFIX_CLASS = {"cov": "covid", "covid": "covid", "pne": "pneumonia", "pneu": "pneumonia",
@@ -56,9 +56,10 @@ def label_from_name(name: str, viral: str = "skip") -> tuple[int | None, str | N
 class POCUSLoader:
     """Picklable lazy loader: the whole clip, no frame scores, no masks."""
     path: str
+    takes_fit = True   # decodes each frame straight into the packer's size (VideoSource.load)
 
-    def __call__(self) -> LoadedVideo:
-        frames = read_video(self.path)
+    def __call__(self, fit=None) -> LoadedVideo:
+        frames = read_video(self.path, fit=fit)
         return LoadedVideo(frames=frames, frame_scores=np.full(len(frames), UNKNOWN, np.int16))
 
 

@@ -26,7 +26,7 @@ from data_prep.shard_writer import shard_status, write_shard
 from lus_dist.shards import format as fmt
 from lus_dist.shards.manifest import Manifest
 from lus_dist.shards.partition import task_items
-from lus_dist.shards.splits import group_kfold, patient_split
+from lus_dist.shards.splits import extend_group_kfold, group_kfold, patient_split
 
 
 class PackError(RuntimeError):
@@ -43,8 +43,11 @@ class PackConfig:
     test_frac: float = 0.2            # for patients without a split given by the dataset
     val_frac: float = 0.0
     default_frames: int = 64          # planning estimate when a video's length is unknown
+    incomplete: str = "skip"          # a clip that ends before its header's count: skip | keep
 
     def __post_init__(self):
+        if self.incomplete not in ("skip", "keep"):
+            raise PackError(f"--incomplete must be skip or keep, got {self.incomplete!r}")
         if self.compression not in ("lzf", "gzip", "none"):
             raise PackError(f"compression must be lzf, gzip or none, got {self.compression!r}")
         if self.shard_frames < 1:
@@ -58,7 +61,7 @@ def estimate_frames(src: VideoSource, default: int) -> int:
     n = src.extra.get("n_frames")
     if isinstance(n, (int, np.integer)) and n > 0:
         return int(n)
-    from data_prep.video_io import MediaError, is_video_file, video_info
+    from lus_dist.video import MediaError, is_video_file, video_info
     path = Path(str(src.source))
     if is_video_file(path) and path.is_file():
         try:
@@ -93,46 +96,103 @@ def check_sources(sources: list[VideoSource]) -> list[VideoSource]:
     return sorted(sources, key=lambda s: s.video_id)
 
 
-def _video_table(sources: list[VideoSource], shard_of: np.ndarray, cfg: PackConfig) -> dict:
-    pids = [s.patient_id for s in sources]
-    patient_index = {p: i for i, p in enumerate(sorted(set(pids)))}
+def _assign(sources: list[VideoSource], cfg: PackConfig, base: Manifest | None) -> dict:
+    """split, fold and patient index per source. With `base` (an append), patients already
+    there keep theirs; new patients get a split by the same rule (given split, else seeded
+    fractions) and a fold by the same stratified rule, continued from the existing folds."""
+    pids, labels = [s.patient_id for s in sources], [s.label for s in sources]
+    old_pids = base.videos["patient_id"].tolist() if base else []
+    known = dict(zip(old_pids, zip(base.videos["split"].tolist(), base.videos["fold"].tolist()))) if base else {}
+    new_rows = [i for i, p in enumerate(pids) if p not in known]
+    split = np.array([known[p][0] if p in known else None for p in pids], dtype=object)
+    if new_rows:
+        split[new_rows] = patient_split([pids[i] for i in new_rows],
+                                        [sources[i].extra.get("split") for i in new_rows],
+                                        cfg.test_frac, cfg.val_frac, cfg.split_seed)
+    if cfg.folds < 2:
+        folds = np.full(len(sources), -1)
+    elif base is None:
+        folds = group_kfold(pids, cfg.folds, cfg.split_seed, labels)
+    else:
+        old_folds = np.concatenate([base.videos["fold"], [known.get(p, (None, -1))[1] for p in pids]])
+        folds = extend_group_kfold(old_folds, old_pids + pids, cfg.folds, cfg.split_seed,
+                                   np.concatenate([base.videos["label"], labels]))[len(old_pids):]
+    order = (base.patients["patient_id"].tolist() if base else []) + sorted({pids[i] for i in new_rows})
+    index = {p: i for i, p in enumerate(order)}
+    return {"split": split, "fold": np.asarray(folds), "patient": [index[p] for p in pids]}
+
+
+def _video_table(sources: list[VideoSource], shard_of: np.ndarray, cfg: PackConfig,
+                 base: Manifest | None = None) -> dict:
     try:
-        folds = (group_kfold(pids, cfg.folds, cfg.split_seed, [s.label for s in sources])
-                 if cfg.folds >= 2 else np.full(len(sources), -1))
-        split = patient_split(pids, [s.extra.get("split") for s in sources],
-                              cfg.test_frac, cfg.val_frac, cfg.split_seed)
+        assigned = _assign(sources, cfg, base)
     except ValueError as exc:
         raise PackError(f"split/fold assignment: {exc} (see --folds, --test-frac, --val-frac)") from None
     cols = {k: [str(getattr(s, k)) for s in sources]
             for k in ("video_id", "patient_id", "hospital_id", "probe", "source")}
     cols.update(label=[s.label for s in sources], video_score=[s.video_score for s in sources],
                 n_frames=[-1] * len(sources), shard=shard_of.tolist(), offset=[-1] * len(sources),
-                split=split.tolist(), fold=np.asarray(folds).tolist(),
-                patient=[patient_index[p] for p in pids])
-    return {k: np.asarray(v) for k, v in cols.items()}
+                split=assigned["split"].tolist(), fold=assigned["fold"].tolist(),
+                patient=assigned["patient"])
+    new = {k: np.asarray(v) for k, v in cols.items()}
+    return new if base is None else {k: np.concatenate([base.videos[k], new[k]]) for k in new}
 
 
-def make_plan(sources: list[VideoSource], cfg: PackConfig, provenance: dict) -> Manifest:
-    """The manifest minus what only writing reveals (frame counts, offsets, checksums)."""
+class NothingToAppend(PackError):
+    """`--append` found no video that the shard directory does not already hold."""
+
+
+def _settings(cfg: PackConfig) -> tuple[dict, dict]:
+    """(preprocessing block, splits block) of a pack: what an append must match."""
+    return ({**cfg.preprocessing.to_dict(), "compression": cfg.compression, "incomplete": cfg.incomplete},
+            {"split": "patient-level; dataset-given split wins, else seeded fractions",
+             "test_frac": cfg.test_frac, "val_frac": cfg.val_frac, "seed": cfg.split_seed,
+             "folds": cfg.folds, "fold_method": "patient-level StratifiedGroupKFold by video label"})
+
+
+def _check_base(base: Manifest, cfg: PackConfig) -> None:
+    pre, splits = _settings(cfg)
+    diff = sorted(k for k in set(pre) | set(base.preprocessing) if pre.get(k) != base.preprocessing.get(k))
+    diff += sorted(k for k in ("test_frac", "val_frac", "seed", "folds") if splits[k] != base.splits.get(k))
+    if diff:
+        raise PackError(f"--append must use the settings of the existing pack; these differ: {', '.join(diff)} "
+                        f"(existing: { {k: base.preprocessing.get(k, base.splits.get(k)) for k in diff} })")
+
+
+def make_plan(sources: list[VideoSource], cfg: PackConfig, provenance: dict,
+              base: Manifest | None = None) -> Manifest:
+    """The manifest minus what only writing reveals (frame counts, offsets, checksums).
+    With `base` (an append), only videos `base` does not hold are planned, into new shards
+    after its own; its rows, shards and assignments are carried over unchanged."""
     sources = check_sources(sources)
+    if base is not None:
+        _check_base(base, cfg)
+        held = set(base.videos["video_id"].tolist())
+        sources = [s for s in sources if s.video_id not in held]
+        if not sources:
+            raise NothingToAppend(f"nothing to append: every ingested video is already in version {base.version}")
     if not sources:
         raise PackError("no videos to pack (every input was skipped; see the skip report)")
+    first = len(base.shards["name"]) if base else 0
     groups = plan_shards([estimate_frames(s, cfg.default_frames) for s in sources], cfg.shard_frames)
-    shard_of = np.concatenate([np.full(len(g), i) for i, g in enumerate(groups)])
-    videos = _video_table(sources, shard_of, cfg)
-    videos["source"] = np.array([_relative(x, provenance.get("src")) for x in videos["source"]])
+    shard_of = np.concatenate([np.full(len(g), first + i) for i, g in enumerate(groups)])
+    videos = _video_table(sources, shard_of, cfg, base)
+    n_old = base.n_videos if base else 0
+    videos["source"][n_old:] = [_relative(x, provenance.get("src")) for x in videos["source"][n_old:]]
+    version = base.version + 1 if base else 1
     n = len(groups)
-    shards = {"name": np.array([fmt.shard_name(i) for i in range(n)]), "n_frames": np.full(n, -1),
+    shards = {"name": np.array([fmt.shard_name(first + i) for i in range(n)]), "n_frames": np.full(n, -1),
               "n_videos": np.array([len(g) for g in groups]), "bytes": np.zeros(n, int),
-              "sha256": np.array([""] * n)}
-    splits = {"split": "patient-level; dataset-given split wins, else seeded fractions",
-              "test_frac": cfg.test_frac, "val_frac": cfg.val_frac, "seed": cfg.split_seed,
-              "folds": cfg.folds, "fold_method": "patient-level k-fold stratified by video label"}
-    plan = Manifest(videos=videos, patients={}, shards=shards,
-                    preprocessing={**cfg.preprocessing.to_dict(), "compression": cfg.compression},
-                    splits=splits, provenance=provenance)
+              "sha256": np.full(n, "", "<U64"), "plan_hash": np.full(n, "", "<U64"),
+              "version": np.full(n, version)}
+    if base:
+        shards = {k: np.concatenate([base.shards[k], v]) for k, v in shards.items()}
+    pre, splits = _settings(cfg)
+    plan = Manifest(videos=videos, patients={}, shards=shards, preprocessing=pre, splits=splits,
+                    provenance=provenance, version=version)
     plan.patients = _patient_table(plan.videos)
     plan.plan_hash = _plan_hash(plan)
+    plan.shards["plan_hash"][first:] = plan.plan_hash
     return plan
 
 
@@ -154,7 +214,7 @@ def _relative(source: str, root: str | None) -> str:
 
 def _patient_table(videos: dict) -> dict:
     n = int(videos["patient"].max()) + 1 if len(videos["patient"]) else 0
-    first = [int(np.flatnonzero(videos["patient"] == p)[0]) for p in range(n)]
+    _, first = np.unique(videos["patient"], return_index=True)   # every index 0..n-1 has a video
     return {"patient_id": videos["patient_id"][first], "hospital_id": videos["hospital_id"][first],
             "n_videos": np.bincount(videos["patient"], minlength=n),
             "n_frames": np.bincount(videos["patient"], weights=np.maximum(videos["n_frames"], 0),
@@ -179,7 +239,7 @@ def _set_job(job: tuple) -> None:
 
 def _job_write(index: int) -> dict:
     out, plan, sources, cfg = _JOB
-    return write_shard(out, index, plan, sources, cfg.preprocessing, cfg.compression)
+    return write_shard(out, index, plan, sources, cfg.preprocessing, cfg.compression, cfg.incomplete)
 
 
 def _shard_pool(workers: int, job: tuple):
@@ -200,7 +260,7 @@ def _shard_pool(workers: int, job: tuple):
         return mp.get_context("fork").Pool(workers, initializer=_set_job, initargs=(job,),
                                            maxtasksperchild=1)
     ctx = mp.get_context("forkserver")
-    loaders = {getattr(getattr(s.loader, "func", s.loader), "__module__", None) for s in sources}
+    loaders = {getattr(getattr(s.loader, "func", s.loader), "__module__", None) for s in sources if s}
     # imported once in the server, not once per shard (cv2, pandas: ~0.3 s each)
     ctx.set_forkserver_preload(["data_prep.pack", "cv2", *sorted(m for m in loaders if m)])
     return ctx.Pool(workers, initializer=_set_job, initargs=(job,), maxtasksperchild=1)
@@ -213,20 +273,44 @@ def _clean_tmp(out: Path, indices) -> None:
             leftover.unlink(missing_ok=True)
 
 
+def _base(out: Path, append: bool) -> Manifest | None:
+    """The version an --append extends (its manifest must be complete)."""
+    if not append:
+        return None
+    if not (out / fmt.MANIFEST_NAME).is_file():
+        raise PackError(f"--append: {out} holds no finished pack ({fmt.MANIFEST_NAME} missing); "
+                        "pack it first (or finalize it)")
+    base = Manifest.load(out)
+    if base.frames is None:   # schema 1: saved as version 1 of schema 2 so it stays loadable
+        from data_prep.finalize import frame_columns
+        base.frames = frame_columns(out, base)
+        base.save_version(out)
+    return base
+
+
 def pack(sources: list[VideoSource], out: str | Path, cfg: PackConfig, provenance: dict,
          workers: int = 1, task_index: int = 0, num_tasks: int = 1,
-         progress: bool = True) -> Manifest | None:
+         progress: bool = True, append: bool = False) -> Manifest | None:
     """Write this task's shards (skipping those that verify) and, when it is the only
-    task, finalize. Returns the manifest, or None for one task of an array."""
+    task, finalize. Returns the manifest, or None for one task of an array.
+
+    append=True adds the videos the directory does not hold yet as new shards and a new
+    manifest version; existing shards are not touched (nothing reopens them for writing).
+    With nothing new it returns the current manifest."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    plan = make_plan(sources, cfg, provenance)
+    base = _base(out, append)
+    try:
+        plan = make_plan(sources, cfg, provenance, base)
+    except NothingToAppend:
+        return base
     old = out / fmt.MANIFEST_NAME
-    if old.exists() and Manifest.load(old).plan_hash != plan.plan_hash:
+    if not append and old.exists() and Manifest.load(old).plan_hash != plan.plan_hash:
         raise PackError(f"{out} already holds a different pack (other sources or settings); "
-                        "choose a new --out or delete it")
-    plan.save(out / fmt.PLAN_NAME)
-    mine = task_items(len(plan.shards["name"]), num_tasks, task_index).tolist()
+                        "choose a new --out or delete it, or add new clips with --append")
+    plan.save_plan(out / fmt.PLAN_NAME)
+    first = len(base.shards["name"]) if base else 0
+    mine = (first + task_items(len(plan.shards["name"]) - first, num_tasks, task_index)).tolist()
     todo = [i for i in mine if shard_status(out, i, plan.plan_hash)[0] is None]
     _clean_tmp(out, todo)
     from tqdm import tqdm
@@ -234,7 +318,10 @@ def pack(sources: list[VideoSource], out: str | Path, cfg: PackConfig, provenanc
                disable=not progress, file=sys.stderr)
     try:
         if todo:
-            job = (out, plan, check_sources(sources), cfg)
+            n_old = base.n_videos if base else 0
+            by_id = {s.video_id: s for s in sources}
+            rows = [None] * n_old + [by_id[v] for v in plan.videos["video_id"][n_old:].tolist()]
+            job = (out, plan, rows, cfg)
             with _shard_pool(max(1, min(workers, len(todo))), job) as pool:
                 for _ in pool.imap_unordered(_job_write, todo):
                     bar.update()
@@ -244,40 +331,9 @@ def pack(sources: list[VideoSource], out: str | Path, cfg: PackConfig, provenanc
 
 
 def finalize(out: str | Path) -> Manifest:
-    """Check every planned shard and write manifest.json; list *all* missing/bad shards."""
-    out = Path(out)
-    plan_path = out / fmt.PLAN_NAME
-    if not plan_path.is_file():
-        raise PackError(f"{plan_path} not found: run `lus prep pack ... --out {out}` first")
-    plan = Manifest.from_json(plan_path.read_text(), str(plan_path))
-    infos, bad = [], []
-    for i, name in enumerate(plan.shards["name"]):
-        info, why = shard_status(out, i, plan.plan_hash)
-        infos.append(info)
-        if info is None:
-            bad.append(f"  {name}: {why}")
-    if bad:
-        raise PackError(f"finalize {out}: {len(bad)} of {len(infos)} shards not ready:\n" + "\n".join(bad)
-                        + "\nre-run the pack tasks that own them (re-running skips finished shards)")
-    manifest = _complete(plan, infos)
-    manifest.save(out / fmt.MANIFEST_NAME)
-    return manifest
-
-
-def _complete(plan: Manifest, infos: list[dict]) -> Manifest:
-    v = plan.videos
-    for i, info in enumerate(infos):
-        rows = np.flatnonzero(v["shard"] == i)
-        counts = np.asarray(info["video_frames"], dtype=np.int64)
-        v["n_frames"][rows] = counts
-        v["offset"][rows] = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    plan.shards.update(n_frames=np.array([x["n_frames"] for x in infos]),
-                       bytes=np.array([x["bytes"] for x in infos]),
-                       sha256=np.array([x["sha256"] for x in infos]))
-    plan.patients = _patient_table(v)
-    skipped = [s for x in infos for s in x["skipped"]]
-    plan.provenance = {**plan.provenance, "pack_skipped": skipped}
-    return plan
+    """Check the plan's new shards and write the manifest version (see data_prep.finalize)."""
+    from data_prep.finalize import finalize_pack
+    return finalize_pack(Path(out))
 
 
 def provenance(layout: str, src: str | Path, report_skipped: list, options: dict) -> dict:

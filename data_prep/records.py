@@ -30,7 +30,12 @@ class VideoSource:
     loader: Callable[[], LoadedVideo] = field(repr=False, default=None)
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. split, frame_rate
 
-    def load(self) -> LoadedVideo:
+    def load(self, fit: Callable[[np.ndarray], np.ndarray] | None = None) -> LoadedVideo:
+        """Decode. `fit` (the packer's per-frame resize) goes to loaders that take it, so
+        they can resize each frame as it is decoded instead of holding the full-size clip;
+        the packer's preprocessing gives the same result either way."""
+        if fit is not None and getattr(self.loader, "takes_fit", False):
+            return self.loader(fit=fit)
         return self.loader()
 
 

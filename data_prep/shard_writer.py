@@ -8,6 +8,7 @@ silently.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -18,6 +19,7 @@ import numpy as np
 from data_prep.records import LoadedVideo, VideoSource
 from lus_dist.shards import format as fmt
 from lus_dist.shards.manifest import Manifest
+from lus_dist.video import keep_incomplete
 
 
 def _problem(src: VideoSource, video: LoadedVideo) -> str | None:
@@ -40,12 +42,23 @@ def _problem(src: VideoSource, video: LoadedVideo) -> str | None:
     return None
 
 
-def _load(src: VideoSource) -> LoadedVideo | str:
+def _load(src: VideoSource, pre: fmt.Preprocessing, incomplete: str) -> tuple[LoadedVideo | None, dict]:
+    """(video, {}) or (None, skip entry), and a clip that ended before its header's frame
+    count is never silent: skipped with its counts, or kept (incomplete="keep") and
+    listed in the entry's "incomplete" record."""
     try:
-        video = src.load()
+        with keep_incomplete() as cut:
+            video = src.load(fit=functools.partial(fmt.fit_frame, pre=pre))
     except Exception as exc:  # decoder errors come in many types; all mean "skip, with reason"
-        return f"cannot load: {type(exc).__name__}: {exc}"
-    return _problem(src, video) or video
+        return None, {"path": str(src.source), "reason": f"cannot load: {type(exc).__name__}: {exc}"}
+    counts = [{"path": c.path, "decoded": c.decoded, "expected": c.expected} for c in cut]
+    if counts and incomplete != "keep":
+        return None, {"path": str(src.source), "reason": f"{cut[0]} (pass --incomplete keep to store "
+                      "the decoded frames)", "incomplete": counts}
+    problem = _problem(src, video)
+    if problem:
+        return None, {"path": str(src.source), "reason": problem}
+    return video, ({"path": str(src.source), "incomplete": counts} if counts else {})
 
 
 def _append(f: h5py.File, name: str, data: np.ndarray, compression: str | None) -> None:
@@ -99,26 +112,29 @@ def _shard_attrs(f, index: int, plan: Manifest, rows: np.ndarray, n: int, skippe
     a[fmt.ATTR_DESCRIPTION] = fmt.SHARD_DESCRIPTION
 
 
-def write_shard(out: Path, index: int, plan: Manifest, sources: list[VideoSource],
-                pre: fmt.Preprocessing, compression: str) -> dict:
-    """Write shard `index` under a temporary name, rename it, then write its sidecar."""
+def write_shard(out: Path, index: int, plan: Manifest, sources: list[VideoSource | None],
+                pre: fmt.Preprocessing, compression: str, incomplete: str = "skip") -> dict:
+    """Write shard `index` under a temporary name, rename it, then write its sidecar.
+    `sources[v]` is the source of plan video row v (None for rows of earlier versions)."""
     rows = np.flatnonzero(plan.videos["shard"] == index)
     name = fmt.shard_name(index)
     tmp = out / f"{name}.{os.getpid()}{fmt.TMP_SUFFIX}"
     comp = None if compression == "none" else compression
-    counts, skipped = [], []
+    counts, skipped, kept_incomplete = [], [], []
     with h5py.File(tmp, "w", libver=fmt.H5_LIBVER) as f:
         for v in rows:
-            video = _load(sources[v])
-            if isinstance(video, str):
-                skipped.append({"path": str(sources[v].source), "reason": video})
+            video, note = _load(sources[v], pre, incomplete)
+            if video is None:
+                skipped.append(note)
                 counts.append(0)
                 continue
+            if note:
+                kept_incomplete.append(note)
             counts.append(_write_video(f, int(v), video, plan, pre, comp))
         _shard_attrs(f, index, plan, rows, sum(counts), skipped)
     info = {"name": name, "bytes": tmp.stat().st_size, "sha256": fmt.file_checksum(tmp),
             "n_frames": sum(counts), "video_frames": counts, "skipped": skipped,
-            "plan_hash": plan.plan_hash}
+            "kept_incomplete": kept_incomplete, "plan_hash": plan.plan_hash}
     os.replace(tmp, out / name)
     side = out / (name + fmt.SIDECAR_SUFFIX)
     side_tmp = side.with_name(f"{side.name}.{os.getpid()}{fmt.TMP_SUFFIX}")

@@ -7,6 +7,7 @@ leftovers of interrupted writers.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import h5py
 import numpy as np
 
 from lus_dist.shards import format as fmt
-from lus_dist.shards.manifest import Manifest, ManifestError
+from lus_dist.shards.manifest import Manifest, ManifestError, available_versions, version_file
 
 _PER_FRAME = (fmt.DS_FRAMES, fmt.DS_SCORES, fmt.DS_LABELS, fmt.DS_VIDEO, fmt.DS_FRAME, fmt.DS_PATIENT)
 
@@ -36,7 +37,7 @@ def _content_problems(path: Path, index: int, m: Manifest) -> list[str]:
             out = [f"dataset {d!r} missing" for d in _PER_FRAME if d not in f]
             out += [f"dataset {d!r} has {len(f[d])} rows, manifest says {n}"
                     for d in _PER_FRAME if d in f and len(f[d]) != n]
-            if f.attrs.get(fmt.ATTR_PLAN_HASH) != m.plan_hash:
+            if f.attrs.get(fmt.ATTR_PLAN_HASH) != m.shards["plan_hash"][index]:
                 out.append("plan hash differs from the manifest's: shard from another pack")
             if int(f.attrs.get(fmt.ATTR_INDEX, -1)) != index:
                 out.append(f"shard_index attribute is {f.attrs.get(fmt.ATTR_INDEX)}, expected {index}")
@@ -66,8 +67,34 @@ def _shard_problems(root: Path, index: int, m: Manifest) -> list[str]:
     return _content_problems(path, index, m)
 
 
+def _version_problems(root: Path, newest: Manifest) -> list[Problem]:
+    """Every manifest version loads (its tables verify) and is a prefix of the newest: an
+    append never changes the shards or the video rows an older version describes."""
+    out = []
+    for version in available_versions(root):
+        name = version_file(version) if (root / version_file(version)).is_file() else fmt.MANIFEST_NAME
+        try:
+            old = Manifest.load(root, version=version)
+            meta = json.loads((root / name).read_text())
+        except (ManifestError, ValueError) as exc:
+            out.append(Problem(name, str(exc)))
+            continue
+        tables = meta.get("tables")
+        if tables and fmt.file_checksum(root / tables["file"]) != tables["sha256"]:
+            out.append(Problem(tables["file"], "SHA-256 mismatch with " + name))
+        n_s, n_v = len(old.shards["name"]), old.n_videos
+        same = all(np.array_equal(old.shards[c], newest.shards[c][:n_s]) for c in ("name", "sha256", "bytes")) \
+            and all(np.array_equal(old.videos[c], newest.videos[c][:n_v])
+                    for c in ("video_id", "patient_id", "split", "fold", "shard", "offset", "n_frames"))
+        if not same:
+            out.append(Problem(name, f"version {version} is not a prefix of version {newest.version}: "
+                                     "shards or video assignments changed after it was written"))
+    return out
+
+
 def validate(root: str | Path) -> list[Problem]:
-    """All problems of a shard directory; empty means it verifies."""
+    """All problems of a shard directory (every shard of the newest manifest version, and
+    every older version's consistency with it); empty means it verifies."""
     root = Path(root)
     try:
         m = Manifest.load(root)
@@ -80,6 +107,7 @@ def validate(root: str | Path) -> list[Problem]:
                  for p in sorted(root.glob(fmt.SHARD_GLOB)) if p.name not in listed]
     problems += [Problem(p.name, "leftover temporary file of an interrupted pack (safe to delete)")
                  for p in sorted(root.glob(f"*{fmt.TMP_SUFFIX}"))]
+    problems += _version_problems(root, m)
     if int(m.videos["n_frames"].sum()) != m.n_frames:
         problems.append(Problem(fmt.MANIFEST_NAME, f"video table counts {int(m.videos['n_frames'].sum())} "
                                                    f"frames, shard table {m.n_frames}"))
@@ -91,8 +119,9 @@ def report(root: str | Path) -> tuple[int, str]:
     problems = validate(root)
     if not problems:
         m = Manifest.load(root)
-        return 0, (f"{root}: OK: {len(m.shards['name'])} shards, {m.n_videos} videos, "
-                   f"{m.n_frames} frames verify (SHA-256, counts, attributes)")
+        return 0, (f"{root}: OK: version {m.version}: {len(m.shards['name'])} shards, {m.n_videos} videos, "
+                   f"{m.n_frames} frames verify (SHA-256, counts, attributes, "
+                   f"{len(available_versions(root))} manifest version(s))")
     bad = sorted({p.name for p in problems})
     lines = [f"{root}: {len(problems)} problem(s) in {len(bad)} file(s): {', '.join(bad)}"]
     return 1, "\n".join(lines + [f"  {p}" for p in problems])

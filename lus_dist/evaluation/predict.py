@@ -135,7 +135,7 @@ def load_run(path: str | Path, expect: str, size: int | None = None,
 # ---------------------------------------------------------------- clip -> tensors
 def read_clip(path: str | Path, pre) -> tuple[np.ndarray, torch.Tensor]:
     """(display frames uint8 (T,H,W,C), model input float (T,C,H,W) in [0,1])."""
-    from data_prep.video_io import MediaError, read_video
+    from lus_dist.video import MediaError, read_video
     from lus_dist.shards.format import preprocess_frame
 
     try:
@@ -299,7 +299,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def predict(args) -> dict:
-    from data_prep.video_io import write_video
+    from lus_dist.video import write_video
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" \
         else args.device

@@ -16,7 +16,7 @@ MASK_CLASSES: tuple[str, ...] = ("background", "pleural_line", "b_line", "consol
 UNKNOWN = -1  # label / score not annotated
 
 # --- files -----------------------------------------------------------------------------
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2                # 2: tables in a binary sidecar, versions (manifest.py)
 MANIFEST_NAME = "manifest.json"   # written last, atomically: its presence means "complete"
 PLAN_NAME = "plan.json"           # the manifest minus checksums; every pack task writes it
 SHARD_GLOB = "shard-*.h5"
@@ -151,10 +151,22 @@ def _to_channels(clip: np.ndarray, channels: int) -> np.ndarray:
     return np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in clip])[..., None]
 
 
+def fit_frame(img: np.ndarray, pre: Preprocessing) -> np.ndarray:
+    """One uint8 (H,W[,3]) frame -> (size, size[,3]): the resize/placement step alone, which a
+    decoder can apply to each frame as it arrives (channels are decided per clip later)."""
+    return _fit(np.asarray(img, dtype=np.uint8), pre, None)
+
+
 def preprocess_clip(frames: np.ndarray, pre: Preprocessing) -> np.ndarray:
     """uint8 (T,H,W) or (T,H,W,3) -> uint8 (T, size, size, channels). Resizing comes before
-    the channel conversion: same result for grayscale, far less memory traffic for big RGB."""
-    small = np.stack([_fit(np.asarray(f, dtype=np.uint8), pre, None) for f in frames])
+    the channel conversion: same result for grayscale, far less memory traffic for big RGB.
+    Frames already fitted (size x size, e.g. resized while decoding) are not resized again."""
+    if frames.shape[1:3] == (pre.size, pre.size):
+        small = np.asarray(frames, dtype=np.uint8)
+    else:
+        small = np.empty((len(frames), pre.size, pre.size) + frames.shape[3:], np.uint8)
+        for i, f in enumerate(frames):
+            small[i] = fit_frame(f, pre)
     return _to_channels(small, pre.channels)
 
 

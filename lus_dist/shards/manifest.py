@@ -1,15 +1,25 @@
 """`manifest.json`: what a shard directory holds, written last and atomically.
 
-Tables are column-oriented (a dict of equal-length arrays) so a 100k-frame dataset loads
-into numpy index arrays without a Python loop per row, and the JSON stays diff-able.
-The same structure without checksums is the pack *plan* (`plan.json`), which every Slurm
-array task writes identically and `finalize` completes.
+Tables are column-oriented (a dict of equal-length arrays). Schema 2 (this version) keeps
+only the small metadata in JSON and the tables in a binary sidecar, `manifest-vNNNN.npz`
+(per-video, per-patient and per-shard columns plus per-frame score/has-mask columns), so
+a 10^6-frame set starts up from two file reads instead of parsing 10^5 JSON rows and
+opening every shard. Each pack or `--append` writes a new *version* N:
+`manifest-vNNNN.json` + `.npz`, then `manifest.json` (a copy of the newest) last; older
+versions stay, so a run can name the version it trained on. Schema 1 directories (tables
+inline in manifest.json, no frame columns) still load as version 1.
+The plan (`plan.json`, the manifest minus what only writing reveals) keeps its tables
+inline: every Slurm array task writes it identically and `finalize` completes it.
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
+import re
 import socket
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +29,8 @@ import numpy as np
 from lus_dist.shards.format import (MANIFEST_NAME, MASK_CLASSES, SCHEMA_VERSION, SCORE_CLASSES,
                                     TMP_SUFFIX, VIDEO_CLASSES)
 
+LEGACY_SCHEMA = 1                      # tables inline in manifest.json, read as version 1
+
 VIDEO_COLUMNS = {  # column -> numpy dtype; row v describes global video index v
     "video_id": str, "patient_id": str, "hospital_id": str, "probe": str, "source": str,
     "label": np.int64, "video_score": np.int64, "n_frames": np.int64, "shard": np.int64,
@@ -27,7 +39,24 @@ VIDEO_COLUMNS = {  # column -> numpy dtype; row v describes global video index v
 PATIENT_COLUMNS = {"patient_id": str, "hospital_id": str, "n_videos": np.int64,
                    "n_frames": np.int64, "split": str}
 SHARD_COLUMNS = {"name": str, "n_frames": np.int64, "n_videos": np.int64, "bytes": np.int64,
-                 "sha256": str}
+                 "sha256": str, "plan_hash": str, "version": np.int64}
+FRAME_COLUMNS = {"score": np.int8, "has_mask": bool}   # one row per stored frame, shard order
+_VERSION_RE = re.compile(r"^manifest-v(\d{4,})\.json$")
+
+
+def version_file(version: int) -> str:
+    return f"manifest-v{version:04d}.json"
+
+
+def tables_file(version: int) -> str:
+    return f"manifest-v{version:04d}.npz"
+
+
+def available_versions(root: str | Path) -> list[int]:
+    """Manifest versions present in a shard directory (a schema-1 directory has version 1)."""
+    root = Path(root)
+    found = sorted(int(m.group(1)) for p in root.glob("manifest-v*.json") if (m := _VERSION_RE.match(p.name)))
+    return found or ([1] if (root / MANIFEST_NAME).is_file() else [])
 
 
 class ManifestError(ValueError):
@@ -41,8 +70,47 @@ def _table(raw: dict[str, list], columns: dict[str, type], where: str) -> dict[s
     lengths = {len(raw[c]) for c in columns}
     if len(lengths) > 1:
         raise ManifestError(f"{where}: columns have different lengths {sorted(lengths)}")
-    return {c: np.asarray(raw[c], dtype=t) if raw[c] else np.zeros(0, dtype=t)
+    return {c: np.asarray(raw[c], dtype=t) if len(raw[c]) else np.zeros(0, dtype=t)
             for c, t in columns.items()}
+
+
+def _legacy_shards(raw: dict, plan_hash: str) -> dict:
+    """Schema-1 shard tables lack the per-shard plan hash and version: one pack, version 1."""
+    n = len(raw.get("name", []))
+    return {"plan_hash": [plan_hash] * n, "version": [1] * n, **raw}
+
+
+def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """np.savez with fixed member timestamps, so equal tables give equal bytes (checksums)."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
+        for key in sorted(arrays):
+            info = zipfile.ZipInfo(key + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, np.ascontiguousarray(arrays[key]), allow_pickle=False)
+            zf.writestr(info, buf.getvalue())
+
+
+def _read_npz(path: Path) -> dict[str, dict[str, np.ndarray]]:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            tables: dict[str, dict[str, np.ndarray]] = {}
+            for key in z.files:
+                table, column = key.split(".", 1)
+                tables.setdefault(table, {})[column] = z[key]
+            return tables
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise ManifestError(f"{path}: unreadable manifest tables ({exc}); run `lus prep validate`") from None
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write via a temporary name unique per host and process, fsync, rename: readers never
+    see half a file, and array tasks on several nodes can write the same file at once."""
+    tmp = path.with_name(f"{path.name}.{socket.gethostname()}.{os.getpid()}{TMP_SUFFIX}")
+    with open(tmp, "wb") as fh:
+        write(fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
 
 
 def _plain(table: dict[str, np.ndarray]) -> dict[str, list]:
@@ -61,6 +129,8 @@ class Manifest:
     schema_version: int = SCHEMA_VERSION
     classes: dict[str, list[str]] = field(default_factory=lambda: {
         "score": list(SCORE_CLASSES), "video": list(VIDEO_CLASSES), "mask": list(MASK_CLASSES)})
+    version: int = 1                   # 1 for a fresh pack, +1 per `lus prep pack --append`
+    frames: dict[str, np.ndarray] | None = None   # FRAME_COLUMNS; None in plans and schema 1
 
     @property
     def n_frames(self) -> int:
@@ -75,55 +145,99 @@ class Manifest:
         """True once every shard has a checksum (finalize ran)."""
         return bool(len(self.shards["sha256"])) and all(self.shards["sha256"])
 
+    def _meta(self) -> dict:
+        return {"schema_version": self.schema_version, "plan_hash": self.plan_hash,
+                "version": self.version, "classes": self.classes,
+                "preprocessing": self.preprocessing, "splits": self.splits,
+                "provenance": self.provenance}
+
     def to_json(self) -> str:
-        data = {"schema_version": self.schema_version, "plan_hash": self.plan_hash,
-                "classes": self.classes, "preprocessing": self.preprocessing,
-                "splits": self.splits, "provenance": self.provenance,
-                "shards": _plain(self.shards), "videos": _plain(self.videos),
+        """Everything inline (the plan, and the text the plan hash is taken of)."""
+        data = {**self._meta(), "shards": _plain(self.shards), "videos": _plain(self.videos),
                 "patients": _plain(self.patients)}
         return json.dumps(data, indent=1, sort_keys=True) + "\n"
 
     @classmethod
-    def from_json(cls, text: str, where: str = MANIFEST_NAME) -> "Manifest":
+    def from_json(cls, text: str, where: str = MANIFEST_NAME, root: Path | None = None) -> "Manifest":
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ManifestError(f"{where}: not valid JSON ({exc})") from None
         version = data.get("schema_version")
-        if version != SCHEMA_VERSION:
-            raise ManifestError(f"{where}: schema version {version!r}, this reader expects "
-                                f"{SCHEMA_VERSION}; re-pack with this version of lus-dist")
+        if version not in (SCHEMA_VERSION, LEGACY_SCHEMA):
+            raise ManifestError(f"{where}: schema version {version!r}, this reader knows "
+                                f"{LEGACY_SCHEMA} and {SCHEMA_VERSION}; re-pack with this version of lus-dist")
         try:
-            return cls(videos=_table(data["videos"], VIDEO_COLUMNS, f"{where} videos"),
-                       patients=_table(data["patients"], PATIENT_COLUMNS, f"{where} patients"),
-                       shards=_table(data["shards"], SHARD_COLUMNS, f"{where} shards"),
+            if "tables" in data:
+                raw = _read_npz((root or Path(where).parent) / data["tables"]["file"])
+                frames = _table(raw.get("frames", {}), FRAME_COLUMNS, f"{where} frames")
+            else:
+                raw = {k: data[k] for k in ("videos", "patients", "shards")}
+                raw["shards"] = _legacy_shards(raw["shards"], data.get("plan_hash", "")) \
+                    if version == LEGACY_SCHEMA else raw["shards"]
+                frames = None
+            return cls(videos=_table(raw["videos"], VIDEO_COLUMNS, f"{where} videos"),
+                       patients=_table(raw["patients"], PATIENT_COLUMNS, f"{where} patients"),
+                       shards=_table(raw["shards"], SHARD_COLUMNS, f"{where} shards"),
                        preprocessing=data["preprocessing"], splits=data["splits"],
                        provenance=data["provenance"], plan_hash=data.get("plan_hash", ""),
-                       schema_version=version, classes=data["classes"])
+                       schema_version=version, classes=data["classes"],
+                       version=int(data.get("version", 1)), frames=frames)
         except KeyError as exc:
             raise ManifestError(f"{where}: missing key {exc}") from None
 
-    def save(self, path: str | Path) -> Path:
-        """Write to a temporary name, fsync, then rename: readers never see half a file.
-        The temporary name is unique per host and process: array tasks on several nodes
-        write the same plan.json concurrently on a shared file system."""
+    def save_plan(self, path: str | Path) -> Path:
+        """The plan, tables inline (array tasks on several nodes write it concurrently)."""
         path = Path(path)
-        tmp = path.with_name(f"{path.name}.{socket.gethostname()}.{os.getpid()}{TMP_SUFFIX}")
-        with open(tmp, "w") as fh:
-            fh.write(self.to_json())
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        _atomic_write(path, lambda fh: fh.write(self.to_json().encode()))
         return path
 
+    def save_version(self, root: str | Path) -> Path:
+        """Write version `self.version`: its tables, its JSON, then manifest.json (last, so
+        its presence still means "complete"). Needs the frame columns (finalize has them)."""
+        root = Path(root)
+        if self.frames is None:
+            raise ManifestError(f"{root}: version {self.version} has no frame columns to save")
+        self.schema_version = SCHEMA_VERSION
+        arrays = {f"{t}.{c}": np.asarray(v) for t, table in (
+            ("videos", self.videos), ("patients", self.patients), ("shards", self.shards),
+            ("frames", self.frames)) for c, v in table.items()}
+        tables = root / tables_file(self.version)
+        _atomic_write(tables, lambda fh: _write_npz(fh, arrays))
+        digest = hashlib.sha256(tables.read_bytes()).hexdigest()
+        meta = {**self._meta(), "tables": {"file": tables.name, "sha256": digest,
+                                           "bytes": tables.stat().st_size},
+                "n_frames": self.n_frames, "n_videos": self.n_videos,
+                "n_shards": len(self.shards["name"])}
+        text = (json.dumps(meta, indent=1, sort_keys=True) + "\n").encode()
+        _atomic_write(root / version_file(self.version), lambda fh: fh.write(text))
+        _atomic_write(root / MANIFEST_NAME, lambda fh: fh.write(text))
+        return root / MANIFEST_NAME
+
     @classmethod
-    def load(cls, root_or_file: str | Path) -> "Manifest":
+    def load(cls, root_or_file: str | Path, version: int | None = None) -> "Manifest":
+        """The newest version of a shard directory (or a given .json file), or `version`."""
         path = Path(root_or_file)
         if path.suffix != ".json":
             if not path.is_dir():
                 raise ManifestError(f"{path}: no such shard directory")
-            path = path / MANIFEST_NAME
+            path = path / _version_path(path, version)
+        elif version is not None:
+            raise ManifestError(f"{path}: pass the shard directory, not a file, to pick version {version}")
         if not path.is_file():
             raise ManifestError(f"{path} not found: the pack is not finished "
                                 f"(run `lus prep finalize {path.parent}`) or this is not a shard directory")
-        return cls.from_json(path.read_text(), str(path))
+        return cls.from_json(path.read_text(), str(path), path.parent)
+
+
+def _version_path(root: Path, version: int | None) -> str:
+    """File name holding `version` (None: the newest), or a ManifestError listing those present."""
+    if version is None:
+        return MANIFEST_NAME
+    have = available_versions(root)
+    if isinstance(version, bool) or not isinstance(version, (int, np.integer)) or int(version) not in have:
+        raise ManifestError(f"{root}: no manifest version {version!r}; this directory has "
+                            f"version(s) {have or 'none'}")
+    if (root / version_file(int(version))).is_file():
+        return version_file(int(version))
+    return MANIFEST_NAME                  # schema 1: the only version

@@ -10,7 +10,8 @@ The epoch order is built in four steps:
   2. locality: the pool grouped by shard, shards in an epoch-seeded order;
   3. share: contiguous equal blocks of that order, one per rank, so a rank reads mostly
      whole shards (few files opened, page cache friendly on a shared file system);
-  4. mix: each rank's block shuffled again so a batch mixes its shards.
+  4. mix: each rank's block shuffled again, within windows of WINDOW_SHARDS shards, so a
+     batch mixes up to that many shards while a reader keeps only those open.
 Shares are padded to equal length by wrapping around (DDP needs every rank to run the same
 number of steps); `drop_last=True` truncates instead. Only the <= num_replicas - 1 padded
 positions repeat an item; all other positions are disjoint across ranks.
@@ -95,14 +96,54 @@ def rank_share(order: np.ndarray, num_replicas: int, rank: int, drop_last: bool)
     return order[rank * per_rank:(rank + 1) * per_rank]
 
 
+WINDOW_SHARDS = 64   # shards mixed together at a time: a worker's open-file set stays small
+
+
+def windowed_mix(share: np.ndarray, share_shards: np.ndarray, rng: np.random.Generator | None,
+                 window: int = WINDOW_SHARDS) -> np.ndarray:
+    """`share` (in locality order, grouped by shard) shuffled within consecutive windows of
+    `window` shards, so a reader has about `window` shards in use at any time instead of
+    all of them (bounded open files and handle memory at 10^4 shards; see the reader's
+    max_open_shards). With one window (<= `window` shards) it is a plain permutation of
+    the share. rng None keeps the order."""
+    if rng is None:
+        return share
+    starts = np.flatnonzero(np.diff(share_shards)) + 1      # where a new shard begins
+    parts = np.split(share, starts[window - 1::window])
+    return np.concatenate([p[rng.permutation(len(p))] for p in parts]) if len(share) else share
+
+
+def worker_affine(share: np.ndarray, share_shards: np.ndarray, workers: int, batch_size: int,
+                  rng: np.random.Generator | None, window: int = WINDOW_SHARDS) -> np.ndarray:
+    """A rank's share (in locality order) reordered so that DataLoader worker w reads
+    only block w of it: the share is cut into `workers` contiguous blocks (disjoint shards
+    but for the <= workers - 1 shards on a cut), each mixed by `windowed_mix`, and
+    batches are dealt round-robin, batch j from block j % workers, as the DataLoader hands
+    batch j to worker j % workers. Each shard is then opened by one worker per epoch
+    instead of by every worker. A block that runs out is skipped (only the epoch's last
+    batches). Pure and a permutation of `share`."""
+    blocks = []
+    for w in range(workers):
+        start, stop = split_even(len(share), workers, w)
+        blocks.append(windowed_mix(share[start:stop], share_shards[start:stop], rng, window))
+    batches = [np.array_split(b, range(batch_size, len(b), batch_size)) if len(b) else [] for b in blocks]
+    dealt = [batch for j in range(max(map(len, batches), default=0)) for bl in batches if j < len(bl)
+             for batch in [bl[j]]]
+    return np.concatenate(dealt) if dealt else share[:0]
+
+
 def epoch_indices(shard_ids: np.ndarray, num_replicas: int, rank: int, seed: int, epoch: int,
                   shuffle: bool = True, weights: np.ndarray | None = None,
-                  drop_last: bool = False, num_samples: int | None = None) -> np.ndarray:
-    """This rank's sample indices for one epoch, in the order it should read them."""
+                  drop_last: bool = False, num_samples: int | None = None,
+                  loader_workers: int = 0, batch_size: int = 1) -> np.ndarray:
+    """This rank's sample indices for one epoch, in the order it should read them. The mix
+    step is `windowed_mix`, or `worker_affine` given loader_workers > 1 and the loader's
+    batch size."""
     shard_ids = np.asarray(shard_ids)
     pool = epoch_pool(len(shard_ids), seed, epoch, weights, num_samples)
     share = rank_share(locality_order(pool, shard_ids, seed, epoch, shuffle),
                        num_replicas, rank, drop_last)
-    if shuffle:
-        share = share[epoch_rng(seed, epoch, 2, rank).permutation(len(share))]
-    return share
+    rng = epoch_rng(seed, epoch, 2, rank) if shuffle else None
+    if loader_workers > 1:
+        return worker_affine(share, shard_ids[share], loader_workers, batch_size, rng)
+    return windowed_mix(share, shard_ids[share], rng)

@@ -10,6 +10,7 @@ again, so nothing is held open before workers fork.
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from pathlib import Path
 from typing import Iterable
 
@@ -45,6 +46,16 @@ def select_videos(videos: dict, split=None, folds: Iterable[int] | None = None,
     return keep
 
 
+def ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Concatenated aranges [s, s+k) for each (s, k), without a Python loop (pure)."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    total = int(lengths.sum())
+    if total == 0:
+        return np.zeros(0, np.int64)
+    ends = np.cumsum(lengths)
+    return np.repeat(np.asarray(starts, np.int64) - (ends - lengths), lengths) + np.arange(total)
+
+
 def clip_indices(n_frames: int, clip_len: int, sampling: str, rng: np.random.Generator | None) -> np.ndarray:
     """Frame indices of one clip (pure). "uniform": evenly spaced over the whole video, as
     Barros et al.; "random": a random window of consecutive frames. Videos shorter than
@@ -66,17 +77,22 @@ class ShardDataset(Dataset):
     `locking=False` opens read-only without HDF5 file locking (needed on many NFS/Lustre
     mounts; safe because shards never change after packing). Random clips depend on
     (seed, epoch, item), not on the worker that reads them; call `set_epoch` each epoch.
+    `manifest_version` reads the set as that version of the manifest saw it (default: the
+    newest; `lus prep pack --append` adds versions); an unknown version is a ManifestError
+    naming the versions present. Each process keeps at most `max_open_shards` shard files
+    open (least recently used closed first).
     """
 
     def __init__(self, root, split=None, folds=None, exclude_folds=None, mode: str = "frame",
                  clip_len: int = 10, clip_sampling: str = "uniform", with_masks: bool = False,
                  channels: int | None = None, patients=None, probes=None, locking: bool = False,
-                 seed: int = 0):
+                 seed: int = 0, manifest_version: int | None = None, max_open_shards: int = 128):
         if mode not in ("frame", "clip"):
             raise ValueError(f"mode must be 'frame' or 'clip', got {mode!r}")
         self.root, self.mode, self.clip_len, self.clip_sampling = Path(root), mode, clip_len, clip_sampling
         self.with_masks, self.locking, self.seed, self.epoch = with_masks, locking, seed, 0
-        self.manifest = Manifest.load(self.root)
+        self.max_open_shards = max(1, max_open_shards)
+        self.manifest = Manifest.load(self.root, version=manifest_version)
         self.stored_channels = int(self.manifest.preprocessing["channels"])
         self.channels = channels or self.stored_channels
         v = self.manifest.videos
@@ -85,7 +101,8 @@ class ShardDataset(Dataset):
         self._pid, self._files = None, {}
 
     def _small_columns(self, shard: int) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, has_mask) of one shard, read and closed again (nothing open at fork)."""
+        """(scores, has_mask) of one shard, read and closed again (nothing open at fork);
+        only for schema-1 manifests, which do not carry the frame columns."""
         path = self.root / self.manifest.shards["name"][shard]
         try:
             with h5py.File(path, "r", locking=self.locking) as f:
@@ -95,30 +112,39 @@ class ShardDataset(Dataset):
             raise OSError(f"{path}: cannot read the shard index ({exc}); run `lus prep validate {self.root}`") from None
         return scores, has
 
-    def _frames_of(self, rows: np.ndarray, shard: np.ndarray, offset: np.ndarray, n: np.ndarray) -> dict:
-        """Per-frame index arrays of the selected videos (each shard's columns read once)."""
-        row = np.concatenate([np.arange(o, o + k) for o, k in zip(offset, n)] + [np.zeros(0, np.int64)])
-        frame_shard = np.repeat(shard, n)
-        score, has = np.zeros(len(row), np.int64), np.zeros(len(row), bool)
-        for s in np.unique(shard):
+    def _frame_columns(self, row: np.ndarray, frame_shard: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Score and has-mask of the selected frames: from the manifest's frame columns (no
+        shard opened), or, for a schema-1 manifest, from each shard once."""
+        m = self.manifest
+        if m.frames is not None:
+            start = np.concatenate([[0], np.cumsum(m.shards["n_frames"])[:-1]])
+            at = start[frame_shard] + row
+            return m.frames["score"][at], m.frames["has_mask"][at]
+        score, has = np.zeros(len(row), np.int8), np.zeros(len(row), bool)
+        for s in np.unique(frame_shard):
             sel = frame_shard == s
             scores, has_mask = self._small_columns(int(s))
             score[sel], has[sel] = scores[row[sel]], has_mask[row[sel]]
-        frame = np.concatenate([np.arange(k) for k in n] + [np.zeros(0, np.int64)])
-        return {"row": row, "shard": frame_shard, "video": np.repeat(rows, n), "frame": frame,
-                "score": score, "has_mask": has}
+        return score, has
 
     def _build_index(self, v: dict) -> None:
+        """Compact per-item numpy arrays (int32 positions, int8 classes: 18 bytes per frame),
+        then the manifest's frame columns are dropped: each loader worker holds only these."""
         rows = self.video_rows
         shard, offset, n = v["shard"][rows], v["offset"][rows], v["n_frames"][rows]
-        frames = self._frames_of(rows, shard, offset, n)
+        frame = ranges(np.zeros(len(n), np.int64), n)
+        row, frame_shard = np.repeat(offset, n) + frame, np.repeat(shard, n)
+        score, has = self._frame_columns(row, frame_shard)
+        self.manifest.frames = None
         if self.mode == "frame":
-            keep = frames["has_mask"] if self.with_masks else slice(None)
-            self.shard_ids, self.rows, self.video_index, self.frame_index, self.frame_scores = (
-                frames[k][keep] for k in ("shard", "row", "video", "frame", "score"))
-            self.labels = v["label"][self.video_index]
+            keep = has if self.with_masks else slice(None)
+            self.shard_ids, self.rows = frame_shard[keep].astype(np.int32), row[keep].astype(np.int32)
+            self.video_index = np.repeat(rows, n)[keep].astype(np.int32)
+            self.frame_index = frame[keep].astype(np.int32)
+            self.frame_scores = score[keep].astype(np.int8)
+            self.labels = v["label"][self.video_index].astype(np.int8)
         else:
-            self.frame_scores = frames["score"]
+            self.frame_scores = score.astype(np.int8)
             self.shard_ids, self.rows, self.video_index, self.n_frames = shard, offset, rows, n
             self.labels = v["label"][rows]
 
@@ -134,11 +160,18 @@ class ShardDataset(Dataset):
         return state
 
     def _dataset(self, shard: int, name: str) -> h5py.Dataset:
+        """The dataset `name` of a shard, through a per-process LRU of open files (at most
+        max_open_shards: an open HDF5 file costs ~0.5 MB, so 10^4 open shards would cost
+        GBs per worker; the sampler's windowed mix keeps the working set below the bound)."""
         if self._pid != os.getpid():   # first use in this process: drop inherited handles
-            self._pid, self._files = os.getpid(), {}
-        if shard not in self._files:
+            self._pid, self._files = os.getpid(), OrderedDict()
+        if shard in self._files:
+            self._files.move_to_end(shard)
+        else:
+            if len(self._files) >= self.max_open_shards:
+                self._files.popitem(last=False)[1][0].close()
             path = self.root / self.manifest.shards["name"][shard]
-            self._files[shard] = (h5py.File(path, "r", locking=self.locking), {})
+            self._files[shard] = (h5py.File(path, "r", locking=self.locking, rdcc_nbytes=0), {})
         f, cache = self._files[shard]
         if name not in cache:
             cache[name] = f[name]

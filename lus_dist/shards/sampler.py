@@ -24,11 +24,14 @@ class DistributedShardSampler(Sampler[int]):
     """Each rank gets an equal (wrap-padded; see partition.py), epoch-seeded share made of
     mostly whole shards. With `weights` (e.g. partition.class_balanced_weights) the epoch is
     a weighted draw with replacement of `num_samples` (default: dataset size) items shared
-    out the same way, i.e. WeightedRandomSampler made distributed."""
+    out the same way, i.e. WeightedRandomSampler made distributed. Given the DataLoader's
+    `loader_workers` and `batch_size`, batches are dealt so that each loader worker reads
+    its own shards (partition.worker_affine): file opens per epoch drop from
+    shards x workers to about shards, which is what counts on a shared file system."""
 
     def __init__(self, shard_ids, num_replicas: int = 1, rank: int = 0, seed: int = 0,
                  shuffle: bool = True, weights=None, drop_last: bool = False,
-                 num_samples: int | None = None):
+                 num_samples: int | None = None, loader_workers: int = 0, batch_size: int = 1):
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank {rank} is outside 0..{num_replicas - 1}")
         self.shard_ids = np.asarray(shard_ids)
@@ -36,6 +39,7 @@ class DistributedShardSampler(Sampler[int]):
         self.shuffle, self.drop_last = shuffle, drop_last
         self.weights = None if weights is None else np.asarray(weights, dtype=np.float64)
         self.num_samples = num_samples
+        self.loader_workers, self.batch_size = loader_workers, batch_size
         self.epoch = 0
         self._start = 0      # where the next iteration begins (non-zero only after resume)
         self._yielded = 0    # indices handed out in the current iteration
@@ -52,7 +56,8 @@ class DistributedShardSampler(Sampler[int]):
         if self._cache is None or self._cache[0] != key:
             self._cache = (key, epoch_indices(
                 self.shard_ids, self.num_replicas, self.rank, self.seed, self.epoch,
-                self.shuffle, self.weights, self.drop_last, self.num_samples))
+                self.shuffle, self.weights, self.drop_last, self.num_samples,
+                self.loader_workers, self.batch_size))
         return self._cache[1]
 
     def __iter__(self) -> Iterator[int]:

@@ -8,10 +8,11 @@ reads the same assignment instead of recomputing it.
 """
 from __future__ import annotations
 
-from collections import Counter
+import warnings
 from typing import Sequence
 
 import numpy as np
+from sklearn.model_selection import StratifiedGroupKFold
 
 SPLITS = ("train", "val", "test")
 
@@ -54,44 +55,72 @@ def patient_split(patient_ids: Sequence[str], given: Sequence[str | None] | None
     return np.array([fixed[p] for p in patient_ids], dtype=object)
 
 
-def _group_strata(groups: Sequence[str], strata: Sequence[int]) -> dict[str, int]:
-    """Each group's stratum: its most common item stratum (ties -> the smallest)."""
-    counts: dict[str, Counter] = {}
-    for g, s in zip(groups, strata):
-        counts.setdefault(g, Counter())[int(s)] += 1
-    return {g: min(c, key=lambda s: (-c[s], s)) for g, c in counts.items()}
+def _fold_labels(strata: Sequence[int] | None, n: int, k: int) -> np.ndarray:
+    """The class per item that sklearn stratifies on; constant when no class has k members
+    (sklearn refuses to stratify then, and nothing could be spread over k folds anyway)."""
+    y = np.zeros(n, np.int64) if strata is None else np.asarray(strata, dtype=np.int64)
+    if len(y) != n:
+        raise ValueError(f"{len(y)} strata for {n} items")
+    _, counts = np.unique(y, return_counts=True)
+    return y if (counts >= k).any() else np.zeros(n, np.int64)
+
+
+def _check_k(groups: np.ndarray, k: int) -> None:
+    if k < 2:
+        raise ValueError(f"k-fold needs k >= 2, got {k}")
+    n_groups = len(np.unique(groups))
+    if n_groups < k:
+        raise ValueError(f"cannot make {k} folds from {n_groups} patients")
 
 
 def group_kfold(groups: Sequence[str], k: int, seed: int = 0,
                 strata: Sequence[int] | None = None) -> np.ndarray:
     """Fold index (0..k-1) per item; all items of one group share a fold.
 
-    With `strata` (e.g. the video class), each stratum's groups are spread over the folds
-    separately, so every fold sees every class in about the same proportion (stratified
-    group k-fold). Groups are visited in a seeded order, largest first, and each goes to the
-    fold holding the fewest items of its stratum, then the fewest items overall: greedy
-    balancing that is deterministic for a given (set of items, seed).
+    sklearn's StratifiedGroupKFold (shuffled with `seed`): groups are placed one by one,
+    the most class-skewed first, each in the fold that keeps every class's share per fold
+    most even, so every fold sees every class in about the same proportion. It depends only
+    on the set of (group, stratum) items and the seed, not on their order.
     """
-    groups = [str(g) for g in groups]
-    if k < 2:
-        raise ValueError(f"k-fold needs k >= 2, got {k}")
-    n_groups = len(set(groups))
-    if n_groups < k:
-        raise ValueError(f"cannot make {k} folds from {n_groups} patients")
-    strata = [0] * len(groups) if strata is None else list(strata)
-    if len(strata) != len(groups):
-        raise ValueError(f"{len(strata)} strata for {len(groups)} items")
-    size = Counter(groups)
-    stratum_of = _group_strata(groups, strata)
-    per_stratum = np.zeros((max(stratum_of.values(), default=0) - min(stratum_of.values(), default=0) + 1, k), int)
-    base = min(stratum_of.values(), default=0)
-    total = np.zeros(k, int)
-    fold_of: dict[str, int] = {}
-    order = sorted(_seeded_order(groups, seed), key=lambda g: (stratum_of[g], -size[g]))
+    groups = np.asarray([str(g) for g in groups])
+    _check_k(groups, k)
+    y = _fold_labels(strata, len(groups), k)
+    folds = np.full(len(groups), -1, np.int16)
+    cv = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():   # "least populated class has fewer than k members"
+        warnings.simplefilter("ignore", UserWarning)
+        for fold, (_, test) in enumerate(cv.split(np.zeros(len(y)), y, groups)):
+            folds[test] = fold
+    return folds
+
+
+def extend_group_kfold(folds: Sequence[int], groups: Sequence[str], k: int, seed: int = 0,
+                       strata: Sequence[int] | None = None) -> np.ndarray:
+    """Folds for items appended to an existing assignment: items whose fold is >= 0 keep it
+    (a new item of an existing group joins that group's fold); every new group is placed by
+    StratifiedGroupKFold's own rule (its `_find_best_fold`), starting from the class counts
+    the existing folds already hold, new groups visited in the seeded, most-skewed-first
+    order that `group_kfold` uses."""
+    groups = np.asarray([str(g) for g in groups])
+    folds = np.asarray(folds, dtype=np.int16).copy()
+    if len(folds) != len(groups):
+        raise ValueError(f"{len(folds)} folds for {len(groups)} items")
+    if k < 2 or folds.max(initial=-1) >= k:
+        raise ValueError(f"existing folds span 0..{folds.max()}, cannot extend to k={k}")
+    y = np.asarray([0] * len(groups) if strata is None else strata, dtype=np.int64)
+    classes, y_idx, y_cnt = np.unique(y, return_inverse=True, return_counts=True)
+    known = dict(zip(groups[folds >= 0], folds[folds >= 0]))
+    per_fold = np.zeros((k, len(classes)))
+    np.add.at(per_fold, (folds[folds >= 0], y_idx[folds >= 0]), 1)
+    new = np.unique(groups[[g not in known for g in groups]])
+    counts = np.zeros((len(new), len(classes)))
+    np.add.at(counts, (np.searchsorted(new, groups[~np.isin(groups, list(known))]),
+                       y_idx[~np.isin(groups, list(known))]), 1)
+    order = np.random.RandomState(seed).permutation(len(new))
+    order = order[np.argsort(-np.std(counts[order], axis=1), kind="mergesort")]
+    cv = StratifiedGroupKFold(n_splits=k)
     for g in order:
-        row = per_stratum[stratum_of[g] - base]
-        f = min(range(k), key=lambda i: (row[i], total[i], i))
-        fold_of[g] = f
-        row[f] += size[g]
-        total[f] += size[g]
-    return np.array([fold_of[g] for g in groups], dtype=np.int16)
+        best = cv._find_best_fold(y_counts_per_fold=per_fold, y_cnt=y_cnt, group_y_counts=counts[g])
+        per_fold[best] += counts[g]
+        known[new[g]] = best
+    return np.array([known[g] for g in groups], dtype=np.int16)

@@ -1,11 +1,11 @@
-"""video_io: every container round-trips, grayscale is detected, bad files get named errors."""
+"""lus_dist.video: every container round-trips, grayscale is detected, bad files get named errors."""
 from __future__ import annotations
 
 import cv2
 import numpy as np
 import pytest
 
-from data_prep.video_io import (MediaError, image_shape, is_monochrome, read_image, read_video,
+from lus_dist.video import (MediaError, image_shape, is_monochrome, read_image, read_video,
                                 to_gray_if_monochrome, video_info, write_video)
 
 

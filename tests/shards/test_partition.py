@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lus_dist.shards.partition import (class_balanced_weights, epoch_indices, split_even,
-                                       task_items)
+from lus_dist.shards.partition import (class_balanced_weights, epoch_indices, epoch_rng, split_even,
+                                       task_items, windowed_mix, worker_affine)
 from lus_dist.shards.sampler import DistributedShardSampler
 
 shard_lists = st.lists(st.integers(0, 6), min_size=1, max_size=120).map(lambda s: np.sort(np.array(s)))
@@ -123,3 +123,44 @@ def test_sampler_rejects_state_of_another_world_size():
     s = DistributedShardSampler(np.zeros(10, int), 2, 0)
     with pytest.raises(ValueError, match="4 replicas"):
         s.load_state_dict({"epoch": 1, "position": 3, "num_replicas": 4})
+
+
+@given(st.lists(st.integers(0, 30), min_size=1, max_size=300), st.integers(2, 4), st.integers(1, 16),
+       st.integers(0, 5))
+@settings(max_examples=60, deadline=None)
+def test_worker_affine_is_a_permutation_where_each_worker_reads_its_own_shards(shard_list, workers, batch, seed):
+    shard_ids = np.sort(np.array(shard_list))        # a share in locality order: grouped by shard
+    share = np.arange(len(shard_ids))
+    order = worker_affine(share, shard_ids, workers, batch, epoch_rng(seed, 0, 2), window=3)
+    assert sorted(order.tolist()) == share.tolist()
+    batches = [order[i:i + batch] for i in range(0, len(order), batch)]
+    n_full = min(len(range(*split_even(len(share), workers, w))) // batch for w in range(workers))
+    for w in range(workers):     # while every block has batches left, batch j comes from block j % workers
+        start, stop = split_even(len(share), workers, w)
+        for b in batches[w:n_full * workers:workers]:
+            assert ((b >= start) & (b < stop)).all()
+
+
+def test_sampler_with_loader_workers_opens_each_shard_in_one_worker():
+    shard_ids = np.repeat(np.arange(8), 64)
+    plain = DistributedShardSampler(shard_ids, 1, 0, seed=1).indices()
+    affine = DistributedShardSampler(shard_ids, 1, 0, seed=1, loader_workers=2, batch_size=16).indices()
+    assert sorted(plain.tolist()) == sorted(affine.tolist())
+
+    def shards_per_worker(order):     # the DataLoader hands batch j to worker j % 2
+        batches = np.array_split(order, len(order) // 16)
+        return [set(shard_ids[np.concatenate(batches[w::2])].tolist()) for w in range(2)]
+    assert sum(map(len, shards_per_worker(plain))) == 16          # every worker opens every shard
+    assert sum(map(len, shards_per_worker(affine))) == 8          # each shard in one worker
+
+
+@given(shard_lists, st.integers(1, 4), st.integers(0, 5))
+@settings(**common)
+def test_windowed_mix_keeps_each_window_of_shards_together(shard_ids, window, seed):
+    share = np.arange(len(shard_ids))                  # shard_ids is sorted: locality order
+    mixed = windowed_mix(share, shard_ids, epoch_rng(seed, 0, 2), window)
+    assert sorted(mixed.tolist()) == share.tolist()
+    rank_in_order = np.unique(shard_ids, return_inverse=True)[1]
+    assert (np.diff(rank_in_order[mixed] // window) >= 0).all()   # windows come one after another
+    if len(np.unique(shard_ids)) <= window:            # one window: a plain permutation
+        assert np.array_equal(mixed, share[epoch_rng(seed, 0, 2).permutation(len(share))])

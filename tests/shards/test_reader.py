@@ -167,3 +167,11 @@ def test_uncompressed_fast_path_reads_the_same_items(packed, tmp_path):
         x, y = a[i], b[i]
         assert all(torch.equal(x[k], y[k]) for k in x)
     assert b._files[int(b.shard_ids[0])][1][("frames", "direct")] is True
+
+
+def test_open_files_are_bounded_and_reads_unchanged(packed):
+    ds, few = ShardDataset(packed), ShardDataset(packed, max_open_shards=2)
+    for i in np.random.default_rng(0).permutation(len(ds))[:40]:
+        assert torch.equal(ds[int(i)]["image"], few[int(i)]["image"])
+        assert len(few._files) <= 2
+    assert len(ds._files) > 2

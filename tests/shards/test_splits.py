@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lus_dist.shards.splits import group_kfold, patient_split
+from lus_dist.shards.splits import extend_group_kfold, group_kfold, patient_split
 
 videos = st.lists(st.tuples(st.integers(0, 14), st.integers(0, 2)), min_size=10, max_size=80)
 
@@ -58,3 +58,49 @@ def test_conflicting_given_split_is_an_error_naming_the_patient():
         patient_split(["p1", "p1"], ["train", "test"])
     with pytest.raises(ValueError, match="unknown split 'dev'"):
         patient_split(["p1"], ["dev"])
+
+
+def test_kfold_is_sklearns_stratified_group_kfold():
+    from sklearn.model_selection import StratifiedGroupKFold
+    pids = [f"p{i // 2}" for i in range(40)]
+    labels = [(i // 2) % 3 for i in range(40)]
+    folds = group_kfold(pids, 4, 7, labels)
+    cv = StratifiedGroupKFold(4, shuffle=True, random_state=7)
+    for f, (_, test) in enumerate(cv.split(np.zeros(40), labels, pids)):
+        assert (folds[test] == f).all()
+
+
+@given(videos, st.integers(1, 30), st.integers(2, 4), st.integers(0, 50))
+@settings(max_examples=40, deadline=None)
+def test_extended_folds_keep_old_groups_and_place_new_ones_by_the_same_rule(rows, n_new, k, seed):
+    pids = [f"p{p}" for p, _ in rows]
+    strata = [c for _, c in rows]
+    if len(set(pids)) < k:
+        return
+    old = group_kfold(pids, k, seed, strata)
+    new_pids = [f"n{i % 7}" for i in range(n_new)] + pids[:3]        # new patients + old ones' new videos
+    new_strata = [i % 3 for i in range(n_new)] + strata[:3]
+    folds = extend_group_kfold(np.concatenate([old, np.full(len(new_pids), -1)]), pids + new_pids,
+                               k, seed, strata + new_strata)
+    assert np.array_equal(folds[:len(pids)], old)                      # nobody moves
+    _by_patient(pids + new_pids, folds)                                # new videos join their patient
+    assert set(folds.tolist()) <= set(range(k))
+
+
+def test_extending_from_nothing_is_the_same_rule_as_sklearn():
+    """Placing every group with extend_group_kfold from empty folds reproduces
+    group_kfold: the append path and the fresh path are one stratified rule."""
+    pids = [f"v{i}" for i in range(60)]
+    labels = [0] * 30 + [1] * 18 + [2] * 12
+    assert np.array_equal(extend_group_kfold(np.full(60, -1), pids, 5, 3, labels),
+                          group_kfold(pids, 5, 3, labels))
+
+
+def test_new_patients_balance_the_classes_of_existing_folds():
+    old_pids = [f"o{i}" for i in range(10)]
+    old_folds = np.array([0, 0, 0, 0, 0, 1, 1, 1, 1, 1])      # every class-0 patient sits in fold 0
+    labels = [0] * 5 + [1] * 5
+    new_pids = [f"n{i}" for i in range(5)]
+    folds = extend_group_kfold(np.concatenate([old_folds, np.full(5, -1)]), old_pids + new_pids, 2, 0,
+                               labels + [0] * 5)
+    assert (folds[10:] == 1).all()      # the new class-0 patients even out fold 1
