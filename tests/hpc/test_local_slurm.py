@@ -13,12 +13,7 @@ import torch
 
 from hpc.local_slurm import LocalSlurmCluster
 from hpc.slurm_conf import ClusterLayout, parse_scontrol_record, render_hosts, render_slurm_conf
-
-ROOT = Path(__file__).resolve().parents[2]
-SLURM_DIR = ROOT / "slurm"
-# CI-sized Reg-STN: 32x32 frames, 14 steps per epoch with 2 ranks x batch 8.
-TRAIN = ["logging.tensorboard=false", "data.batch_size=8", "viz_frames=0", "predict_splits=[test]"]
-
+from slurm_helpers import ROOT, SLURM_DIR, assert_done, final_model, submit_train, wait_for_log
 
 
 # ------------------------------------------------------------------ pure parts (fast)
@@ -39,34 +34,6 @@ def test_parse_scontrol_record():
                                 "Restarts=1 StdOut=/tmp/7.out\n")
     assert rec["JobState"] == "COMPLETED" and rec["Restarts"] == "1" and rec["StdOut"] == "/tmp/7.out"
     assert parse_scontrol_record("") == {}
-
-
-# ------------------------------------------------------------------ helpers
-
-def submit_train(cluster: LocalSlurmCluster, shards: Path, run_dir: Path, *sbatch_args: str,
-                 procs: int, overrides: list[str]) -> int:
-    env = {"CONFIG": str(ROOT / "configs" / "demo_regstn.yaml"), "DATA": str(shards),
-           "RUN_DIR": str(run_dir), "CPU_PROCS_PER_NODE": str(procs), "LUS_PYTHON": sys.executable}
-    return cluster.sbatch(SLURM_DIR / "train_regstn.sh", f"--cpus-per-task={procs}", "--time=00:15:00",
-                          f"--output={run_dir.parent}/%x-%j.out", *sbatch_args,
-                          script_args=[*TRAIN, *overrides], env=env, cwd=run_dir.parent)
-
-
-def assert_done(records: list[dict[str, str]], log: str) -> None:
-    assert [r["JobState"] for r in records] == ["COMPLETED"] * len(records), log[-4000:]
-
-
-def wait_for_log(cluster: LocalSlurmCluster, job: int, needle: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while needle not in cluster.logs(job):
-        assert time.monotonic() < deadline, f"no {needle!r} in job {job} log:\n{cluster.logs(job)[-3000:]}"
-        assert cluster.job_state(job) in ("PENDING", "RUNNING", "CONFIGURING"), cluster.logs(job)[-3000:]
-        time.sleep(0.5)
-
-
-def final_model(run_dir: Path) -> dict[str, torch.Tensor]:
-    last = sorted((run_dir / "checkpoints").glob("step-*"))[-1]
-    return torch.load(last / "main.pt", map_location="cpu", weights_only=False)["model"]
 
 
 # ------------------------------------------------------------------ the cluster
