@@ -9,8 +9,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 from hpc.local_slurm import LocalSlurmCluster
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,11 +50,6 @@ def wait_until(cond, timeout: float, what: str, poll: float = 0.3):
             return value
         time.sleep(poll)
     raise AssertionError(f"no {what} after {timeout:.0f}s")
-
-
-def final_model(run_dir: Path) -> dict[str, torch.Tensor]:
-    last = sorted((run_dir / "checkpoints").glob("step-*"))[-1]
-    return torch.load(last / "main.pt", map_location="cpu", weights_only=False)["model"]
 
 
 def summary(run_dir: Path) -> dict:

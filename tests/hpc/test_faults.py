@@ -109,6 +109,23 @@ def test_two_node_usr1_requeues_whichever_node_exits_first(slurm2, hpc_phantom, 
         assert_same_weights(run, baseline)
 
 
+def test_uninterrupted_two_node_run(baseline):
+    """The reference itself: one DDP group whose two ranks run on node1 and node2 (c10d orders
+    the nodes by arrival), committed checkpoints, metrics, the same weights on both ranks."""
+    got = baseline.summary()
+    record, = baseline.cluster.job_records(baseline.job)
+    log = baseline.cluster.logs(baseline.job)
+    assert record["NodeList"] == "node[1-2]" and record["Restarts"] == "0"
+    seen = {int(r): (host, int(node)) for r, host, node in
+            re.findall(r"hpc: rank (\d)/2 local 0 on (\S+) node (\d) backend gloo", log)}
+    assert sorted(seen) == [0, 1] and {h for h, _ in seen.values()} == {"node1", "node2"}, log[-3000:]
+    assert all(node == rank for rank, (_, node) in seen.items())
+    assert got["world_size"] == 2 and got["global_step"] == STEPS and len(set(got["param_digests"])) == 1
+    assert len(assert_untorn(baseline.run_dir / "checkpoints")) == 2          # checkpoint.keep
+    metrics = (baseline.run_dir / "metrics.csv").read_text().splitlines()
+    assert metrics[0].startswith("kind,") and len(metrics) > 3
+
+
 # ------------------------------------------------------------------ (3) a node's trainer dies
 
 def test_trainer_sigkilled_mid_epoch_then_resubmitted_resumes(slurm2, hpc_phantom, baseline, tmp_path):
@@ -181,16 +198,18 @@ def test_checkpoint_disk_full_keeps_the_previous_and_resumes(slurm2, hpc_phantom
 # ------------------------------------------------------------------ the requeue cap
 
 def test_preempted_more_often_than_the_cap_fails_with_one_clear_line(slurm2, hpc_phantom, tmp_path):
-    """LUS_MAX_REQUEUES=1: the first USR1 requeues, the second one is refused with one line
-    naming the cap; the checkpoint of the second preemption is still committed."""
+    """One node, two trainer processes. LUS_MAX_REQUEUES=1: the first USR1 requeues and the
+    run resumes, the second one is refused with one line naming the cap; the checkpoint of the
+    second preemption is still committed."""
     run = tmp_path / "run"
-    job = submit_train(slurm2, hpc_phantom[1], run, procs=1, env={"LUS_MAX_REQUEUES": "1"},
+    job = submit_train(slurm2, hpc_phantom[1], run, procs=2, env={"LUS_MAX_REQUEUES": "1"},
                        overrides=["train.epochs=2", "train.max_steps_per_epoch=40", "seed=3"])
     for restart in (1, 2):
         wait_for_log(slurm2, job, "steps/epoch", timeout=600, count=restart)
         slurm2.run(["scancel", "--signal=USR1", "--batch", str(job)])
         if restart == 1:
             wait_for_log(slurm2, job, "restart 1 python", timeout=300)
+            wait_for_log(slurm2, job, "resumed from step-", timeout=300)
     records = slurm2.wait(job, timeout=300)
     log = slurm2.logs(job)
     assert records[0]["JobState"] == "FAILED" and records[0]["Restarts"] == "1", log[-3000:]
@@ -203,31 +222,35 @@ def test_preempted_more_often_than_the_cap_fails_with_one_clear_line(slurm2, hpc
 # ------------------------------------------------------------------ (2) a real time limit
 
 LATE_START = """#!/bin/bash
-# Test stand-in for python: in the job's first run the launcher starts 65 s late, so Slurm's
-# time-limit signal (sent up to 60 s early, so 0-60 s into a --time=3 --signal=B:USR1@120 run)
-# always arrives before the trainers can take it: the batch shell must resend it.
+# Test stand-in for python. Slurm sends the time-limit signal up to 60 s early, i.e. 60-120 s
+# into a --time=3 --signal=B:USR1@60 run. In the job's first run the launcher waits until the
+# batch shell got it (so the run cannot finish before), then starts: the shell's resend must
+# reach the trainers. Later runs start at once and finish before their own signal is due.
 trap '' USR1
-if [[ "${{SLURM_RESTART_COUNT:-0}}" == 0 && "$1 $2" == "-m hpc.launch" ]]; then sleep 65; fi
+log="$(dirname "$RUN_DIR")/$SLURM_JOB_NAME-$SLURM_JOB_ID.out"
+if [[ "${{SLURM_RESTART_COUNT:-0}}" == 0 && "$1 $2" == "-m hpc.launch" ]]; then
+    for _ in $(seq 150); do grep -q "USR1 received" "$log" && break; sleep 1; done
+fi
 exec "{python}" "$@"
 """
 
 
 def test_time_limit_signal_requeues_and_finishes(slurm2, hpc_phantom, baseline, tmp_path):
-    """--time=3 --signal=B:USR1@120: slurmctld itself sends USR1 to the batch shell before the
+    """--time=3 --signal=B:USR1@60: slurmctld itself sends USR1 to the batch shell before the
     time limit; the shell resends it until the trainers take it, they checkpoint, the job
     requeues, resumes and ends with the baseline's weights."""
     python = tmp_path / "late-start-python"
     python.write_text(LATE_START.format(python=sys.executable))
     python.chmod(stat.S_IRWXU)
     run = tmp_path / "run"
-    job = submit_train(slurm2, hpc_phantom[1], run, TWO_NODES, "--time=3", "--signal=B:USR1@120",
-                       procs=1, overrides=DDP, env={"LUS_PYTHON": str(python), "LUS_USR1_RESEND_S": "1"})
+    job = submit_train(slurm2, hpc_phantom[1], run, TWO_NODES, "--time=3", "--signal=B:USR1@60",
+                       procs=1, overrides=DDP, env={"LUS_PYTHON": str(python), "LUS_USR1_RESEND_S": "2"})
     records = slurm2.wait(job, timeout=900)
     log = slurm2.logs(job)
     assert_done(records, log)
-    assert int(records[0]["Restarts"]) >= 1 and "USR1 received" in log, log[-3000:]
+    assert int(records[0]["Restarts"]) >= 1 and "DUE TO TIME LIMIT" not in log, log[-3000:]
     first_run = log.split("restart 1 python")[0]
-    assert "requeue asked for (step exit 75" in first_run or "requeue marker" in first_run, log[-3000:]
+    assert "USR1 received" in first_run and "lus: requeue asked for" in first_run, log[-3000:]
     assert "resumed from step-" in log
     assert_same_weights(run, baseline)
 
