@@ -10,6 +10,10 @@ except that:
   agent's default action for USR1 would kill it (and orphan the workers) while the workers
   are still saving their checkpoint; the workers install their own handler
   (:class:`hpc.signals.PreemptionFlag`);
+* when it exits with the requeue code it also leaves a marker file in
+  ``$LUS_REQUEUE_MARKER_DIR`` (if set): srun reports one exit code for all nodes, and a node
+  torn down by ``--kill-on-bad-exit`` hides the others' 75, so the batch shell counts the
+  markers instead (:mod:`hpc.requeue`);
 * ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1`` is the default, see :mod:`hpc.dist`.
 """
 from __future__ import annotations
@@ -18,6 +22,7 @@ import os
 import signal
 import sys
 
+from hpc.requeue import write_marker
 from hpc.signals import REQUEUE_EXIT_CODE
 
 
@@ -43,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         codes = [f.exitcode for f in e.failures.values()]
         if requeue_requested(codes):
             print(f"hpc.launch: worker asked for a requeue (exit codes {codes})", file=sys.stderr)
+            write_marker(os.environ.get("LUS_REQUEUE_MARKER_DIR"), codes)
             return REQUEUE_EXIT_CODE
         print(f"hpc.launch: workers failed with exit codes {codes}", file=sys.stderr)
         return 1

@@ -112,7 +112,8 @@ class LocalSlurmCluster:
         self._start("slurmctld", ["slurmctld", "-D", "-c", "-f", conf])
         for name in self.layout.node_names:
             self._start(f"slurmd-{name}", ["unshare", "--uts", "sh", "-c",
-                                           f"hostname {name} && exec slurmd -D -N {name} -f {conf}"])
+                                           'hostname "$1" && exec slurmd -D -N "$1" -f "$2"',
+                                           "sh", name, conf])
         self._wait_for(self._nodes_idle, timeout, "idle nodes")
         return self
 
@@ -229,10 +230,11 @@ class LocalSlurmCluster:
         # resolv.conf points at loopback too: a reverse lookup (c10d does some) then fails at
         # once on 127.0.0.1 instead of trying the machine's real name server.
         resolv = self.workdir / "etc" / "resolv.conf"
-        script = (f"ip link set lo up && ip addr add 127.0.0.2/8 dev lo && mount --bind"
-                  f" {hosts} /etc/hosts && mount --bind {resolv} /etc/resolv.conf && exec sleep infinity")
+        # A constant script; the paths travel as positional arguments, never parsed by sh.
+        script = ('ip link set lo up && ip addr add 127.0.0.2/8 dev lo && mount --bind "$1" /etc/hosts'
+                  ' && mount --bind "$2" /etc/resolv.conf && exec sleep infinity')
         proc = subprocess.Popen(["unshare", "--net", "--mount", "--propagation", "private",
-                                 "sh", "-c", script], start_new_session=True,
+                                 "sh", "-c", script, "sh", str(hosts), str(resolv)], start_new_session=True,
                                 stdout=subprocess.DEVNULL, stderr=open(self.log_dir / "holder.err", "w"))
         ours = _netns(os.getpid())
         self._wait_for(lambda: proc.poll() is None and _netns(proc.pid) not in (None, ours)

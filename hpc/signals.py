@@ -94,3 +94,4 @@ class PreemptionFlag:
         if t.item():
             self._event.set()  # keep later local checks consistent with the agreement
         return bool(t.item())
+

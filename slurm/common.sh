@@ -6,14 +6,15 @@
 #   - processes per node             (NPROC_PER_NODE, else GPUs per node, else
 #                                     CPU_PROCS_PER_NODE (default 1) on CPU-only nodes)
 #   - preemption                     (USR1 to the batch shell is forwarded to the trainers;
-#                                     exit code LUS_REQUEUE_EXIT_CODE -> scontrol requeue)
+#                                     a requeue asked for by any node -> scontrol requeue,
+#                                     at most LUS_MAX_REQUEUES times, only while the run
+#                                     makes progress; see hpc/requeue.py)
 #   - DRY_RUN=1 / --dry-run          (print the exact commands instead of running them)
 #
 # Launching: one `python -m hpc.launch` (torchrun, keeping the requeue exit code and leaving
 # USR1 to the workers) per node through srun, c10d rendezvous, --rdzv-id $SLURM_JOB_ID.
 
-# Must equal hpc.signals.REQUEUE_EXIT_CODE (EX_TEMPFAIL); tests/hpc checks that they agree.
-LUS_REQUEUE_EXIT_CODE=75
+# The requeue exit code (75, hpc.signals.REQUEUE_EXIT_CODE) is read by hpc.requeue only.
 
 # Elastic restarts: a fresh rendezvous store per restart (see hpc/dist.py).
 export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1
@@ -89,28 +90,64 @@ lus_torchrun_cmd() {
 }
 
 # lus_step CMD...: run a job step in the background so the batch shell can take USR1
-# (#SBATCH --signal=B:USR1@...) and pass it on; requeue when it exits with the requeue code.
+# (#SBATCH --signal=B:USR1@...) and pass it on, again every LUS_USR1_RESEND_S seconds until the
+# step ends (a trainer still starting up ignores it). Then hpc.requeue decides from what the
+# shell saw (USR1 forwarded, srun's exit code, the launchers' requeue markers, LUS_MAX_REQUEUES,
+# checkpoint progress): `scontrol requeue`, or return an exit code with one line saying why.
+# LUS_RUN_DIR (set by lus_train) enables the progress check and holds the markers.
 lus_step() {
     if [[ "$DRY_RUN" == 1 ]]; then
         lus_run "$@"
         return 0
     fi
-    "$@" &
-    local pid=$! rc=0
-    # shellcheck disable=SC2064  # expand $pid now: the trap must signal this step
-    trap "echo 'lus: USR1 received, forwarding to the trainers'; kill -USR1 $pid 2>/dev/null || true" USR1
-    while true; do
-        wait "$pid" && rc=0 || rc=$?
-        kill -0 "$pid" 2>/dev/null || break     # wait was only interrupted by the trap
-    done
-    trap - USR1
-    if (( rc == LUS_REQUEUE_EXIT_CODE )); then
-        echo "lus: trainer checkpointed and asked to be requeued (exit $rc); requeueing ${SLURM_JOB_ID}"
-        scontrol requeue "$SLURM_JOB_ID"
-        exit 0
+    local job="${SLURM_JOB_ID:-local}" run_dir="${LUS_RUN_DIR:-}" before=none started rc verdict
+    local progress=()
+    started="$(date +%s)"
+    export LUS_REQUEUE_MARKER_DIR="${run_dir:-${TMPDIR:-/tmp}}/.lus-requeue/$job"
+    rm -rf "$LUS_REQUEUE_MARKER_DIR"
+    if [[ -n "$run_dir" ]]; then
+        before="$("$LUS_PY" -m hpc.requeue newest-step "$run_dir/checkpoints" || echo none)"
+        progress=(--checkpoints "$run_dir/checkpoints" --step-before "$before"
+                  --summary "$run_dir/summary.json" --started "$started")
+        echo "lus: newest committed checkpoint at start: $before"
     fi
-    echo "lus: step finished with exit code $rc"
-    return "$rc"
+    LUS_USR1_FORWARDED=0 LUS_RESEND_PID=""
+    "$@" &
+    LUS_STEP_PID=$!
+    trap lus_forward_usr1 USR1
+    while kill -0 "$LUS_STEP_PID" 2>/dev/null; do
+        wait "$LUS_STEP_PID" || true          # returns early when the trap runs
+    done
+    wait "$LUS_STEP_PID" && rc=0 || rc=$?     # bash keeps the status of a reaped job
+    trap - USR1
+    if [[ -n "$LUS_RESEND_PID" ]]; then kill "$LUS_RESEND_PID" 2>/dev/null || true; fi
+    local usr1=()
+    [[ "$LUS_USR1_FORWARDED" == 1 ]] && usr1=(--usr1)
+    verdict="$("$LUS_PY" -m hpc.requeue decide --exit-code "$rc" "${usr1[@]}" \
+               --marker-dir "$LUS_REQUEUE_MARKER_DIR" --restarts "${SLURM_RESTART_COUNT:-0}" \
+               --max-requeues "${LUS_MAX_REQUEUES:-10}" "${progress[@]}")" || verdict=""
+    rm -rf "$LUS_REQUEUE_MARKER_DIR"
+    case "$verdict" in
+        requeue)
+            scontrol requeue "$job"
+            exit 0 ;;
+        "exit "*)
+            return "${verdict#exit }" ;;
+        *)
+            echo "lus: hpc.requeue gave no verdict; step exit code $rc, not requeueing"
+            return "$(( rc == 0 ? 1 : rc ))" ;;
+    esac
+}
+
+# The USR1 trap of lus_step: forward now, and start the resender once.
+lus_forward_usr1() {
+    echo "lus: USR1 received, forwarding to the trainers"
+    LUS_USR1_FORWARDED=1
+    kill -USR1 "$LUS_STEP_PID" 2>/dev/null || true
+    if [[ -z "$LUS_RESEND_PID" ]]; then
+        (while sleep "${LUS_USR1_RESEND_S:-10}" && kill -USR1 "$LUS_STEP_PID" 2>/dev/null; do :; done) &
+        LUS_RESEND_PID=$!
+    fi
 }
 
 # lus_prep_submit TASKS SCRIPT: submit SCRIPT as a TASKS-array (LUS_PREP_STAGE=pack) and a
@@ -143,6 +180,7 @@ lus_train() {
     local run_dir="${RUN_DIR:-runs/$family-${SLURM_JOB_ID:-local}}"
     local extra=()
     [[ -n "${DATA:-}" ]] && extra+=("data.root=$DATA")
+    LUS_RUN_DIR="$run_dir"
     lus_torchrun_cmd train "$family" --config "$config" --run-dir "$run_dir" --resume auto \
         "${extra[@]}" "${LUS_ARGS[@]}"
     lus_step "${LUS_CMD[@]}"

@@ -7,7 +7,8 @@
 #   DRY_RUN=1 bash slurm/train_seg.sh                      # print the commands only
 #
 # Environment: CONFIG, DATA, RUN_DIR (resumed with --resume auto after a requeue), LUS_PYTHON
-# or VIRTUAL_ENV, NPROC_PER_NODE / CPU_PROCS_PER_NODE, MAX_RESTARTS. Arguments: key=value overrides.
+# or VIRTUAL_ENV, NPROC_PER_NODE / CPU_PROCS_PER_NODE, MAX_RESTARTS, LUS_MAX_REQUEUES (default 10),
+# LUS_USR1_RESEND_S (10). Arguments: key=value overrides.
 # The output directory (logs/) must exist. Edit the defaults or override them on the command line:
 #SBATCH --job-name=lus-seg
 #SBATCH --nodes=1

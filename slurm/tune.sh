@@ -14,9 +14,14 @@
 #          --storage /shared/tune
 #
 # --storage must be on a filesystem every node sees. With --resume a requeued job continues
-# the sweep, keeping finished trials. Environment knobs: LUS_PYTHON or VIRTUAL_ENV (see
-# slurm/common.sh), LUS_RAY_TMP (short local temp dir), LUS_RAY_PORT_BASE, RAY_AUTH_MODE
-# (default disabled). DRY_RUN=1 prints the Ray and lus commands without running them.
+# the sweep, keeping finished trials. Ray token authentication is on: a new token per job in
+# $LUS_RAY_TOKEN_DIR/job-<id> (default ~/.lus/ray-tokens, mode 0700; file 0600, removed at
+# the end), read by the head, the workers and `lus tune` through RAY_AUTH_TOKEN_PATH, so other
+# users who can reach the nodes cannot submit work. The directory must be on storage every
+# node sees ($HOME usually is). A trial that fails (a Ray node died) is retried
+# LUS_TUNE_MAX_FAILURES times (default 2). Other knobs: LUS_PYTHON or VIRTUAL_ENV (see
+# slurm/common.sh), LUS_RAY_TMP (short local temp dir), LUS_RAY_PORT_BASE,
+# LUS_RAY_AUTH=disabled (not advised). DRY_RUN=1 prints the commands without running them.
 set -euo pipefail
 
 # sbatch runs a copy of this file: find the project from the submitted path, else from here.
@@ -30,7 +35,9 @@ lus_init "$@"
 PY=$LUS_PY
 RAY_BIN=${RAY_BIN:-$(dirname "$PY")/ray}
 export RAY_USAGE_STATS_ENABLED=0
-export RAY_AUTH_MODE=${RAY_AUTH_MODE:-disabled}   # explicit, or a second raylet fails auth
+# Not inherited from RAY_AUTH_MODE: single-machine `lus tune` users often export `disabled`.
+export RAY_AUTH_MODE=${LUS_RAY_AUTH:-token}
+export LUS_TUNE_MAX_FAILURES=${LUS_TUNE_MAX_FAILURES:-2}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 export RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S=${RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S:-600}
 
@@ -42,6 +49,14 @@ BASE=${LUS_RAY_PORT_BASE:-$((20000 + (JOB % 200) * 200))}
 GCS_PORT=$BASE
 CPUS=${SLURM_CPUS_ON_NODE:-1}
 TMP_ROOT=${LUS_RAY_TMP:-/tmp/ray-$JOB}   # Ray socket paths must stay < 107 bytes
+
+TOKEN_FILE=""
+if [[ "$RAY_AUTH_MODE" == token ]]; then
+    TOKEN_FILE=${LUS_RAY_TOKEN_DIR:-$HOME/.lus/ray-tokens}/job-$JOB
+    export RAY_AUTH_TOKEN_PATH=$TOKEN_FILE
+    unset RAY_AUTH_TOKEN               # would take precedence over the file
+    lus_run "$PY" -m tune.ray_env token --out "$TOKEN_FILE"
+fi
 
 ip_of() { getent hosts "$1" | awk '{print $1; exit}'; }
 
@@ -57,9 +72,9 @@ ray_node() {
     local p=$((BASE + 10 + (i % 4) * 40))   # 4 nodes per host fit the block
     local common=(--block --node-ip-address="$ip" --num-cpus="$CPUS"
                   --resources='{"TRAIN_DRIVER": 1}' --object-store-memory=100000000
-                  --temp-dir="$TMP_ROOT-$i" --node-manager-port=$p
-                  --object-manager-port=$((p + 1)) --min-worker-port=$((p + 10))
-                  --max-worker-port=$((p + 39)) --disable-usage-stats)
+                  --temp-dir="$TMP_ROOT-$i" --node-manager-port="$p"
+                  --object-manager-port="$((p + 1))" --min-worker-port="$((p + 10))"
+                  --max-worker-port="$((p + 39))" --disable-usage-stats)
     if [ "$i" -eq 0 ]; then
         lus_run srun --overlap --nodes=1 --ntasks=1 -w "$host" "$RAY_BIN" start --head \
             --port="$GCS_PORT" --include-dashboard=false \
@@ -74,10 +89,12 @@ ray_node() {
 }
 
 PIDS=()
+# shellcheck disable=SC2317  # reached through `trap cleanup EXIT`
 cleanup() {
     # SIGTERM to our own srun steps: srun forwards it, `ray start --block` drains its node.
     for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
     wait || true
+    if [[ -n "$TOKEN_FILE" ]]; then rm -f "$TOKEN_FILE"; fi
 }
 trap cleanup EXIT
 

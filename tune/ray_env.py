@@ -7,6 +7,10 @@ slow to diagnose on a shared machine:
 - `RAY_USAGE_STATS_ENABLED=0`: no telemetry from an HPC node without internet.
 - `RAY_AUTH_MODE` set explicitly: when `~/.ray/auth_token` exists, an unset mode turns
   token auth on for some processes and not others, and a second raylet cannot join.
+  Single-machine sweeps bind loopback only and keep it `disabled`; a sweep on Slurm
+  (slurm/tune.sh) binds the nodes' addresses and uses `token`: a fresh secret per job in a
+  file only the job's user can read (`write_token_file`), found by every Ray process of the
+  job through `RAY_AUTH_TOKEN_PATH`.
 - loopback only by default (`127.0.0.1`), no dashboard, a small object store (trials pass
   configs and scalars, not tensors), and a short temp dir (Ray's Unix socket paths must
   stay under 107 bytes).
@@ -39,6 +43,21 @@ def ray_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
     # dashboard's state API, which we do not run) and the trial waits forever.
     env.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "600")
     return env
+
+
+def write_token_file(path: str | Path) -> Path:
+    """A new random token in `path`, created with mode 0600 (never widening an old file's
+    mode: it is replaced, not rewritten), in a directory only this user can enter."""
+    import secrets
+
+    path = Path(path)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.parent.chmod(0o700)
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secrets.token_hex(32))
+    return path
 
 
 def default_temp_dir() -> str:
@@ -132,14 +151,28 @@ def _main(argv: list[str] | None = None) -> int:
     import sys
 
     p = argparse.ArgumentParser(prog="python -m tune.ray_env",
-                                description="wait until a Ray cluster has N live nodes",
-                                epilog="example: python -m tune.ray_env wait "
-                                       "--address 10.0.0.1:6379 --nodes 2 --timeout 120")
-    p.add_argument("action", choices=["wait"])
-    p.add_argument("--address", required=True)
+                                description="slurm/tune.sh helpers: wait until a Ray cluster has "
+                                            "N live nodes; write a job's auth token file",
+                                epilog="examples: python -m tune.ray_env wait --address "
+                                       "10.0.0.1:6379 --nodes 2 --timeout 120\n"
+                                       "          python -m tune.ray_env token --out ~/.lus/t/job-7")
+    p.add_argument("action", choices=["wait", "token"])
+    p.add_argument("--address")
     p.add_argument("--nodes", type=int, default=1)
     p.add_argument("--timeout", type=float, default=120.0)
+    p.add_argument("--out", help="token: the file to write (mode 0600)")
     args = p.parse_args(argv)
+    if args.action == "token":
+        if not args.out:
+            p.error("token needs --out FILE")
+        try:
+            print(f"tune.ray_env: wrote a new Ray auth token to {write_token_file(args.out)} (mode 0600)")
+        except OSError as exc:
+            print(f"tune.ray_env: cannot write the token file {args.out}: {exc.strerror}", file=sys.stderr)
+            return 2
+        return 0
+    if not args.address:
+        p.error("wait needs --address HOST:PORT")
     try:
         ips = wait_for_nodes(args.address, args.nodes, args.timeout)
     except TimeoutError as exc:

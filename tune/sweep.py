@@ -9,7 +9,8 @@ command reads), `best.json` (score, trial, command) and `metric_vs_trial.png`.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -17,6 +18,21 @@ from lus_dist.config import save_config
 from tune.spaces import SearchSpace, build_config, grid_size, to_ray, with_grid
 
 SCHEDULERS = ("asha", "pbt", "fifo")
+MAX_FAILURES_ENV = "LUS_TUNE_MAX_FAILURES"
+
+
+def default_max_failures() -> int:
+    """Retries of a failed trial (Ray's FailureConfig.max_failures): 0 unless the environment
+    says otherwise. slurm/tune.sh sets 2, where a Ray node can die under a trial; on one
+    machine a failure is a bug and retrying it only hides it."""
+    raw = os.environ.get(MAX_FAILURES_ENV, "0")
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SweepError(f"{MAX_FAILURES_ENV}={raw!r}: expected an integer (retries per trial)") from None
+    if value < -1:
+        raise SweepError(f"{MAX_FAILURES_ENV}={value}: expected -1 (retry forever) or >= 0")
+    return value
 SEARCHERS = ("random", "grid", "optuna")
 
 
@@ -36,6 +52,7 @@ class SweepOptions:
     # reset in place (Ray refuses and fails the next trial), so those families turn it off.
     reuse_actors: bool = True
     verbose: int = 1
+    max_failures: int = field(default_factory=default_max_failures)
 
     @property
     def experiment_dir(self) -> Path:
@@ -107,7 +124,7 @@ def build_tuner(trainable: Callable, space: SearchSpace, opts: SweepOptions,
         max_concurrent_trials=opts.max_concurrent, reuse_actors=opts.reuse_actors)
     run_cfg = tune.RunConfig(storage_path=str(path.parent), name=path.name,
                              verbose=opts.verbose,
-                             failure_config=tune.FailureConfig(max_failures=0),
+                             failure_config=tune.FailureConfig(max_failures=opts.max_failures),
                              callbacks=callbacks or None)
     return tune.Tuner(trainable, param_space=pspace, tune_config=tune_cfg, run_config=run_cfg)
 

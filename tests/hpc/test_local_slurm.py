@@ -1,24 +1,17 @@
-"""The sbatch scripts on a real two-node Slurm cluster (loopback-only namespace), with the
-real `lus train regstn` on phantom shards and the real `lus prep pack` job array."""
+"""The sbatch scripts on a real two-node Slurm cluster (loopback-only namespace): the cluster
+itself, srun without torchrun, and the real `lus prep pack` job array. Training jobs, their
+preemption, requeue and faults are in test_faults.py."""
 from __future__ import annotations
 
 import json
-import re
 import sys
-import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from hpc.local_slurm import LocalSlurmCluster
 from hpc.slurm_conf import ClusterLayout, parse_scontrol_record, render_hosts, render_slurm_conf
-
-ROOT = Path(__file__).resolve().parents[2]
-SLURM_DIR = ROOT / "slurm"
-# CI-sized Reg-STN: 32x32 frames, 14 steps per epoch with 2 ranks x batch 8.
-TRAIN = ["logging.tensorboard=false", "data.batch_size=8", "viz_frames=0", "predict_splits=[test]"]
-
+from slurm_helpers import ROOT, SLURM_DIR, assert_done
 
 
 # ------------------------------------------------------------------ pure parts (fast)
@@ -41,34 +34,6 @@ def test_parse_scontrol_record():
     assert parse_scontrol_record("") == {}
 
 
-# ------------------------------------------------------------------ helpers
-
-def submit_train(cluster: LocalSlurmCluster, shards: Path, run_dir: Path, *sbatch_args: str,
-                 procs: int, overrides: list[str]) -> int:
-    env = {"CONFIG": str(ROOT / "configs" / "demo_regstn.yaml"), "DATA": str(shards),
-           "RUN_DIR": str(run_dir), "CPU_PROCS_PER_NODE": str(procs), "LUS_PYTHON": sys.executable}
-    return cluster.sbatch(SLURM_DIR / "train_regstn.sh", f"--cpus-per-task={procs}", "--time=00:15:00",
-                          f"--output={run_dir.parent}/%x-%j.out", *sbatch_args,
-                          script_args=[*TRAIN, *overrides], env=env, cwd=run_dir.parent)
-
-
-def assert_done(records: list[dict[str, str]], log: str) -> None:
-    assert [r["JobState"] for r in records] == ["COMPLETED"] * len(records), log[-4000:]
-
-
-def wait_for_log(cluster: LocalSlurmCluster, job: int, needle: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while needle not in cluster.logs(job):
-        assert time.monotonic() < deadline, f"no {needle!r} in job {job} log:\n{cluster.logs(job)[-3000:]}"
-        assert cluster.job_state(job) in ("PENDING", "RUNNING", "CONFIGURING"), cluster.logs(job)[-3000:]
-        time.sleep(0.5)
-
-
-def final_model(run_dir: Path) -> dict[str, torch.Tensor]:
-    last = sorted((run_dir / "checkpoints").glob("step-*"))[-1]
-    return torch.load(last / "main.pt", map_location="cpu", weights_only=False)["model"]
-
-
 # ------------------------------------------------------------------ the cluster
 
 @pytest.mark.slurm
@@ -80,66 +45,6 @@ def test_nodes_are_separate_hosts_on_loopback_only(slurm2):
     assert [line.split()[0] for line in lines] == ["node1", "node2"], out
     addresses = {a for line in lines for a in line.split()[1:]}
     assert addresses and all(a.startswith("127.") for a in addresses), out
-
-
-@pytest.mark.slurm
-@pytest.mark.slow
-def test_one_node_training_and_preemption_requeue_resume(slurm2, hpc_phantom, tmp_path):
-    """Two identical deterministic 1-node x 2-process jobs; one gets USR1 mid-training. It must
-    checkpoint, requeue itself, resume (SLURM_RESTART_COUNT=1) and end bit-identical to the other."""
-    _, shards = hpc_phantom
-    over = ["train.epochs=3", "train.deterministic=true", "seed=3"]
-    plain = submit_train(slurm2, shards, tmp_path / "plain", procs=2, overrides=over)
-    pre = submit_train(slurm2, shards, tmp_path / "pre", procs=2, overrides=over)
-    wait_for_log(slurm2, pre, "steps/epoch", timeout=240)
-    time.sleep(1.0)
-    slurm2.run(["scancel", "--signal=USR1", "--batch", str(pre)])
-
-    plain_rec, pre_rec = slurm2.wait(plain, timeout=400), slurm2.wait(pre, timeout=400)
-    plain_log, pre_log = slurm2.logs(plain), slurm2.logs(pre)
-    assert_done(plain_rec, plain_log)
-    assert_done(pre_rec, pre_log)
-
-    # the uninterrupted job: 2 CPU processes on one node, checkpoints and metrics
-    run = tmp_path / "plain"
-    assert plain_log.count("backend gloo launcher torchrun") == 2 and "restart 0" in plain_log
-    assert len(sorted((run / "checkpoints").glob("step-*"))) >= 2
-    assert all((c / "COMMIT").exists() for c in (run / "checkpoints").glob("step-*"))
-    metrics = (run / "metrics.csv").read_text().splitlines()
-    assert metrics[0].startswith("kind,") and len(metrics) > 10
-    summary = json.loads((run / "summary.json").read_text())
-    assert summary["world_size"] == 2 and summary["global_step"] == 42
-
-    # the preempted one: USR1 -> checkpoint -> exit 75 -> scontrol requeue -> resume
-    assert pre_rec[0]["Restarts"] == "1", pre_log[-3000:]
-    assert "USR1 received" in pre_log and "asked to be requeued" in pre_log, pre_log[-3000:]
-    assert "restart 1 python" in pre_log and "resumed from step-" in pre_log, pre_log[-3000:]
-    pre_summary = json.loads((tmp_path / "pre" / "summary.json").read_text())
-    assert pre_summary["global_step"] == 42
-    assert pre_summary["param_digests"] == summary["param_digests"]
-    a, b = final_model(run), final_model(tmp_path / "pre")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
-@pytest.mark.slurm
-@pytest.mark.slow
-def test_two_node_ddp(slurm2, hpc_phantom, tmp_path):
-    """--nodes=2, one CPU process per node: one DDP group whose two ranks run on node1 and node2."""
-    _, shards = hpc_phantom
-    job = submit_train(slurm2, shards, tmp_path / "run", "--nodes=2", procs=1,
-                       overrides=["train.epochs=1", "train.max_steps_per_epoch=4"])
-    records = slurm2.wait(job, timeout=300)
-    log = slurm2.logs(job)
-    assert_done(records, log)
-    assert records[0]["NodeList"] == "node[1-2]"
-    # rank -> (host, node rank) as each rank reported it; c10d orders the nodes by arrival
-    seen = {int(r): (host, int(node)) for r, host, node in
-            re.findall(r"hpc: rank (\d)/2 local 0 on (\S+) node (\d) backend gloo", log)}
-    assert sorted(seen) == [0, 1] and {h for h, _ in seen.values()} == {"node1", "node2"}, log[-3000:]
-    assert all(node == rank for rank, (_, node) in seen.items())
-    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert summary["world_size"] == 2 and summary["global_step"] == 4
-    assert len(set(summary["param_digests"])) == 1     # both ranks hold the same weights
 
 
 def _submit_prep(cluster: LocalSlurmCluster, raw: Path, out: Path, logs: Path,

@@ -108,9 +108,11 @@ def test_eval(base_env):
                    "--out", "rep"]
 
 
-def test_requeue_code_and_port_rule_agree_with_python():
+def test_requeue_decision_and_port_rule_agree_with_python():
+    """The shell keeps no copy of the requeue rule (hpc.requeue decides) or of exit code 75."""
     text = (ROOT / "slurm" / "common.sh").read_text()
-    assert re.search(r"^LUS_REQUEUE_EXIT_CODE=(\d+)$", text, re.M).group(1) == str(REQUEUE_EXIT_CODE)
+    assert "-m hpc.requeue decide" in text and "hpc.launch" in text
+    assert not re.search(rf"\b{REQUEUE_EXIT_CODE}\b", text.replace("(75, hpc.signals", ""))
     assert "LUS_MASTER_PORT=$(( 20000 + ${SLURM_JOB_ID:-0} % 20000 ))" in text
     assert port_from_job_id(0) == 20000
 
@@ -128,17 +130,32 @@ def test_sbatch_header(script):
 
 
 def _shellcheck() -> str:
+    """shellcheck, installed with apt when missing (as the Slurm fixture installs slurm-wlm):
+    CI runs as root and must run this test, not skip it."""
     exe = shutil.which("shellcheck")
-    if exe is None and os.geteuid() == 0:
-        subprocess.run(["apt-get", "install", "-y", "-qq", "shellcheck"], capture_output=True,
-                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
-        exe = shutil.which("shellcheck")
+    if exe is None and os.geteuid() != 0:
+        pytest.skip("shellcheck is not installed and installing it needs root")
     if exe is None:
-        pytest.skip("shellcheck is not installed and cannot be installed (needs root + apt)")
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        install = ["apt-get", "install", "-y", "-qq", "shellcheck"]
+        r = subprocess.run(install, capture_output=True, text=True, env=env)
+        if r.returncode != 0:    # a fresh machine may have no package lists yet
+            subprocess.run(["apt-get", "update", "-qq"], capture_output=True, env=env)
+            r = subprocess.run(install, capture_output=True, text=True, env=env)
+        exe = shutil.which("shellcheck")
+        assert exe, f"apt-get install shellcheck failed: {r.stderr.strip()[-500:]}"
     return exe
 
 
-@pytest.mark.parametrize("script", OURS)
+@pytest.mark.parametrize("script", OURS + ["tune.sh"])
 def test_shellcheck(script):
+    """Clean at every severity for the sourced helper's callers (-x follows `source`); the
+    issue's bar, `shellcheck -S warning slurm/*.sh`, is the weaker of the two."""
     r = subprocess.run([_shellcheck(), "-x", f"slurm/{script}"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout
+
+
+def test_shellcheck_warning_level_over_all_scripts():
+    scripts = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "slurm").glob("*.sh"))
+    r = subprocess.run([_shellcheck(), "-S", "warning", *scripts], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout
