@@ -147,11 +147,25 @@ def train_cmd(family: str, step: TrainStep, run_dir: Path, shards: Path, fold: i
             "logging.progress=plain", "logging.tensorboard=false"]
     if fold is not None:
         cmd.append(f"data.test_folds=[{fold}]")
-        cmd += [f"data.val_folds=[{val_fold}]"] if val_fold is not None else []
-    else:  # held-out folder: the aggregator trains on the training clips' frame scores
+        # picking the epoch on the test fold must be asked for by name (select_on_next_fold=false)
+        cmd.append(f"data.val_folds=[{val_fold}]" if val_fold is not None else "data.val_split=test")
+    else:  # held-out folder: the engine holds training patients out to pick the epoch, and
+        # the aggregator trains on the training clips' frame scores
         cmd += ["data.train_split=train", "data.test_split=test"]
         cmd += ["predict_splits=[train,test]"] if family == "regstn" else []
     return cmd + list(step.overrides)
+
+
+def _selection_text(cfg: PocusExperimentConfig, cv: bool) -> str:
+    if not cv:
+        return ("each model's best epoch is picked on training patients held out from its "
+                "training (`data.val_fraction` of them, stratified); the held-out folder's clips "
+                "are only graded, never trained or selected on")
+    if cfg.select_on_next_fold:
+        return ("each fold's best epoch is picked on the next fold's clips (`data.val_folds`), "
+                "so models train on k-2 folds and the test fold never influences them")
+    return ("each fold's best epoch is picked on that fold's test clips "
+            "(select_on_next_fold=false, `data.val_split=test`), which flatters both models")
 
 
 def plan_jobs(cfg: PocusExperimentConfig, out: Path, shards: Path, cv: bool) -> list[Job]:
@@ -268,7 +282,7 @@ def collect(cfg: PocusExperimentConfig, jobs: list[Job], out: Path, cv: bool = T
 
 
 def write_report(cfg: PocusExperimentConfig, res: dict, out: Path, command: str,
-                 wall: str, manifest) -> Path:
+                 wall: str, manifest, cv: bool = True) -> Path:
     from lus_dist.evaluation.report import (Report, ReportError, confusion_and_roc,
                                             decisions_metrics, frame_scores_of,
                                             read_video_predictions)
@@ -283,12 +297,12 @@ def write_report(cfg: PocusExperimentConfig, res: dict, out: Path, command: str,
     rep.text(f"Command: `{command}`\n\nWall time: {wall} on {os.cpu_count()} CPU core(s)."
              f"\n\nData: {len(v['video_id'])} clips {counts}, {int(v['n_frames'].sum())} "
              f"frames packed at {cfg.size}x{cfg.size} (at most {cfg.max_frames or 'all'} evenly "
-             f"spaced frames per clip); {cfg.folds}-fold CV stratified by class, folds by patient "
-             "(no clip in two folds), assigned once at pack time.\n\nConfig: `experiment.yaml`.")
-    selection = ("each fold's best epoch is picked on the next fold's clips (`data.val_folds`), "
-                 "so models train on k-2 folds and the test fold never influences them"
-                 if cfg.select_on_next_fold else "each fold's best epoch is picked on that "
-                 "fold's test clips (select_on_next_fold=false), which flatters both models")
+             f"spaced frames per clip); " + (
+                 f"{cfg.folds}-fold CV stratified by class, folds by patient (no clip in two "
+                 "folds), assigned once at pack time." if cv else "one model per route trained "
+                 "on the --data clips and graded once on the --test-data clips (no CV).")
+             + "\n\nConfig: `experiment.yaml`.")
+    selection = _selection_text(cfg, cv)
     rep.text(f"Model selection: {selection}.\n\nCaveats: the uninorm's folds are drawn over "
              "the pooled out-of-fold frame predictions (stratified by class), not the pack folds. Barros et al.'s figures "
              "come from ImageNet-pretrained Xception at 224 px on 185 clips; ours from a small "
@@ -378,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     wall = f"{(time.time() - t0) / 60:.1f} min" + (
         f" ({reused} of {len(jobs)} training runs were finished by an earlier invocation and "
         "reused)" if reused else "")
-    report = write_report(cfg, res, out, command, wall, manifest)
+    report = write_report(cfg, res, out, command, wall, manifest, cv=test_data is None)
     print("\n" + report.read_text())
     print(f"\nreport: {report}\nwall time: {(time.time() - t0) / 60:.1f} min")
     (out / "report" / "exit_codes.json").write_text(json.dumps(codes, indent=1))

@@ -49,6 +49,11 @@ def _common(p: argparse.ArgumentParser, family: str) -> None:
                    help="join a running Ray cluster (host:port); default: embedded local Ray")
     p.add_argument("--max-concurrent", type=int, default=None, help="cap on parallel trials")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs for the embedded Ray")
+    p.add_argument("--num-gpus", type=int, default=None,
+                   help="GPUs for the embedded Ray (default: Ray detects them)")
+    p.add_argument("--gpus-per-trial", type=float, default=None,
+                   help="GPUs each trial (Ray Train: each worker) asks Ray for; default 1 when "
+                        "the Ray cluster has GPUs, else 0")
     p.add_argument("--seed", type=int, default=0, help="searcher seed (reproducible sweeps)")
     p.add_argument("--grace-period", type=int, default=1, help="ASHA: reports before a stop")
     p.add_argument("--quiet", action="store_true", help="no Ray progress table")
@@ -107,8 +112,8 @@ def _run(args: argparse.Namespace) -> int:
     from tune.ray_env import RayOptions, node_ips, start_ray, stop_ray
     from tune.spaces import check_space, load_space
     from tune.sweep import SweepOptions, build_tuner
-    from tune.trainables import (TrialContext, families, is_ray_train, make_trainable,
-                                 resolve_path, tune_callbacks)
+    from tune.trainables import (TrialContext, families, gpus_per_trial, is_ray_train,
+                                 make_trainable, resolve_path, tune_callbacks)
 
     space = load_space(args.space)
     if space.family != args.family:
@@ -132,9 +137,14 @@ def _run(args: argparse.Namespace) -> int:
                        k=getattr(args, "folds", 5), seed=getattr(args, "protocol_seed", 0),
                        num_workers=getattr(args, "workers", 2),
                        experiment_dir=str(opts.experiment_dir))
-    start_ray(RayOptions(address=args.address, num_cpus=args.num_cpus))
+    start_ray(RayOptions(address=args.address, num_cpus=args.num_cpus, num_gpus=args.num_gpus))
     try:
-        print(f"lus tune: Ray nodes {node_ips()}; sweep {opts.experiment_dir}", flush=True)
+        import ray
+        ctx = dataclasses.replace(ctx, gpus=gpus_per_trial(
+            args.gpus_per_trial, ray.cluster_resources().get("GPU", 0.0)))
+        print(f"lus tune: Ray nodes {node_ips()}; {ctx.gpus:g} GPU(s) per "
+              f"{'worker' if is_ray_train(args.family) else 'trial'}; sweep {opts.experiment_dir}",
+              flush=True)
         grid = build_tuner(make_trainable(family, ctx), space, opts, tune_callbacks(ctx)).fit()
     finally:
         stop_ray()

@@ -71,6 +71,7 @@ class RayOptions:
 
     address: str | None = None
     num_cpus: int | None = None
+    num_gpus: int | None = None   # logical GPUs for the embedded Ray (None: Ray detects)
     node_ip: str = "127.0.0.1"
     temp_dir: str = field(default_factory=default_temp_dir)
     object_store_bytes: int = OBJECT_STORE_BYTES
@@ -85,6 +86,7 @@ def init_kwargs(opts: RayOptions) -> dict:
                 "log_to_driver": True, "configure_logging": False}
     return {
         "num_cpus": opts.num_cpus,
+        "num_gpus": opts.num_gpus,
         "resources": {TRAIN_DRIVER_RESOURCE: opts.train_driver_slots},
         "object_store_memory": opts.object_store_bytes,
         "_node_ip_address": opts.node_ip,

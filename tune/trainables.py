@@ -29,6 +29,7 @@ class TrialContext:
     seed: int = 0
     num_workers: int = 2             # regstn/seg: Ray Train workers per trial
     cpus_per_worker: float = 1.0
+    gpus: float = 0.0                # per in-process trial, or per Ray Train worker
     experiment_dir: str = ""         # <storage>/<name>: trial run dirs go under it
 
 
@@ -127,7 +128,16 @@ def in_process_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     from ray import tune
 
     cfg = build_config(engine_config_cls(ctx.family), ctx.base, config)
-    run_engine(ctx.family, cfg, _trial_run_dir(ctx), tune.report)
+    run_engine(ctx.family, cfg, _trial_run_dir(ctx), with_gpu_ids(tune.report))
+
+
+def with_gpu_ids(report: Callable[[dict], None]) -> Callable[[dict], None]:
+    """Each report also says which of Ray's GPUs the trial holds ("" on CPU), so the
+    results table shows where every trial ran."""
+    import ray
+
+    ids = ",".join(str(i) for i in ray.get_gpu_ids())
+    return lambda metrics: report({**metrics, "trial_gpus": ids})
 
 
 def _train_worker(loop_config: dict[str, Any]) -> None:
@@ -153,7 +163,6 @@ def _train_worker(loop_config: dict[str, Any]) -> None:
 def distributed_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     """A Ray Train family (Reg-STN, segmentation): the trial drives a TorchTrainer with `num_workers` ranks;
     rank 0's per-epoch reports reach Tune through TuneReportCallback."""
-    import torch
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -165,9 +174,8 @@ def distributed_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     trainer = TorchTrainer(
         _train_worker,
         train_loop_config={"family": ctx.family, "config": to_dict(cfg), "run_dir": str(run_dir)},
-        scaling_config=ScalingConfig(num_workers=ctx.num_workers,
-                                     use_gpu=torch.cuda.is_available(),
-                                     resources_per_worker={"CPU": ctx.cpus_per_worker}),
+        scaling_config=ScalingConfig(num_workers=ctx.num_workers, use_gpu=ctx.gpus > 0,
+                                     resources_per_worker=worker_resources(ctx)),
         torch_config=TorchConfig(init_method="env", timeout_s=cfg.dist.timeout_s),
         run_config=RunConfig(name="train", storage_path=str(run_dir.parent / f"{run_dir.name}-ray"),
                              callbacks=[TuneReportCallback()],
@@ -176,6 +184,12 @@ def distributed_trial(config: dict[str, Any], ctx: TrialContext) -> None:
                              failure_config=FailureConfig(max_failures=0,
                                                           controller_failure_limit=0)))
     trainer.fit()
+
+
+def worker_resources(ctx: TrialContext) -> dict[str, float]:
+    """What each Ray Train worker asks for: explicit GPUs, never `cuda.is_available()` in a
+    driver that holds none (that silently ran GPU sweeps on CPU)."""
+    return {"CPU": ctx.cpus_per_worker, **({"GPU": ctx.gpus} if ctx.gpus > 0 else {})}
 
 
 def _pg_file(run_dir: Path) -> Path:
@@ -250,7 +264,18 @@ def trial_resources(ctx: TrialContext) -> Any:
     One slot per node also caps concurrent distributed trials at one per node."""
     if is_ray_train(ctx.family):
         return {"cpu": 0, TRAIN_DRIVER_RESOURCE: 1}
-    return {"cpu": 1}
+    return {"cpu": 1, "gpu": ctx.gpus} if ctx.gpus > 0 else {"cpu": 1}
+
+
+def gpus_per_trial(requested: float | None, cluster_gpus: float) -> float:
+    """--gpus-per-trial, or by default one GPU per trial (per worker) when the Ray cluster
+    has GPUs and none otherwise; asking for more than the cluster has is an error."""
+    if requested is None:
+        return 1.0 if cluster_gpus >= 1 else 0.0
+    if requested < 0 or requested > cluster_gpus:
+        from lus_dist.config import ConfigError
+        raise ConfigError(f"--gpus-per-trial {requested:g}: the Ray cluster has {cluster_gpus:g} GPU(s)")
+    return float(requested)
 
 
 def make_trainable(family: Family, ctx: TrialContext) -> Any:

@@ -82,6 +82,11 @@ class Family:
         keys = self.logged_metrics or (self.best_metric,)
         return {f"val_{k}": scores[k] for k in keys}
 
+    def states(self) -> dict[str, Any]:
+        """Extra named state the family keeps across a resume (an EMA of the weights, a
+        teacher network): objects with state_dict/load_state_dict, checkpointed by rank 0."""
+        return {}
+
     def summary(self) -> dict[str, Any]:
         return {"model": self.cfg.model.name}
 

@@ -174,7 +174,8 @@ class Trainer:
     # ------------------------------------------------------------ state
     def checkpoint_states(self, consumed: int = 0) -> tuple[dict[str, Any], dict[str, Any]]:
         """Named states for rank 0's file and for every rank's own file."""
-        return self.fit.states(), {"rng": RNGState(), "sampler": SamplerPosition(self.sampler, consumed)}
+        return ({**self.fit.states(), **self.fam.states()},
+                {"rng": RNGState(), "sampler": SamplerPosition(self.sampler, consumed)})
 
     def save(self) -> Path:
         sync_buffers(self.fit)

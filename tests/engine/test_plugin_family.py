@@ -1,6 +1,7 @@
 """A model family registered from this file alone (LUS_FAMILIES), with no edit to the
 engine, tune or evaluation code: it trains under 2-process torchrun, is preempted and
-resumes bitwise-exactly, is swept by a 2-trial `lus tune`, and `lus eval` reports it."""
+resumes bitwise-exactly, is swept by a 2-trial `lus tune`, and `lus eval` reports it.
+The same family shows Ray's GPU scheduling with logical GPUs on CPU."""
 from __future__ import annotations
 
 import os
@@ -125,3 +126,47 @@ def test_plugin_family_two_trial_sweep(engine_shards, tmp_path, registered):
     assert len(table) == 2 and table["val_accuracy"].between(0, 1).all()
     best = yaml.safe_load((tmp_path / "sweeps" / "t" / "best.yaml").read_text())
     assert best["hidden"] in (4, 8) and np.isfinite(best["optim"]["lr"])
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_trials_ask_ray_for_gpus_two_logical_gpus_run_two_trials_at_once(engine_shards, tmp_path,
+                                                                         registered):
+    """3 one-GPU trials on a Ray node with 2 logical GPUs: each holds its own GPU id and
+    the third waits for a free one (the trials still train on CPU: the GPUs are logical)."""
+    sys.path.insert(0, str(ROOT / "tests" / "tune"))
+    from tune_helpers import netns_available, run_lus
+
+    if netns_available():
+        pytest.skip(netns_available())
+    space = {"family": "tiny", "metric": "val_accuracy", "mode": "max",
+             "params": {"hidden": {"grid": [4, 6, 8]}}}
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
+    proc = run_lus(["tune", "tiny", "--space", str(tmp_path / "space.yaml"),
+                    f"data.root={engine_shards}", *TINY, "train.epochs=1", "--trials", "1",
+                    "--search", "grid", "--scheduler", "fifo", "--storage", str(tmp_path / "s"),
+                    "--name", "g", "--num-cpus", "3", "--num-gpus", "2", "--gpus-per-trial", "1",
+                    "--quiet"], tmp_path, timeout=600)
+    assert proc.returncode == 0, explain(proc)
+    assert "1 GPU(s) per trial" in proc.stdout
+    import pandas as pd
+    table = pd.read_csv(tmp_path / "s" / "g" / "results.csv", dtype={"trial_gpus": str})
+    assert len(table) == 3 and set(table["trial_gpus"]) <= {"0", "1"}
+    start = table["timestamp"] - table["time_total_s"]
+    spans = sorted(zip(start, table["timestamp"]))
+    overlapping = max(sum(s0 <= s < e0 for s0, e0 in spans) for s, _ in spans)
+    assert overlapping <= 2, f"3 trials held 2 GPUs at once: {spans}"
+
+
+def test_gpus_per_trial_rule():
+    from lus_dist.config import ConfigError
+    from tune.trainables import TrialContext, gpus_per_trial, trial_resources, worker_resources
+
+    assert gpus_per_trial(None, 0) == 0 and gpus_per_trial(None, 4) == 1 and gpus_per_trial(0.5, 1) == 0.5
+    with pytest.raises(ConfigError, match="has 2 GPU"):
+        gpus_per_trial(3, 2)
+    ctx = TrialContext(family="cnnlstm", base={}, metric="m", gpus=1.0)
+    assert trial_resources(ctx) == {"cpu": 1, "gpu": 1.0}
+    assert worker_resources(TrialContext(family="regstn", base={}, metric="m", gpus=0.0)) == {"CPU": 1.0}
+    assert worker_resources(TrialContext(family="regstn", base={}, metric="m", gpus=1.0)) == \
+        {"CPU": 1.0, "GPU": 1.0}
