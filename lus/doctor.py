@@ -32,14 +32,14 @@ as `lus train`; the sbatch scripts run it first so the job log shows the plan.""
 
 
 def parser() -> argparse.ArgumentParser:
-    from lus_dist.engine.config import FAMILIES
+    from lus_dist import families
 
     p = argparse.ArgumentParser(
         prog="lus doctor", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Print, per rank, the device, backend, precision, TF32, world, loader "
                     "workers, distributed environment and library versions a `lus train` run "
                     "with these arguments would use; exit 2 if that plan cannot work.")
-    p.add_argument("family", choices=sorted(FAMILIES), help="model family, as for lus train")
+    p.add_argument("family", choices=families.names(), help="model family, as for lus train")
     p.add_argument("--config", default=None, help="YAML config (family defaults if omitted)")
     p.add_argument("--no-comm", action="store_true",
                    help="do not join the process group for the all-reduce check")
@@ -113,11 +113,9 @@ def env_line() -> str:
 
 def report(cfg, world, facts) -> tuple[list[str], list[str], object]:
     """(lines describing the plan, warnings, the RunPlan); PlanError/ConfigError when broken."""
-    from hpc.device_plan import plan_run
+    from lus_dist.engine.session import run_plan
 
-    plan = plan_run(world, facts, device=cfg.train.device, bf16=cfg.train.bf16,
-                    process_group=cfg.dist.process_group, dist_backend=cfg.dist.backend,
-                    tf32=bool(getattr(cfg.train, "tf32", True)))
+    plan = run_plan(cfg, world, facts)
     pg = plan.backend if world.world_size > 1 else f"none (single process; would be {plan.backend})"
     lines = [
         f"world: rank {world.rank}/{world.world_size}, local {world.local_rank}/"
@@ -164,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     from hpc import WorldError, current_world
     from hpc.device_plan import probe_cuda
     from lus_dist.config import ConfigError
-    from lus_dist.engine.config import load_run_config
+    from lus_dist.families import load_run_config
 
     tag = "lus doctor"
     try:

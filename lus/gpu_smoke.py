@@ -20,7 +20,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-FAMILIES = ("regstn", "seg", "cnnlstm")
+from lus_dist.families import BUILTIN
+
+FAMILIES = tuple(BUILTIN)   # the shipped families (plug-ins have no smoke data of their own)
 CONFIGS = Path(__file__).resolve().parent.parent / "lus_dist" / "configs"
 
 

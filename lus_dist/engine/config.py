@@ -30,6 +30,7 @@ class DataConfig:
     See lus_dist.engine.data.selection.
     """
     root: str = "data/shards"
+    manifest_version: int | None = None   # None: the newest, pinned into the saved config
     train_split: str = "train"
     val_split: str = ""
     test_split: str = "test"
@@ -154,7 +155,8 @@ def warmup_cosine_factor(unit: int, warmup: int, total: int, min_ratio: float) -
 class TrainConfig:
     epochs: int = 80
     max_steps_per_epoch: int = 0  # 0: the whole epoch; >0 caps it (smoke runs, benchmarks)
-    bf16: str = "auto"            # auto: on for CUDA, off on CPU; "true"/"false" force it
+    bf16: str = "auto"            # auto: on for GPUs with native bf16, off on CPU; true/false
+    tf32: bool = True             # TF32 matmul/cuDNN on GPUs (hpc.device_plan)
     deterministic: bool = False
     device: str = "auto"          # auto|cpu|cuda
     # ranks agree on a preemption signal every N optimizer steps (one all-reduce + host sync
@@ -168,10 +170,6 @@ class TrainConfig:
             raise ConfigError(f"train.stop_check_every must be >= 1, got {self.stop_check_every}")
         if str(self.bf16).lower() not in ("auto", "true", "false"):
             raise ConfigError(f"train.bf16 must be auto|true|false, got {self.bf16!r}")
-
-    def use_bf16(self, device: torch.device) -> bool:
-        mode = str(self.bf16).lower()
-        return device.type == "cuda" if mode == "auto" else mode == "true"
 
 
 @dataclass

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from hpc.device_plan import with_deepspeed_precision
 from hpc.dist import is_distributed
 from lus_dist.config import ConfigError
 
@@ -113,10 +114,9 @@ def deepspeed_json(cfg: RunConfig, session: Session) -> dict:
     ds["gradient_accumulation_steps"] = cfg.optim.grad_accum
     ds["train_batch_size"] = cfg.data.batch_size * cfg.optim.grad_accum * session.world.world_size
     ds["gradient_clipping"] = cfg.optim.grad_clip
-    bf16 = ds.setdefault("bf16", {})
-    if bf16.get("enabled") == "auto":
-        bf16["enabled"] = session.bf16
-    session.bf16 = bool(bf16.get("enabled", False))
+    if session.plan is not None:
+        ds = with_deepspeed_precision(ds, session.plan, source=str(path))
+    session.bf16 = bool((ds.get("bf16") or {}).get("enabled", False))
     ds.setdefault("zero_optimization", {})["stage"] = ds.get("zero_optimization", {}).get(
         "stage", cfg.dist.zero_stage)
     return ds

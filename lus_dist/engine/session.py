@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hpc import World, device_for, init_distributed, world_from_env
+from hpc import World, init_distributed, world_from_env
+from hpc.device_plan import CudaFacts, RunPlan, apply_plan, plan_run, probe_cuda
 from lus_dist.config import save_config
 
 from .config import RunConfig
@@ -17,11 +18,12 @@ from .config import RunConfig
 
 @dataclass
 class Session:
-    """World, device, run dir and precision of this process."""
+    """World, device, run dir and precision of this process (`plan` holds the reasons)."""
     world: World
     device: torch.device
     run_dir: Path
     bf16: bool
+    plan: RunPlan | None = None
 
 
 def start(cfg: RunConfig, run_dir: Path) -> Session:
@@ -29,16 +31,34 @@ def start(cfg: RunConfig, run_dir: Path) -> Session:
     world = world_from_env(os.environ)
     if world.world_size > 1 and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world.local_world_size))
-    if cfg.dist.backend == "deepspeed":
-        os.environ.setdefault("DS_ACCELERATOR", "cpu" if not torch.cuda.is_available() else "cuda")
-    device = device_for(world, cfg.train.device)
-    init_distributed(world, cfg.dist.process_group, timeout_s=cfg.dist.timeout_s)
+    plan = run_plan(cfg, world, probe_cuda())
+    apply_plan(plan)
+    init_distributed(world, timeout_s=cfg.dist.timeout_s, plan=plan)
     set_deterministic(cfg.train.deterministic)
     seed_everything(cfg.seed)
+    pin_manifest_version(cfg)
     if world.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
-    return Session(world, device, run_dir, cfg.train.use_bf16(device))
+    return Session(world, plan.torch_device(), run_dir, plan.bf16, plan)
+
+
+def pin_manifest_version(cfg: RunConfig) -> None:
+    """Train on one manifest version and say which: `data.manifest_version` unset means
+    the newest, written into the run's config.yaml so a resume (or a later `lus prep pack
+    --append`) does not silently change the data under the run."""
+    from lus_dist.shards.manifest import Manifest
+
+    if cfg.data.manifest_version is None:
+        cfg.data.manifest_version = Manifest.load(cfg.data.root).version
+
+
+def run_plan(cfg: RunConfig, world: World, facts: CudaFacts) -> RunPlan:
+    """The device / process group / precision / TF32 decision for this config (pure;
+    `lus doctor` prints the same plan the run will use)."""
+    return plan_run(world, facts, device=cfg.train.device, bf16=cfg.train.bf16,
+                    process_group=cfg.dist.process_group, dist_backend=cfg.dist.backend,
+                    tf32=cfg.train.tf32)
 
 
 def seed_everything(seed: int) -> None:
