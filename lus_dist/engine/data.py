@@ -101,8 +101,8 @@ def describe(sel: dict) -> str:
                      for k, v in sel.items())
 
 
-def train_loader(ds, labels: np.ndarray | None, cfg: RunConfig, world: World
-                 ) -> tuple[DataLoader, DistributedShardSampler]:
+def train_loader(ds, labels: np.ndarray | None, cfg: RunConfig, world: World,
+                 device: torch.device) -> tuple[DataLoader, DistributedShardSampler]:
     """Distributed, shard-local, class-balanced (if labels are given) training loader.
 
     The loader gets its own generator, re-seeded per epoch in `epoch_batches`, so creating
@@ -116,9 +116,17 @@ def train_loader(ds, labels: np.ndarray | None, cfg: RunConfig, world: World
         raise ConfigError(f"{cfg.data.root}: {len(sampler)} training samples per rank is fewer "
                           f"than data.batch_size={cfg.data.batch_size}")
     loader = DataLoader(ds, batch_size=cfg.data.batch_size, sampler=sampler, drop_last=True,
-                        num_workers=cfg.data.num_workers, generator=torch.Generator(),
-                        pin_memory=torch.cuda.is_available())
+                        generator=torch.Generator(),
+                        **worker_options(cfg, device, getattr(ds, "epoch_dependent", True)))
     return loader, sampler
+
+
+def worker_options(cfg: RunConfig, device: torch.device, epoch_dependent: bool = False) -> dict:
+    """Loader workers that live across epochs (no re-fork, no reopening every shard each
+    epoch) unless items depend on the epoch, and pinned host memory when feeding a GPU."""
+    n = cfg.data.num_workers
+    return {"num_workers": n, "pin_memory": device.type == "cuda",
+            "persistent_workers": n > 0 and not epoch_dependent}
 
 
 def steps_per_epoch(loader: DataLoader, cfg: RunConfig) -> int:
@@ -137,11 +145,13 @@ def epoch_batches(loader: DataLoader, sampler: DistributedShardSampler, epoch: i
     return iter(loader)
 
 
-def eval_loader(ds, cfg: RunConfig, world: World) -> DataLoader:
-    """This rank's contiguous block of an evaluation set (no padding: every item once)."""
+def eval_loader(ds, cfg: RunConfig, world: World, device: torch.device) -> DataLoader:
+    """This rank's contiguous block of an evaluation set (no padding: every item once).
+    A fresh loader per call: its workers end with it (evaluation sets change per split)."""
     start, stop = split_even(len(ds), world.world_size, world.rank)
+    opts = {**worker_options(cfg, device), "persistent_workers": False}
     return DataLoader(Subset(ds, range(start, stop)), batch_size=cfg.data.eval_batch_size,
-                      shuffle=False, num_workers=cfg.data.num_workers, generator=torch.Generator())
+                      shuffle=False, generator=torch.Generator(), **opts)
 
 
 def gather(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

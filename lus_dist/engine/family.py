@@ -102,5 +102,8 @@ class Family:
     def eval_batches(self, ds, fit: Fit, session: Session) -> Iterator[tuple[torch.Tensor, dict]]:
         """This rank's block of `ds`: (model input on the device in the engine's dtype, the
         batch as read)."""
-        for batch in eval_loader(ds, self.cfg, session.world):
-            yield batch[self.input_key].to(session.device, fit.input_dtype()), batch
+        for batch in eval_loader(ds, self.cfg, session.world, session.device):
+            x = batch[self.input_key].to(session.device, fit.input_dtype(), non_blocking=True)
+            if self.cfg.model.channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x, batch

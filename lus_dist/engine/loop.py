@@ -69,7 +69,7 @@ class Trainer:
         model = family.build_model(self.splits)
         seed_rank(cfg.seed, world.rank)
         self.loader, self.sampler = train_loader(self.splits.train, self.splits.balance_labels,
-                                                 cfg, world)
+                                                 cfg, world, self.session.device)
         self.steps = steps_per_epoch(self.loader, cfg)
         self.fit = build_fit(model, cfg, self.session, self.steps)
         self.ckpt = Checkpointer(run_dir / "checkpoints", world.rank, world.world_size,

@@ -151,6 +151,12 @@ class ShardDataset(Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    @property
+    def epoch_dependent(self) -> bool:
+        """Items change with the epoch (random clip windows): loader workers must then be
+        re-created each epoch to see `set_epoch`, so they cannot persist."""
+        return self.mode == "clip" and self.clip_sampling == "random"
+
     def __len__(self) -> int:
         return len(self.shard_ids)
 
