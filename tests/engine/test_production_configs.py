@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine_helpers import explain, run_train, summary
+from engine_helpers import CONFIGS, explain, run_train, summary
 
 pytestmark = pytest.mark.slow
 
@@ -21,7 +21,7 @@ def test_production_config_trains_with_loader_workers(engine_shards, tmp_path, f
     overrides = [f"data.root={engine_shards}", *SHORT, *extra]
     if family != "regstn":
         overrides.remove("viz_frames=2")
-    cfg = load_run_config(family, f"configs/{family}.yaml", overrides)
+    cfg = load_run_config(family, CONFIGS / f"{family}.yaml", overrides)
     assert cfg.data.num_workers > 0, "the production configs read with loader workers"
     proc = run_train(family, tmp_path / family, overrides, config=f"{family}.yaml", timeout=600)
     assert proc.returncode == 0, explain(proc)
