@@ -31,15 +31,24 @@ broken or the config is bad, with the reason. Run it with the same launcher and 
 as `lus train`; the sbatch scripts run it first so the job log shows the plan."""
 
 
-def parser() -> argparse.ArgumentParser:
-    from lus_dist.engine.config import FAMILIES
+def family_configs():
+    """(family names, load_run_config): the family registry (lus_dist.families) where it
+    exists, else the engine's config table it replaced; read-only use either way."""
+    try:
+        from lus_dist import families
+        return families.names(), families.load_run_config
+    except ImportError:
+        from lus_dist.engine.config import FAMILIES, load_run_config
+        return sorted(FAMILIES), load_run_config
 
+
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="lus doctor", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Print, per rank, the device, backend, precision, TF32, world, loader "
                     "workers, distributed environment and library versions a `lus train` run "
                     "with these arguments would use; exit 2 if that plan cannot work.")
-    p.add_argument("family", choices=sorted(FAMILIES), help="model family, as for lus train")
+    p.add_argument("family", choices=family_configs()[0], help="model family, as for lus train")
     p.add_argument("--config", default=None, help="YAML config (family defaults if omitted)")
     p.add_argument("--no-comm", action="store_true",
                    help="do not join the process group for the all-reduce check")
@@ -164,8 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     from hpc import WorldError, current_world
     from hpc.device_plan import probe_cuda
     from lus_dist.config import ConfigError
-    from lus_dist.engine.config import load_run_config
 
+    load_run_config = family_configs()[1]
     tag = "lus doctor"
     try:
         world = current_world()

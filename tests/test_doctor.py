@@ -11,8 +11,9 @@ import pytest
 
 from hpc.device_plan import CudaFacts, PlanError
 from hpc.world import world_from_env
-from lus.doctor import report
-from lus_dist.engine.config import load_run_config
+from lus.doctor import family_configs, report
+
+load_run_config = family_configs()[1]
 
 DEMO = Path(__file__).resolve().parents[1] / "lus_dist" / "configs" / "demo_regstn.yaml"
 NO_GPU = not __import__("torch").cuda.is_available()

@@ -12,9 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from lus.doctor import family_configs
 from lus.gpu_smoke import FAMILIES, cell_result, cells, format_table, prep_commands
 from lus_dist.engine.cli import parser as train_parser
-from lus_dist.engine.config import load_run_config
+
+load_run_config = family_configs()[1]
 
 HAS_GPU = torch.cuda.is_available() and torch.cuda.device_count() > 0
 
