@@ -177,3 +177,28 @@ def augment_with_masks(x: torch.Tensor, masks: torch.Tensor, cfg: AugmentConfig,
     moved = F.grid_sample(masks[:, None].float(), grid, mode="nearest", padding_mode="zeros",
                           align_corners=False)
     return apply_params(x, p, cfg), moved[:, 0].round().to(masks.dtype)
+
+
+class AugmentStream:
+    """Per-batch generators for a training loop whose loss hook does not see the step.
+
+    The n-th call of `next()` gives `step_generator(seed, 0, n, rank, stream)`. The state is
+    the call count alone, equal on every rank (all ranks run the same micro-batches), so a
+    checkpoint written by rank 0 (e.g. `Family.states()`) resumes every rank exactly.
+    """
+
+    def __init__(self, seed: int, rank: int = 0, stream: int = 0):
+        self.seed, self.rank, self.stream, self.count = seed, rank, stream, 0
+
+    def next(self) -> torch.Generator:
+        gen = step_generator(self.seed, 0, self.count, self.rank, self.stream)
+        self.count += 1
+        return gen
+
+    def state_dict(self) -> dict:
+        return {"count": self.count, "seed": self.seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        if int(state["seed"]) != self.seed:
+            raise ValueError(f"augment stream state is for seed {state['seed']}, this run uses {self.seed}")
+        self.count = int(state["count"])

@@ -74,7 +74,8 @@ def pair_loss(model: torch.nn.Module, view1: torch.Tensor, view2: torch.Tensor, 
               generator: torch.Generator, temperature: float = 0.1, group=None) -> torch.Tensor:
     """The pretraining loss step: augment both views, one forward, NT-Xent.
 
-    view1, view2: (B, C, H, W) frames of this rank's pairs, already on the model's device.
+    view1, view2: (B, C, H, W) frames of this rank's pairs, already on the model's device
+    (view2 takes view1's dtype: a loop that casts only its `input_key` entry casts view1).
     Both views go through `model` as one batch of 2B: one forward per backward (what DDP
     expects) and BatchNorm statistics over both views, as SimCLR. `generator` is a CPU
     generator, e.g. `augment.step_generator(seed, epoch, step, rank)` (exact on resume).
@@ -82,6 +83,6 @@ def pair_loss(model: torch.nn.Module, view1: torch.Tensor, view2: torch.Tensor, 
     from lus_dist.augment import augment_batch
 
     x = torch.cat([augment_batch(view1, augment_cfg, generator),
-                   augment_batch(view2, augment_cfg, generator)])
+                   augment_batch(view2.to(view1.dtype), augment_cfg, generator)])
     z1, z2 = model(x).chunk(2)
     return nt_xent_loss(z1, z2, temperature, group)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lus_dist.augment import (AugmentConfig, affine_thetas, apply_params, augment_batch,
+from lus_dist.augment import (AugmentConfig, AugmentStream, affine_thetas, apply_params, augment_batch,
                               augment_with_masks, sample_params, sampling_grid, step_generator)
 
 OFF = AugmentConfig(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), depth=(1.0, 1.0), rotation_deg=0.0,
@@ -122,3 +122,19 @@ def test_masks_follow_their_frames():
     assert torch.equal(moved, (nearest[:, 0] > 0.5).long() * 2)
     with pytest.raises(ValueError, match="do not match"):
         augment_with_masks(x, masks[:, :10], geo, step_generator(1, 0, 0))
+
+
+def test_stream_resumes_from_rank0_state_on_every_rank():
+    x = frames(b=2)
+    runs = {r: AugmentStream(seed=4, rank=r) for r in (0, 1)}
+    for s in runs.values():
+        s.next(), s.next()
+    saved = runs[0].state_dict()                       # rank 0 writes the checkpoint
+    want = {r: augment_batch(x, AugmentConfig(), s.next()) for r, s in runs.items()}
+    for r in (0, 1):
+        resumed = AugmentStream(seed=4, rank=r)
+        resumed.load_state_dict(saved)
+        assert torch.equal(augment_batch(x, AugmentConfig(), resumed.next()), want[r])
+    assert not torch.equal(want[0], want[1])
+    with pytest.raises(ValueError, match="seed"):
+        AugmentStream(seed=5).load_state_dict(saved)
