@@ -19,6 +19,7 @@ import os
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -34,13 +35,22 @@ SYNCS = {torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.__bool__, torch.Te
 
 
 class CountSyncs(TorchFunctionMode):
+    """Counts sync calls by the code that made them. torch.optim's own `.item()` on its CPU
+    step counters is left out: with CUDA parameters those counters stay on the host, so
+    they are no device sync there (they are on CPU here only because everything is)."""
+
     def __init__(self) -> None:
         super().__init__()
         self.count = 0
+        self.where: Counter = Counter()
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         if func in SYNCS:
-            self.count += 1
+            caller = sys._getframe(1)
+            path = caller.f_code.co_filename
+            if f"torch{os.sep}optim{os.sep}" not in path:
+                self.count += 1
+                self.where[f"{Path(path).name}:{caller.f_lineno}"] += 1
         return func(*args, **(kwargs or {}))
 
 
@@ -64,6 +74,7 @@ def measure(shards: Path, steps: int, every: int, out: Path) -> tuple[float, flo
     t0 = time.perf_counter()
     trainer.train()
     wall = time.perf_counter() - t0
+    print(f"  every={every}: where (calls): {dict(counter.where.most_common(6))}", flush=True)
     return counter.count / steps, wall / steps
 
 

@@ -92,16 +92,20 @@ def run_preprocessing(cfg, run_dir: Path, size: int | None, channels: int | None
     return base
 
 
+# init-time weight files of a training run: the run's own checkpoint replaces them, and
+# they may be gone by the time its model is used for prediction
+INIT_WEIGHTS = ("weights_path", "encoder_weights")
+
+
 def build_model(family: str, cfg, pre) -> torch.nn.Module:
+    kw = {k: v for k, v in cfg.model.kwargs.items() if k not in INIT_WEIGHTS}
     if family == "regstn":
         from lus_dist.models import build_frame_model
         return build_frame_model(cfg.model.name, in_channels=pre.channels,
-                                 num_classes=len(cfg.frame_classes), image_size=pre.size,
-                                 **cfg.model.kwargs)
+                                 num_classes=len(cfg.frame_classes), image_size=pre.size, **kw)
     if family == "seg":
         from lus_dist.models import build_seg_model
         from lus_dist.shards.format import MASK_CLASSES
-        kw = {k: v for k, v in cfg.model.kwargs.items() if k != "weights_path"}
         return build_seg_model(cfg.model.name, in_channels=pre.channels,
                                num_classes=len(MASK_CLASSES), **kw)
     raise PredictError(f"family {family!r} is not supported by lus predict")
