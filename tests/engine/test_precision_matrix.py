@@ -31,7 +31,6 @@ def test_deepspeed_bf16_trains_and_resumes(engine_shards, tmp_path, family):
     assert "resumed from step-000000002" in second.stdout, explain(second)
     s = summary(run)
     assert s["global_step"] == 4 and s["backend"] == "deepspeed" and len(set(s["param_digests"])) == 1
-    assert all(v == v for v in s["test"].values() if isinstance(v, float)) or family == "seg"
     if family == "regstn":
         assert (run / "viz" / "epoch-001.png").is_file()
         assert (run / "predictions" / "test.h5").is_file()
