@@ -49,6 +49,21 @@ def ensure_installed() -> None:
             raise SlurmUnavailable(f"{' '.join(cmd)} failed: {r.stderr.strip()[-500:]}")
 
 
+def holder_argv(hosts: Path, resolv: Path) -> list[str]:
+    """The namespace holder: a constant script, the paths as positional arguments (never
+    parsed by sh, whatever the work dir is called)."""
+    script = ('ip link set lo up && ip addr add 127.0.0.2/8 dev lo && mount --bind "$1" /etc/hosts'
+              ' && mount --bind "$2" /etc/resolv.conf && exec sleep infinity')
+    return ["unshare", "--net", "--mount", "--propagation", "private", "sh", "-c", script, "sh",
+            str(hosts), str(resolv)]
+
+
+def slurmd_argv(node: str, conf: Path | str) -> list[str]:
+    """One slurmd in its own UTS namespace named after its node; the same argv discipline."""
+    return ["unshare", "--uts", "sh", "-c", 'hostname "$1" && exec slurmd -D -N "$1" -f "$2"', "sh",
+            node, str(conf)]
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -111,9 +126,7 @@ class LocalSlurmCluster:
         conf = str(self.layout.conf_path)
         self._start("slurmctld", ["slurmctld", "-D", "-c", "-f", conf])
         for name in self.layout.node_names:
-            self._start(f"slurmd-{name}", ["unshare", "--uts", "sh", "-c",
-                                           'hostname "$1" && exec slurmd -D -N "$1" -f "$2"',
-                                           "sh", name, conf])
+            self._start(f"slurmd-{name}", slurmd_argv(name, conf))
         self._wait_for(self._nodes_idle, timeout, "idle nodes")
         return self
 
@@ -230,11 +243,7 @@ class LocalSlurmCluster:
         # resolv.conf points at loopback too: a reverse lookup (c10d does some) then fails at
         # once on 127.0.0.1 instead of trying the machine's real name server.
         resolv = self.workdir / "etc" / "resolv.conf"
-        # A constant script; the paths travel as positional arguments, never parsed by sh.
-        script = ('ip link set lo up && ip addr add 127.0.0.2/8 dev lo && mount --bind "$1" /etc/hosts'
-                  ' && mount --bind "$2" /etc/resolv.conf && exec sleep infinity')
-        proc = subprocess.Popen(["unshare", "--net", "--mount", "--propagation", "private",
-                                 "sh", "-c", script, "sh", str(hosts), str(resolv)], start_new_session=True,
+        proc = subprocess.Popen(holder_argv(hosts, resolv), start_new_session=True,
                                 stdout=subprocess.DEVNULL, stderr=open(self.log_dir / "holder.err", "w"))
         ours = _netns(os.getpid())
         self._wait_for(lambda: proc.poll() is None and _netns(proc.pid) not in (None, ours)

@@ -127,6 +127,7 @@ lus_step() {
                --marker-dir "$LUS_REQUEUE_MARKER_DIR" --restarts "${SLURM_RESTART_COUNT:-0}" \
                --max-requeues "${LUS_MAX_REQUEUES:-10}" "${progress[@]}")" || verdict=""
     rm -rf "$LUS_REQUEUE_MARKER_DIR"
+    rmdir "${LUS_REQUEUE_MARKER_DIR%/*}" 2>/dev/null || true     # .lus-requeue/, if now empty
     case "$verdict" in
         requeue)
             scontrol requeue "$job"

@@ -7,6 +7,7 @@ The Ray worker-node fault and token authentication are in tests/tune/test_tune_s
 """
 from __future__ import annotations
 
+import json
 import re
 import stat
 import sys
@@ -36,10 +37,16 @@ class Baseline:
 
     def __init__(self, cluster: LocalSlurmCluster, job: int, run_dir: Path) -> None:
         self.cluster, self.job, self.run_dir = cluster, job, run_dir
+        self.record: dict[str, str] | None = None
+        self.log = ""
 
     def summary(self) -> dict:
-        records = self.cluster.wait(self.job, timeout=900)
-        assert_done(records, self.cluster.logs(self.job))
+        """Waits once: slurmctld forgets a finished job after MinJobAge (600 s)."""
+        if self.record is None:
+            records = self.cluster.wait(self.job, timeout=900)
+            self.log = self.cluster.logs(self.job)
+            assert_done(records, self.log)
+            self.record = records[0]
         return summary(self.run_dir)
 
 
@@ -113,8 +120,7 @@ def test_uninterrupted_two_node_run(baseline):
     """The reference itself: one DDP group whose two ranks run on node1 and node2 (c10d orders
     the nodes by arrival), committed checkpoints, metrics, the same weights on both ranks."""
     got = baseline.summary()
-    record, = baseline.cluster.job_records(baseline.job)
-    log = baseline.cluster.logs(baseline.job)
+    record, log = baseline.record, baseline.log
     assert record["NodeList"] == "node[1-2]" and record["Restarts"] == "0"
     seen = {int(r): (host, int(node)) for r, host, node in
             re.findall(r"hpc: rank (\d)/2 local 0 on (\S+) node (\d) backend gloo", log)}
@@ -178,8 +184,9 @@ def test_checkpoint_disk_full_keeps_the_previous_and_resumes(slurm2, hpc_phantom
         full_log = slurm2.logs(job)
         assert records[0]["JobState"] == "FAILED" and records[0]["Restarts"] == "0", full_log[-3000:]
         assert assert_untorn(view) == ["step-000000002"], full_log[-3000:]
-        state = torch.load(view / "step-000000002" / "main.pt", map_location="cpu", weights_only=False)
-        assert state["progress"]["global_step"] == 2
+        assert json.loads((view / "step-000000002" / "COMMIT").read_text())["global_step"] == 2
+        state = torch.load(view / "step-000000002" / "main.pt", map_location="cpu", weights_only=True)
+        assert state["model"] and state["optimizer"]                # loadable, not truncated
 
         slurm2.run(["mount", "-o", "remount,size=256m", str(ckpts)])    # space is back
         again = submit_train(slurm2, shards, run, TWO_NODES, procs=1, overrides=DDP)

@@ -130,3 +130,32 @@ def test_srun_without_torchrun_forms_a_group(slurm2, tmp_path):
     lines = sorted(line for line in out.splitlines() if line.startswith("srun-world"))
     assert lines == ["srun-world rank=0 node=0 host=node1 launcher=srun sum=3.0",
                      "srun-world rank=1 node=1 host=node2 launcher=srun sum=3.0"], out
+
+
+@pytest.mark.parametrize("argv_of", ["holder", "slurmd"])
+def test_paths_reach_commands_unparsed(tmp_path, argv_of):
+    """The namespace holder's and the slurmds' `sh -c` scripts run by the real sh, with stand-in
+    ip/mount/hostname/slurmd/sleep that record their argv: a work dir named like `$(touch x) 'q'`
+    arrives as one argument and nothing in it runs."""
+    from hpc.local_slurm import holder_argv, slurmd_argv
+
+    stubs, calls = tmp_path / "bin", tmp_path / "calls"
+    stubs.mkdir()
+    for tool in ("ip", "mount", "hostname", "slurmd", "sleep"):
+        (stubs / tool).write_text(f'#!/bin/sh\nprintf "{tool}" >> "{calls}"; printf " <%s>" "$@" >> "{calls}"; echo >> "{calls}"\n')
+        (stubs / tool).chmod(0o755)
+    weird = tmp_path / f"c $(touch {tmp_path}/ran) 'q'"
+    argv = (holder_argv(weird / "hosts", weird / "resolv.conf") if argv_of == "holder"
+            else slurmd_argv("node1", weird / "slurm.conf"))
+    script = argv[argv.index("-c"):]                     # from `sh -c SCRIPT sh ARGS...`
+    import os
+    import subprocess
+
+    subprocess.run(["sh", *script], env={**os.environ, "PATH": f"{stubs}:{os.environ['PATH']}"}, check=True)
+    log = calls.read_text()
+    if argv_of == "holder":
+        assert f"mount <--bind> <{weird}/hosts> </etc/hosts>" in log
+        assert f"mount <--bind> <{weird}/resolv.conf> </etc/resolv.conf>" in log
+    else:
+        assert f"slurmd <-D> <-N> <node1> <-f> <{weird}/slurm.conf>" in log
+    assert not (tmp_path / "ran").exists()

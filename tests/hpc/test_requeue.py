@@ -120,7 +120,7 @@ def run_lus_step(tmp_path: Path, **env: str) -> tuple[int, str, str]:
 def test_lus_step_requeues_on_marker_whatever_srun_says(tmp_path):
     rc, out, calls = run_lus_step(tmp_path, STEP_RC="143", STEP_MARKER="1", STEP_COMMIT="step-000000004")
     assert rc == 0 and calls == "requeue 42\n", out
-    assert "requeue marker from nodeX" in out and not (tmp_path / "run" / ".lus-requeue" / "42").exists()
+    assert "requeue marker from nodeX" in out and not (tmp_path / "run" / ".lus-requeue").exists()
 
 
 def test_lus_step_plain_failure_is_returned(tmp_path):
