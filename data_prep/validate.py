@@ -46,6 +46,10 @@ def _content_problems(path: Path, index: int, m: Manifest) -> list[str]:
                 expect = np.repeat(np.flatnonzero(rows), m.videos["n_frames"][rows])
                 if not np.array_equal(f[fmt.DS_VIDEO][:], expect):
                     out.append("per-frame video index disagrees with the manifest video table")
+            if m.frames is not None and fmt.DS_SCORES in f and len(f[fmt.DS_SCORES]) == n:
+                start = int(m.shards["n_frames"][:index].sum())
+                if not np.array_equal(f[fmt.DS_SCORES][:], m.frames["score"][start:start + n]):
+                    out.append("frame scores disagree with the manifest's frame columns (the reader's index)")
             return out
     except OSError as exc:
         return [f"unreadable HDF5 ({exc})"]

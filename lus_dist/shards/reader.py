@@ -93,6 +93,8 @@ class ShardDataset(Dataset):
         self.with_masks, self.locking, self.seed, self.epoch = with_masks, locking, seed, 0
         self.max_open_shards = max(1, max_open_shards)
         self.manifest = Manifest.load(self.root, version=manifest_version)
+        for column in ("sha256", "plan_hash", "bytes", "version"):   # validate's, not the reader's
+            self.manifest.shards.pop(column, None)
         self.stored_channels = int(self.manifest.preprocessing["channels"])
         self.channels = channels or self.stored_channels
         v = self.manifest.videos

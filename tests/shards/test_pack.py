@@ -161,3 +161,17 @@ def test_validate_without_manifest_says_the_pack_is_unfinished(tmp_path, packed)
     assert [p.name for p in problems] == [fmt.MANIFEST_NAME]
     assert "lus prep finalize" in problems[0].what
     assert "no such shard directory" in validate(tmp_path / "absent")[0].what
+
+
+def test_validate_checks_the_readers_frame_columns_and_the_tables_checksum(tmp_path, packed):
+    out = tmp_path / "s"
+    shutil.copytree(packed, out)
+    m = Manifest.load(out)
+    m.frames["score"][:] = (m.frames["score"] + 1) % 4          # a manifest that lies about scores
+    m.save_version(out)
+    assert any("frame scores disagree" in p.what for p in validate(out))
+    tables = out / f"manifest-v{m.version:04d}.npz"
+    data = bytearray(tables.read_bytes())
+    data[-100] ^= 0xFF
+    tables.write_bytes(bytes(data))
+    assert any(tables.name in str(p) for p in validate(out))      # named, whichever check trips
