@@ -110,8 +110,12 @@ def train_loader(ds, labels: np.ndarray | None, cfg: RunConfig, world: World,
     masks as an uninterrupted one.
     """
     weights = class_balanced_weights(labels) if labels is not None and cfg.data.balanced else None
+    # worker-affine batches: each loader worker reads only its own shards (one open per
+    # shard per epoch on shared storage)
     sampler = DistributedShardSampler(ds.shard_ids, world.world_size, world.rank, seed=cfg.seed,
-                                      shuffle=True, weights=weights)
+                                      shuffle=True, weights=weights,
+                                      loader_workers=cfg.data.num_workers,
+                                      batch_size=cfg.data.batch_size)
     if len(sampler) < cfg.data.batch_size:
         raise ConfigError(f"{cfg.data.root}: {len(sampler)} training samples per rank is fewer "
                           f"than data.batch_size={cfg.data.batch_size}")

@@ -57,7 +57,8 @@ def test_train_test_layout_holds_validation_patients_out_of_training():
     assert len(val["patients"]) == 2                         # 8 training patients / round(1/0.25)
     assert selection(cfg.data, "test", v, seed=0) == {"split": "test"}
     assert val == selection(cfg.data, "val", v, seed=0)      # deterministic
-    assert val != selection(cfg.data, "val", v, seed=1)      # ... per seed
+    drawn = {tuple(selection(cfg.data, "val", v, seed=s)["patients"]) for s in range(10)}
+    assert len(drawn) > 1                                    # ... per seed
 
 
 def test_a_named_or_packed_validation_split_is_used_as_is():
