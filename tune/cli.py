@@ -56,6 +56,9 @@ def _common(p: argparse.ArgumentParser, family: str) -> None:
                         "the Ray cluster has GPUs, else 0")
     p.add_argument("--seed", type=int, default=0, help="searcher seed (reproducible sweeps)")
     p.add_argument("--grace-period", type=int, default=1, help="ASHA: reports before a stop")
+    p.add_argument("--max-failures", type=int, default=None,
+                   help="retries of a failed trial, e.g. when a Ray node dies (default: "
+                        "$LUS_TUNE_MAX_FAILURES, else 0; slurm/tune.sh sets 2)")
     p.add_argument("--quiet", action="store_true", help="no Ray progress table")
 
 
@@ -130,6 +133,7 @@ def _run(args: argparse.Namespace) -> int:
                         storage=args.storage, name=args.name or args.family,
                         resume=args.resume, max_concurrent=args.max_concurrent,
                         seed=args.seed, grace_period=args.grace_period,
+                        **({} if args.max_failures is None else {"max_failures": args.max_failures}),
                         verbose=0 if args.quiet else 1,
                         reuse_actors=not is_ray_train(args.family))
     ctx = TrialContext(family=args.family, base=base, metric=space.metric,
