@@ -23,11 +23,10 @@ DEEPSPEED_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "deepspeed
 class DataConfig:
     """Where the shards are and how to read them, and which videos do what.
 
-    The best epoch is never picked on the test videos unless named (`val_split=test`):
-    `val_split` empty uses the manifest's "val" split, else holds `val_fraction` of the
-    training patients out (stratified, seeded). `test_folds` (k-fold CV) trains on the
-    other folds and grades on these; `val_folds` (default: the next fold) picks the epoch.
-    See lus_dist.engine.data.selection.
+    `val_split` empty validates on `test_split`; `holdout` holds `val_fraction` of the
+    training patients out of training (stratified, seeded) to pick the epoch on.
+    `test_folds` (k-fold CV) trains on the other folds and grades on these; `val_folds`
+    then picks the epoch instead of the test folds. See lus_dist.engine.data.selection.
     """
     root: str = "data/shards"
     manifest_version: int | None = None   # None: the newest, pinned into the saved config

@@ -33,32 +33,30 @@ def open_split(cfg: RunConfig, split: str, **kw):
     return ds
 
 
+HOLDOUT = "holdout"   # data.val_split: hold training patients out to pick the epoch
+
+
 def validation_name(d) -> str:
     """What the best epoch is picked on, as summary.json names it."""
-    return d.val_split or "val"
+    return d.val_split or d.test_split
 
 
 def selection(d, split: str, videos: dict, seed: int) -> dict:
     """ShardDataset selection (split / folds / patients) of `split`; pure.
 
-    The test videos never pick the model unless the user names them as the validation
-    split (`data.val_split=test`). k-fold (`data.test_folds`): validation is
-    `data.val_folds`, by default the fold after the last test fold, and training reads the
-    remaining folds. Otherwise validation is the named `data.val_split`, else the
-    manifest's own "val" split if it has one, else `data.val_fraction` of the training
-    patients held out (stratified by video class, seeded), and training reads the rest.
+    k-fold (`data.test_folds`): validation is `data.val_folds` (`next_fold` gives the usual
+    choice), else the test folds; training reads the remaining folds. Otherwise validation
+    is the named `data.val_split`; `holdout` holds `data.val_fraction` of the training
+    patients out of training (stratified by video class, seeded) to pick the epoch on.
+    Empty still means the test split (the old default, kept this release: see the README).
     """
     if d.test_folds:
         test = list(d.test_folds)
-        if d.val_split == d.test_split:
-            val = test
-        else:
-            val = list(d.val_folds or [next_fold(test, videos["fold"])])
+        val = list(d.val_folds) if d.val_folds else test
         if split == d.train_split:
             return {"exclude_folds": sorted(set(test) | set(val))}
         return {"folds": val if split == validation_name(d) else test}
-    carve = not d.val_split and not (np.asarray(videos["split"]) == "val").any()
-    if carve and split in (d.train_split, validation_name(d)):
+    if d.val_split == HOLDOUT and split in (d.train_split, HOLDOUT):
         held = held_out_patients(videos, d.train_split, d.val_fraction, seed)
         in_train = np.asarray(videos["split"]) == d.train_split
         patients = np.unique(np.asarray(videos["patient_id"])[in_train].astype(str))

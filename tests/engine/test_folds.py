@@ -26,14 +26,13 @@ def test_val_folds_are_held_out_from_training_and_from_the_test_grade(engine_sha
     assert k >= 3
     folds = _folds_read(engine_shards, ["data.test_folds=[0]", "data.val_folds=[1]"])
     assert folds == {"train": set(range(2, k)), "val": {1}, "test": {0}}
-    # without val_folds the next fold picks the model, never the test fold ...
+    # without val_folds the test fold picks the model (the documented default); next_fold
+    # gives the usual explicit choice
     folds = _folds_read(engine_shards, ["data.test_folds=[0]"])
-    assert folds == {"train": set(range(2, k)), "val": {1}, "test": {0}}
-    folds = _folds_read(engine_shards, [f"data.test_folds=[{k - 1}]"])
-    assert folds == {"train": set(range(1, k - 1)), "val": {0}, "test": {k - 1}}
-    # ... unless the user asks for it by name
-    folds = _folds_read(engine_shards, ["data.test_folds=[0]", "data.val_split=test"])
     assert folds == {"train": set(range(1, k)), "val": {0}, "test": {0}}
+    from lus_dist.engine.data import next_fold
+    fold = Manifest.load(engine_shards).videos["fold"]
+    assert next_fold([0], fold) == 1 and next_fold([k - 1], fold) == 0
 
 
 def _videos(n_patients=10, with_val=False):
@@ -46,32 +45,33 @@ def _videos(n_patients=10, with_val=False):
 
 
 def test_train_test_layout_holds_validation_patients_out_of_training():
-    cfg = load_run_config("regstn", None, ["data.val_fraction=0.25"])
+    cfg = load_run_config("regstn", None, ["data.val_fraction=0.25", "data.val_split=holdout"])
     v = _videos()
     train = selection(cfg.data, "train", v, seed=0)
     val = selection(cfg.data, validation_name(cfg.data), v, seed=0)
+    assert validation_name(cfg.data) == "holdout"
     test_patients = set(v["patient_id"][v["split"] == "test"])
     assert train["split"] == val["split"] == "train"
     assert set(train["patients"]).isdisjoint(val["patients"])
     assert set(train["patients"]) | set(val["patients"]) == set(v["patient_id"]) - test_patients
     assert len(val["patients"]) == 2                         # 8 training patients / round(1/0.25)
     assert selection(cfg.data, "test", v, seed=0) == {"split": "test"}
-    assert val == selection(cfg.data, "val", v, seed=0)      # deterministic
-    drawn = {tuple(selection(cfg.data, "val", v, seed=s)["patients"]) for s in range(10)}
+    assert val == selection(cfg.data, "holdout", v, seed=0)  # deterministic
+    drawn = {tuple(selection(cfg.data, "holdout", v, seed=s)["patients"]) for s in range(10)}
     assert len(drawn) > 1                                    # ... per seed
 
 
-def test_a_named_or_packed_validation_split_is_used_as_is():
+def test_a_named_validation_split_is_used_as_is():
     v = _videos(with_val=True)
-    cfg = load_run_config("regstn", None, [])
-    assert selection(cfg.data, "train", v, 0) == {"split": "train"}      # the packed "val" split
+    cfg = load_run_config("regstn", None, ["data.val_split=val"])
+    assert selection(cfg.data, "train", v, 0) == {"split": "train"}
     assert selection(cfg.data, "val", v, 0) == {"split": "val"}
-    named = load_run_config("regstn", None, ["data.val_split=test"])
-    assert selection(named.data, validation_name(named.data), _videos(), 0) == {"split": "test"}
+    default = load_run_config("regstn", None, [])
+    assert validation_name(default.data) == "test"
 
 
 def test_too_few_training_patients_to_hold_out_is_a_clear_error():
-    cfg = load_run_config("regstn", None, [])
+    cfg = load_run_config("regstn", None, ["data.val_split=holdout"])
     with pytest.raises(ConfigError, match="too few to hold out"):
         selection(cfg.data, "train", _videos(n_patients=5), 0)
 

@@ -41,7 +41,7 @@ def test_eval_cli_says_what_a_missing_family_lacks(regstn_run, tmp_path, lus, lu
 
 
 def test_regstn_boxes_cover_markers_more_often_than_random_boxes(regstn_run):
-    from lus_dist.evaluation.cli import MARKERS
+    from lus_dist.evaluation.sections import MARKERS
     from lus_dist.evaluation.predict import load_run
     from lus_dist.evaluation.report import localisation_vs_random
     from lus_dist.models.localization import stn_boxes
