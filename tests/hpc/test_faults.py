@@ -186,7 +186,7 @@ def test_checkpoint_disk_full_keeps_the_previous_and_resumes(slurm2, hpc_phantom
         assert assert_untorn(view) == ["step-000000002"], full_log[-3000:]
         assert json.loads((view / "step-000000002" / "COMMIT").read_text())["global_step"] == 2
         state = torch.load(view / "step-000000002" / "main.pt", map_location="cpu", weights_only=True)
-        assert state["model"] and state["optimizer"]                # loadable, not truncated
+        assert state["states"]["model"] and state["states"]["optimizer"]   # loadable, whole
 
         slurm2.run(["mount", "-o", "remount,size=256m", str(ckpts)])    # space is back
         again = submit_train(slurm2, shards, run, TWO_NODES, procs=1, overrides=DDP)
