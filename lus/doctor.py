@@ -139,8 +139,10 @@ def report(cfg, world, facts) -> tuple[list[str], list[str], object]:
     return lines, warnings, plan
 
 
-def comm_check(world, plan) -> str:
-    """Join the group with the plan's backend and all-reduce this rank's number."""
+def comm_check(world, plan, emit) -> str:
+    """Join the group with the plan's backend and all-reduce this rank's number; `emit(line)`
+    then runs rank by rank with barriers, so the ranks' blocks never interleave on a shared
+    stdout (a long block is written in several chunks)."""
     import torch
     import torch.distributed as dist
 
@@ -150,11 +152,16 @@ def comm_check(world, plan) -> str:
     x = torch.tensor([float(world.rank)], device=plan.torch_device())
     dist.all_reduce(x)
     expected = world.world_size * (world.world_size - 1) / 2
-    destroy_distributed()
     ok = float(x.item()) == expected
-    return (f"comm: all_reduce over {world.world_size} ranks with {plan.backend} "
+    line = (f"comm: all_reduce over {world.world_size} ranks with {plan.backend} "
             f"{'ok' if ok else f'WRONG ({x.item()} != {expected})'} "
             f"({(time.perf_counter() - t0) * 1e3:.0f} ms incl. rendezvous)")
+    for turn in range(world.world_size):
+        if turn == world.rank:
+            emit(line)
+        dist.barrier()
+    destroy_distributed()
+    return line
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -174,10 +181,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{tag} plan broken: {exc}", file=sys.stderr, flush=True)
         return 2
     lines += [f"WARNING: {w}" for w in warnings]
+
+    def emit(*last: str) -> None:
+        print("\n".join(f"{tag} {line}" for line in [*lines, *last]), flush=True)
+
     if world.world_size > 1 and not args.no_comm:
-        lines.append(comm_check(world, plan))
-    print("\n".join(f"{tag} {line}" for line in lines), flush=True)
-    return 1 if any("WRONG" in line for line in lines) else 0
+        comm = comm_check(world, plan, emit)
+        return 1 if "WRONG" in comm else 0
+    emit()
+    return 0
 
 
 if __name__ == "__main__":

@@ -44,44 +44,41 @@ def validation_name(d) -> str:
 def selection(d, split: str, videos: dict, seed: int) -> dict:
     """ShardDataset selection (split / folds / patients) of `split`; pure.
 
-    k-fold (`data.test_folds`): validation is `data.val_folds` (`next_fold` gives the usual
-    choice), else the test folds; training reads the remaining folds. Otherwise validation
-    is the named `data.val_split`; `holdout` holds `data.val_fraction` of the training
-    patients out of training (stratified by video class, seeded) to pick the epoch on.
-    Empty still means the test split (the old default, kept this release: see the README).
+    Validation (where the best epoch is picked) is, in order: `data.val_folds` (k-fold);
+    `holdout`, which holds `data.val_fraction` of the training patients (of the training
+    split, or of the training folds in k-fold CV) out of training, stratified by video
+    class and seeded; a named `data.val_split`; empty still means the test split or folds
+    (the old default, kept this release: see the README).
     """
+    if d.val_split == HOLDOUT and not d.val_folds and split in (d.train_split, HOLDOUT):
+        base = {"exclude_folds": sorted(d.test_folds)} if d.test_folds else {"split": d.train_split}
+        pool = training_pool(d, videos)
+        held = held_out_patients(videos, pool, d.val_fraction, seed)
+        patients = np.unique(np.asarray(videos["patient_id"])[pool].astype(str))
+        keep = [p for p in patients if (p in held) == (split != d.train_split)]
+        return {**base, "patients": keep}
     if d.test_folds:
         test = list(d.test_folds)
         val = list(d.val_folds) if d.val_folds else test
         if split == d.train_split:
             return {"exclude_folds": sorted(set(test) | set(val))}
         return {"folds": val if split == validation_name(d) else test}
-    if d.val_split == HOLDOUT and split in (d.train_split, HOLDOUT):
-        held = held_out_patients(videos, d.train_split, d.val_fraction, seed)
-        in_train = np.asarray(videos["split"]) == d.train_split
-        patients = np.unique(np.asarray(videos["patient_id"])[in_train].astype(str))
-        keep = [p for p in patients if (p in held) == (split != d.train_split)]
-        return {"split": d.train_split, "patients": keep}
     return {"split": split}
 
 
-def next_fold(test_folds: list[int], folds) -> int:
-    """The fold after the last test fold (wrapping), skipping test folds."""
-    known = sorted({int(f) for f in np.asarray(folds) if int(f) >= 0})
-    rest = [f for f in known if f not in test_folds]
-    if len(rest) < 2:
-        raise ConfigError(f"folds {known}: testing on {test_folds} leaves {rest}, too few to "
-                          "both validate and train on (set data.val_folds or data.val_split)")
-    after = [f for f in rest if f > max(test_folds)]
-    return after[0] if after else rest[0]
+def training_pool(d, videos: dict) -> np.ndarray:
+    """Which videos may train (before any hold-out): the training split, or the non-test
+    folds in k-fold CV."""
+    if d.test_folds:
+        return ~np.isin(np.asarray(videos["fold"]), list(d.test_folds))
+    return np.asarray(videos["split"]) == d.train_split
 
 
-def held_out_patients(videos: dict, train_split: str, fraction: float, seed: int) -> set[str]:
-    """About `fraction` of the training patients, stratified by video class (one fold of
-    a seeded stratified group k-fold, k = round(1 / fraction))."""
+def held_out_patients(videos: dict, in_train: np.ndarray, fraction: float, seed: int) -> set[str]:
+    """About `fraction` of the patients of the `in_train` videos, stratified by video class
+    (one fold of a seeded stratified group k-fold, k = round(1 / fraction))."""
     from lus_dist.shards.splits import group_kfold
 
-    in_train = np.asarray(videos["split"]) == train_split
     patients = np.asarray(videos["patient_id"])[in_train].astype(str)
     labels = np.asarray(videos["label"])[in_train]
     k = max(2, int(round(1 / fraction)))

@@ -26,13 +26,23 @@ def test_val_folds_are_held_out_from_training_and_from_the_test_grade(engine_sha
     assert k >= 3
     folds = _folds_read(engine_shards, ["data.test_folds=[0]", "data.val_folds=[1]"])
     assert folds == {"train": set(range(2, k)), "val": {1}, "test": {0}}
-    # without val_folds the test fold picks the model (the documented default); next_fold
-    # gives the usual explicit choice
+    # without val_folds the test fold picks the model (the documented default)
     folds = _folds_read(engine_shards, ["data.test_folds=[0]"])
     assert folds == {"train": set(range(1, k)), "val": {0}, "test": {0}}
-    from lus_dist.engine.data import next_fold
-    fold = Manifest.load(engine_shards).videos["fold"]
-    assert next_fold([0], fold) == 1 and next_fold([k - 1], fold) == 0
+
+
+def test_kfold_holdout_picks_on_patients_of_the_training_folds(engine_shards):
+    cfg = load_run_config("regstn", None, [f"data.root={engine_shards}", "data.test_folds=[0]",
+                                           "data.val_split=holdout", "data.val_fraction=0.25"])
+    read = {}
+    for role, split in (("train", "train"), ("val", "holdout"), ("test", "test")):
+        ds = open_split(cfg, split, mode="frame")
+        v = ds.manifest.videos
+        read[role] = (set(np.asarray(v["patient_id"])[ds.video_rows].astype(str)),
+                      set(np.asarray(v["fold"])[ds.video_rows].tolist()))
+    assert read["test"][1] == {0} and 0 not in read["train"][1] | read["val"][1]
+    assert read["val"][0] and read["train"][0].isdisjoint(read["val"][0])
+    assert read["test"][0].isdisjoint(read["train"][0] | read["val"][0])
 
 
 def _videos(n_patients=10, with_val=False):
