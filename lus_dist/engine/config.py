@@ -23,15 +23,16 @@ DEEPSPEED_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "deepspeed
 class DataConfig:
     """Where the shards are and how to read them, and which videos do what.
 
-    `val_split` empty validates on `test_split`; `holdout` holds `val_fraction` of the
-    training patients out of training (stratified, seeded) to pick the epoch on.
+    `val_split` `holdout` (the default) holds `val_fraction` of the training patients out
+    of training (stratified, seeded) to pick the epoch on, so the test split never picks
+    the model; a named split (e.g. `val`) is used as is; `test` must be asked for by name.
     `test_folds` (k-fold CV) trains on the other folds and grades on these; `val_folds`
     then picks the epoch instead of the test folds. See lus_dist.engine.data.selection.
     """
     root: str = "data/shards"
     manifest_version: int | None = None   # None: the newest, pinned into the saved config
     train_split: str = "train"
-    val_split: str = ""
+    val_split: str = "holdout"
     test_split: str = "test"
     test_folds: list[int] | None = None
     val_folds: list[int] | None = None
@@ -159,14 +160,17 @@ class TrainConfig:
     deterministic: bool = False
     device: str = "auto"          # auto|cpu|cuda
     # ranks agree on a preemption signal every N optimizer steps (one all-reduce + host sync
-    # each); a stop still lands on a step boundary and resumes exactly whatever N is
-    stop_check_every: int = 1
+    # each); a stop still lands on a step boundary and resumes exactly whatever N is.
+    # 0 (auto): N from the measured step time, so agreements are ~stop_check_s apart
+    stop_check_every: int = 0
+    stop_check_s: float = 2.0
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
             raise ConfigError(f"train.epochs must be >= 1, got {self.epochs}")
-        if self.stop_check_every < 1:
-            raise ConfigError(f"train.stop_check_every must be >= 1, got {self.stop_check_every}")
+        if self.stop_check_every < 0:
+            raise ConfigError(f"train.stop_check_every must be >= 0 (0: auto), got "
+                              f"{self.stop_check_every}")
         if str(self.bf16).lower() not in ("auto", "true", "false"):
             raise ConfigError(f"train.bf16 must be auto|true|false, got {self.bf16!r}")
 

@@ -47,8 +47,8 @@ def selection(d, split: str, videos: dict, seed: int) -> dict:
     Validation (where the best epoch is picked) is, in order: `data.val_folds` (k-fold);
     `holdout`, which holds `data.val_fraction` of the training patients (of the training
     split, or of the training folds in k-fold CV) out of training, stratified by video
-    class and seeded; a named `data.val_split`; empty still means the test split or folds
-    (the old default, kept this release: see the README).
+    class and seeded (the default); a named `data.val_split`; empty or the test split's
+    name means the test split or folds, which must be asked for.
     """
     if d.val_split == HOLDOUT and not d.val_folds and split in (d.train_split, HOLDOUT):
         base = {"exclude_folds": sorted(d.test_folds)} if d.test_folds else {"split": d.train_split}
@@ -75,17 +75,19 @@ def training_pool(d, videos: dict) -> np.ndarray:
 
 
 def held_out_patients(videos: dict, in_train: np.ndarray, fraction: float, seed: int) -> set[str]:
-    """About `fraction` of the patients of the `in_train` videos, stratified by video class
-    (one fold of a seeded stratified group k-fold, k = round(1 / fraction))."""
+    """About `fraction` of the patients of the `in_train` videos, at least one, stratified
+    by video class: one fold of a seeded stratified group k-fold, k = round(1 / fraction)
+    but at most the number of patients (4 patients at 0.2 hold out 1, not 0)."""
     from lus_dist.shards.splits import group_kfold
 
     patients = np.asarray(videos["patient_id"])[in_train].astype(str)
     labels = np.asarray(videos["label"])[in_train]
-    k = max(2, int(round(1 / fraction)))
-    if len(set(patients)) < k:
-        raise ConfigError(f"{len(set(patients))} training patients are too few to hold out "
-                          f"data.val_fraction={fraction} of them for picking the best epoch; "
-                          "name a validation split (data.val_split) instead")
+    n = len(set(patients))
+    if n < 2:
+        raise ConfigError(f"{n} training patient(s) are too few to hold any out for picking "
+                          "the best epoch (data.val_split=holdout); name a validation split "
+                          "(data.val_split=val, or data.val_split=test to pick on the test split)")
+    k = min(max(2, int(round(1 / fraction))), n)
     fold = group_kfold(patients.tolist(), k, seed, strata=labels.tolist())
     return set(patients[fold == 0].tolist())
 

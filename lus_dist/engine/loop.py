@@ -17,6 +17,7 @@ from typing import Any, Callable
 from hpc import REQUEUE_EXIT_CODE, PreemptionFlag, destroy_distributed
 from lus_dist.config import to_dict
 
+from .cadence import StopCadence
 from .checkpoint import Checkpointer, Progress, RNGState, find_resume, load_best, save_best
 from .data import describe, epoch_batches, selection, steps_per_epoch, to_device, train_loader
 from .family import Family
@@ -81,6 +82,7 @@ class Trainer:
                       f"{world.world_size} rank(s) on {self.session.device}, {self.steps} "
                       f"steps/epoch" + (f", resumed from {resumed.name}" if resumed else ""))
         self.samples, self.last_loss, self.last_val = 0, None, {}
+        self.stop_cadence = StopCadence(cfg.train.stop_check_every, cfg.train.stop_check_s)
 
     # ------------------------------------------------------------ the loop
     def train(self) -> int:
@@ -147,9 +149,9 @@ class Trainer:
                                         "lr": self.fit.lr})
 
     def at_step_boundary(self, stop) -> bool:
-        """Agree on preemption (every train.stop_check_every steps) and checkpoint if due."""
+        """Agree on preemption (at the StopCadence) and checkpoint if due."""
         p, cfg = self.progress, self.cfg
-        halt = p.global_step % cfg.train.stop_check_every == 0 and stop.should_stop()
+        halt = self.stop_cadence.due(p.global_step) and stop.should_stop()
         every = cfg.checkpoint.every_steps
         if halt or (every and p.global_step % every == 0):
             self.save()

@@ -26,8 +26,8 @@ def test_val_folds_are_held_out_from_training_and_from_the_test_grade(engine_sha
     assert k >= 3
     folds = _folds_read(engine_shards, ["data.test_folds=[0]", "data.val_folds=[1]"])
     assert folds == {"train": set(range(2, k)), "val": {1}, "test": {0}}
-    # without val_folds the test fold picks the model (the documented default)
-    folds = _folds_read(engine_shards, ["data.test_folds=[0]"])
+    # the test fold picks the model only when asked for by name
+    folds = _folds_read(engine_shards, ["data.test_folds=[0]", "data.val_split=test"])
     assert folds == {"train": set(range(1, k)), "val": {0}, "test": {0}}
 
 
@@ -77,13 +77,15 @@ def test_a_named_validation_split_is_used_as_is():
     assert selection(cfg.data, "train", v, 0) == {"split": "train"}
     assert selection(cfg.data, "val", v, 0) == {"split": "val"}
     default = load_run_config("regstn", None, [])
-    assert validation_name(default.data) == "test"
+    assert validation_name(default.data) == "holdout"   # the test split never picks by default
 
 
 def test_too_few_training_patients_to_hold_out_is_a_clear_error():
     cfg = load_run_config("regstn", None, ["data.val_split=holdout"])
-    with pytest.raises(ConfigError, match="too few to hold out"):
-        selection(cfg.data, "train", _videos(n_patients=5), 0)
+    with pytest.raises(ConfigError, match="too few to hold any out"):
+        selection(cfg.data, "train", _videos(n_patients=3), 0)   # 2 test, 1 training patient
+    small = selection(cfg.data, "holdout", _videos(n_patients=5), 0)   # 3 training patients
+    assert len(small["patients"]) == 1                                # at least one held out
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -95,7 +95,7 @@ def test_plugin_family_trains_preempts_resumes_and_is_reported(engine_shards, tm
     resumed = run_train("tiny", run, args, resume="auto")
     assert "resumed from step-" in resumed.stdout, explain(resumed)
     assert summary(run)["param_digests"] == digest
-    assert summary(run)["family"] == "tiny" and summary(run)["best_selected_on"] == "test"
+    assert summary(run)["family"] == "tiny" and summary(run)["best_selected_on"] == "holdout"
 
     report = subprocess.run([sys.executable, "-m", "lus", "eval", str(run), "--out",
                              str(tmp_path / "report")], env=child_env(), capture_output=True,

@@ -75,8 +75,8 @@ def regstn_run(phantom) -> Path:
 @pytest.fixture(scope="session")
 def seg_run(phantom) -> Path:
     return train(phantom / "runs" / "seg", "seg", f"data.root={phantom / 'shards'}",
-                 "train.epochs=3", "data.batch_size=16", "optim.lr=3e-3",
-                 "schedule.milestones=[]")
+                 "train.epochs=5", "data.batch_size=16", "optim.lr=3e-3",
+                 "schedule.name=warmup_cosine", "schedule.min_lr_ratio=0.05")
 
 
 @pytest.fixture(scope="session")

@@ -78,7 +78,7 @@ def test_uninorm_learns_the_phantom_video_task_from_the_engines_frame_scores(reg
     per_patient = [len(np.unique(preds.video_id[preds.patient_id == p]))
                    for p in np.unique(preds.patient_id)]
     one_video_per_fold = 1.0 / min(per_patient)
-    assert mean["uninorm"] >= 0.8, mean
+    assert mean["uninorm"] >= 0.7, mean   # 0.77 with the epoch picked on held-out patients
     assert mean["uninorm"] >= mean["argmax_mean"] - one_video_per_fold - 1e-9, (mean, per_patient)
 
 

@@ -31,7 +31,7 @@ def _train(shards, run_dir) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "lus", "train", "regstn", "--config", str(ROOT / "configs" / "demo_regstn.yaml"),
            "--run-dir", str(run_dir), f"data.root={shards}", "train.epochs=1", "train.max_steps_per_epoch=2",
            "data.batch_size=8", "data.test_folds=[0]", "logging.tensorboard=false", "viz_frames=2",
-           "predict_splits=[train]"]
+           "predict_splits=[train,holdout]"]
     env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)}
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
@@ -95,8 +95,10 @@ def test_training_on_the_new_version_reads_old_and_new_frames(grown):
     out, v1, _, base = grown
     run = _train(out, base / "run_v2")
     assert run.returncode == 0, run.stderr[-3000:]
-    with h5py.File(base / "run_v2" / "predictions" / "train.h5", "r") as f:
-        videos = {v.decode() if isinstance(v, bytes) else str(v) for v in f["video_id"][:]}
+    videos = set()
+    for part in ("train", "holdout"):   # the training folds' patients: trained on or held out
+        with h5py.File(base / "run_v2" / "predictions" / f"{part}.h5", "r") as f:
+            videos |= {v.decode() if isinstance(v, bytes) else str(v) for v in f["video_id"][:]}
     old_ids = set(v1.videos["video_id"][v1.videos["fold"] != 0])          # training reads folds 1, 2
     v2 = Manifest.load(out)
     new_ids = set(v2.videos["video_id"][v1.n_videos:][v2.videos["fold"][v1.n_videos:] != 0])
