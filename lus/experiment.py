@@ -158,9 +158,9 @@ def train_cmd(family: str, step: TrainStep, run_dir: Path, shards: Path, fold: i
 
 def _selection_text(cfg: PocusExperimentConfig, cv: bool) -> str:
     if not cv:
-        return ("each model's best epoch is picked on the --test-data clips themselves (the "
-                "engine's default validation split), so these numbers are optimistic; "
-                "`data.val_split=holdout` picks on held-out training patients instead")
+        return ("each model's best epoch is picked on held-out training patients "
+                "(`data.val_split=holdout`, the engine's default); the --test-data clips only "
+                "grade the models")
     if cfg.select_on_next_fold:
         return ("each fold's best epoch is picked on the next fold's clips (`data.val_folds`), "
                 "so models train on k-2 folds and the test fold never influences them")
