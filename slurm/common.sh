@@ -182,7 +182,18 @@ lus_train() {
     local extra=()
     [[ -n "${DATA:-}" ]] && extra+=("data.root=$DATA")
     LUS_RUN_DIR="$run_dir"
+    lus_doctor "$family" --config "$config" "${extra[@]}" "${LUS_ARGS[@]}"
     lus_torchrun_cmd train "$family" --config "$config" --run-dir "$run_dir" --resume auto \
         "${extra[@]}" "${LUS_ARGS[@]}"
     lus_step "${LUS_CMD[@]}"
+}
+
+# lus_doctor FAMILY ARGS...: every rank prints the device / process group / precision plan
+# it will train with (same srun + torchrun layout, one all-reduce to prove the backend
+# connects), so the job log shows it; a broken plan (e.g. more ranks than GPUs) fails the
+# job here with the reason instead of in the middle of training. LUS_DOCTOR=0 skips it.
+lus_doctor() {
+    [[ "${LUS_DOCTOR:-1}" == 0 ]] && return 0
+    lus_torchrun_cmd doctor "$@"
+    lus_run "${LUS_CMD[@]}"
 }

@@ -13,7 +13,9 @@
 #SBATCH --job-name=lus-cnnlstm
 #SBATCH --nodes=1
 #SBATCH --ntasks-per-node=1
-#SBATCH --cpus-per-task=4
+# CPUs per node = ranks per node x (1 + data.num_workers): 4 GPUs x (1 + 2); lus doctor
+# warns when the loader workers do not fit.
+#SBATCH --cpus-per-task=12
 # #SBATCH --gpus-per-node=4
 #SBATCH --time=04:00:00
 #SBATCH --signal=B:USR1@120

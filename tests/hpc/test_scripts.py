@@ -42,8 +42,12 @@ def test_train_two_gpu_nodes(base_env):
     env = {**base_env, "SLURM_JOB_ID": "123456", "SLURM_JOB_NODELIST": "gpu[07-08]", "SLURM_NNODES": "2",
            "SLURM_CPUS_PER_TASK": "16", "SLURM_GPUS_PER_NODE": "a100:4", "CONFIG": "configs/x.yaml",
            "DATA": "/scratch/shards", "RUN_DIR": "runs/r1"}
-    (cmd,) = dry_run("train_regstn.sh", env, "optim.lr=3e-4")
+    doctor, cmd = dry_run("train_regstn.sh", env, "optim.lr=3e-4")
     port = port_from_job_id(123456)
+    # lus doctor first, on the same layout, with the run's config and overrides
+    assert doctor[:doctor.index("lus") + 1] == cmd[:cmd.index("lus") + 1]
+    assert doctor[doctor.index("lus"):] == ["lus", "doctor", "regstn", "--config", "configs/x.yaml",
+                                            "data.root=/scratch/shards", "optim.lr=3e-4"]
     assert cmd == ["srun", "--nodes=2", "--ntasks=2", "--ntasks-per-node=1", "--cpus-per-task=16",
                    "--kill-on-bad-exit=1", PY, "-m", "hpc.launch", "--nnodes=2",
                    "--nproc-per-node=4", "--rdzv-backend=c10d", f"--rdzv-endpoint=gpu07:{port}",
@@ -57,7 +61,8 @@ def test_train_cpu_node_defaults(base_env, script, family):
     """CPU-only node: CPU_PROCS_PER_NODE processes (gloo); defaults for config and run dir."""
     env = {**base_env, "SLURM_JOB_ID": "77", "SLURM_JOB_NODELIST": "cn1", "SLURM_NNODES": "1",
            "CPU_PROCS_PER_NODE": "2", "DRY_RUN": "1"}
-    (cmd,) = dry_run(script, env)
+    doctor, cmd = dry_run(script, env)
+    assert doctor[doctor.index("lus"):] == ["lus", "doctor", family, "--config", f"configs/{family}.yaml"]
     assert "--nproc-per-node=2" in cmd and "--rdzv-endpoint=cn1:20077" in cmd
     i = cmd.index("lus")
     assert cmd[i:] == ["lus", "train", family, "--config", f"configs/{family}.yaml",
@@ -69,7 +74,7 @@ def test_python_from_virtual_env(base_env, tmp_path):
     (venv / "bin").mkdir(parents=True)
     (venv / "bin" / "python").symlink_to(PY)
     env = {k: v for k, v in base_env.items() if k != "LUS_PYTHON"}
-    (cmd,) = dry_run("train_regstn.sh", {**env, "VIRTUAL_ENV": str(venv)})
+    _, cmd = dry_run("train_regstn.sh", {**env, "VIRTUAL_ENV": str(venv)})
     assert cmd[cmd.index("-m") - 1] == str(venv / "bin" / "python")
 
 
