@@ -49,6 +49,11 @@ class Fit:
         own = {} if self.engine is not None else {"model": self.net, "optimizer": self.optimizer}
         return {**own, "scheduler": self.scheduler}
 
+    def describe(self) -> dict[str, Any]:
+        """What the run trained with, for summary.json (ZeRO stage as DeepSpeed applied it)."""
+        stage = self.engine.zero_optimization_stage() if self.engine is not None else None
+        return {"precision": "bf16" if self.bf16 else "fp32", "zero_stage": stage}
+
     def autocast(self):
         if not self.bf16 or self.engine is not None:   # DeepSpeed casts the model itself
             return contextlib.nullcontext()

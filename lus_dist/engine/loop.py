@@ -219,6 +219,7 @@ class Trainer:
                 "last_epoch_val": self.last_val,
                 "test": test, "splits": results, "param_digests": digests,
                 "world_size": world.world_size, "backend": self.cfg.dist.backend,
+                **self.fit.describe(),
                 "train_seconds": train_s,
                 "train_samples_per_s": self.samples * world.world_size / max(train_s, 1e-9),
                 "wall_seconds": time.time() - self.t_start})

@@ -1,8 +1,11 @@
-"""bf16 under DeepSpeed ZeRO-2 for every family, on CPU: trains, writes its summary (and
-Reg-STN its crop picture), checkpoints and resumes. DeepSpeed casts the parameters to bf16;
-every input the model sees (train, eval, export, pictures) must follow, and BatchNorm's
-running statistics with them. fp32 ZeRO-2 is test_distributed's; DDP bf16 autocast is
-test_single_process's."""
+"""The precision x backend matrix on CPU, 2 ranks: every cell trains, writes its summary
+(Reg-STN its crop picture), checkpoints and resumes with equal weights on both ranks.
+
+bf16 under DeepSpeed ZeRO-2 runs for every family: DeepSpeed casts the parameters to bf16
+and every input the model sees (train, eval, export, pictures) must follow, BatchNorm's
+running statistics with them. The other cells (ZeRO-0/1 x fp32/bf16, DDP bf16 autocast)
+run as a Latin square, each family in each row once, to keep CI short; fp32 ZeRO-2 and
+fp32 DDP per family are test_distributed's."""
 from __future__ import annotations
 
 import pytest
@@ -31,6 +34,34 @@ def test_deepspeed_bf16_trains_and_resumes(engine_shards, tmp_path, family):
     assert "resumed from step-000000002" in second.stdout, explain(second)
     s = summary(run)
     assert s["global_step"] == 4 and s["backend"] == "deepspeed" and len(set(s["param_digests"])) == 1
+    assert s["precision"] == "bf16" and s["zero_stage"] == 2
     if family == "regstn":
         assert (run / "viz" / "epoch-001.png").is_file()
         assert (run / "predictions" / "test.h5").is_file()
+
+
+ZERO = {0: "zero0.json", 1: "zero1.json"}
+CELLS = [("cnnlstm", "zero0", "fp32"), ("seg", "zero0", "bf16"), ("regstn", "zero1", "fp32"),
+         ("cnnlstm", "zero1", "bf16"), ("seg", "ddp", "bf16")]
+
+
+@pytest.mark.parametrize("family, backend, precision", CELLS)
+def test_matrix_cell_trains_and_resumes(engine_shards, tmp_path, family, backend, precision):
+    run = tmp_path / family
+    if backend == "ddp":
+        dist = ["dist.backend=ddp"]
+    else:
+        stage = int(backend[-1])
+        dist = ["dist.backend=deepspeed", f"dist.deepspeed_config={CONFIGS / 'deepspeed' / ZERO[stage]}"]
+    args = [f"data.root={engine_shards}", *dist, f"train.bf16={precision == 'bf16'}",
+            "train.max_steps_per_epoch=2", "logging.tensorboard=false", "data.num_workers=0",
+            *FAMILY[family]]
+    first = run_train(family, run, [*args, "train.epochs=1"], timeout=600)
+    assert first.returncode == 0, explain(first)
+    second = run_train(family, run, [*args, "train.epochs=2"], resume="auto", timeout=600)
+    assert second.returncode == 0, explain(second)
+    assert "resumed from step-000000002" in second.stdout, explain(second)
+    s = summary(run)
+    assert s["global_step"] == 4 and len(set(s["param_digests"])) == 1
+    assert s["precision"] == precision
+    assert s["zero_stage"] == (None if backend == "ddp" else int(backend[-1]))
