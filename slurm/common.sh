@@ -115,6 +115,7 @@ lus_step() {
     "$@" &
     LUS_STEP_PID=$!
     trap lus_forward_usr1 USR1
+    [[ "${LUS_USR1_PENDING:-0}" == 1 ]] && lus_forward_usr1   # it came during lus doctor
     while kill -0 "$LUS_STEP_PID" 2>/dev/null; do
         wait "$LUS_STEP_PID" || true          # returns early when the trap runs
     done
@@ -192,8 +193,11 @@ lus_train() {
 # it will train with (same srun + torchrun layout, one all-reduce to prove the backend
 # connects), so the job log shows it; a broken plan (e.g. more ranks than GPUs) fails the
 # job here with the reason instead of in the middle of training. LUS_DOCTOR=0 skips it.
+# A USR1 (time limit near) arriving meanwhile is kept and forwarded once training starts.
 lus_doctor() {
     [[ "${LUS_DOCTOR:-1}" == 0 ]] && return 0
     lus_torchrun_cmd doctor "$@"
+    trap 'echo "lus: USR1 received during lus doctor, kept for the trainers"; LUS_USR1_PENDING=1' USR1
     lus_run "${LUS_CMD[@]}"
+    trap - USR1
 }

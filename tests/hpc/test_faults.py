@@ -233,9 +233,10 @@ LATE_START = """#!/bin/bash
 # into a --time=3 --signal=B:USR1@60 run. In the job's first run the launcher waits until the
 # batch shell got it (so the run cannot finish before), then starts: the shell's resend must
 # reach the trainers. Later runs start at once and finish before their own signal is due.
+# Only the training launch waits (the job's lus doctor step runs at once).
 trap '' USR1
 log="$(dirname "$RUN_DIR")/$SLURM_JOB_NAME-$SLURM_JOB_ID.out"
-if [[ "${{SLURM_RESTART_COUNT:-0}}" == 0 && "$1 $2" == "-m hpc.launch" ]]; then
+if [[ "${{SLURM_RESTART_COUNT:-0}}" == 0 && "$1 $2" == "-m hpc.launch" && " $* " == *" train "* ]]; then
     for _ in $(seq 150); do grep -q "USR1 received" "$log" && break; sleep 1; done
 fi
 exec "{python}" "$@"

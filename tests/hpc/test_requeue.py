@@ -164,3 +164,28 @@ lus_step counting_step; echo "returned $?"
     out = r.stdout + r.stderr
     assert (tmp_path / "calls").read_text() == "requeue 7\n", out
     assert "USR1 forwarded to the trainers" in out
+
+
+def test_usr1_during_lus_doctor_is_kept_for_the_training_step(tmp_path):
+    """The time-limit USR1 lands while the job's `lus doctor` step runs: the shell neither
+    dies (bash's default for USR1) nor loses it; the training step gets it (and the resend)
+    as soon as it starts, checkpoints, and the job requeues."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    script = tmp_path / "usr1_doctor.sh"
+    script.write_text(f"""
+source {ROOT}/slurm/common.sh; lus_init; LUS_USR1_RESEND_S=1
+lus_torchrun_cmd() {{ LUS_CMD=(bash -c "kill -USR1 $$; sleep 0.5"); }}   # the doctor step
+counting_step() {{ local n=0; trap 'n=$((n+1))' USR1; while (( n < 2 )); do sleep 0.1; done; exit 75; }}
+lus_doctor regstn; echo "doctor returned $?"
+lus_step counting_step; echo "returned $?"
+""")
+    (bin_dir / "scontrol").write_text(SCONTROL)
+    (bin_dir / "scontrol").chmod(stat.S_IRWXU)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "LUS_"))}
+    env.update(PATH=f"{bin_dir}:{env['PATH']}", LUS_ROOT=str(ROOT), LUS_PYTHON=sys.executable,
+               SLURM_JOB_ID="7", SCONTROL_LOG=str(tmp_path / "calls"))
+    r = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=60)
+    out = r.stdout + r.stderr
+    assert "USR1 received during lus doctor" in out and "doctor returned 0" in out, out
+    assert (tmp_path / "calls").read_text() == "requeue 7\n", out

@@ -1,0 +1,48 @@
+"""The test clips never influence training or selection under the default config: two
+runs, one on the phantom shards and one on a copy whose test-split frames are inverted,
+end with bitwise-equal weights and the same best epoch and validation score, while their
+test scores differ (the change did reach the test split)."""
+from __future__ import annotations
+
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+
+from engine_helpers import explain, run_train, summary
+from lus_dist.shards.format import DS_FRAMES
+from lus_dist.shards.manifest import Manifest
+
+pytestmark = pytest.mark.slow
+
+ARGS = ["train.epochs=3", "train.max_steps_per_epoch=3", "data.batch_size=8",
+        "logging.tensorboard=false", "viz_frames=0", "train.deterministic=true"]
+
+
+def invert_test_frames(src, dst) -> int:
+    """Copy the shard set, inverting every frame of the test split's videos in place."""
+    shutil.copytree(src, dst)
+    v = Manifest.load(dst).videos
+    names = Manifest.load(dst).shards["name"]
+    changed = 0
+    for row in np.flatnonzero(np.asarray(v["split"]) == "test"):
+        with h5py.File(dst / names[v["shard"][row]], "r+") as f:
+            rows = slice(int(v["offset"][row]), int(v["offset"][row] + v["n_frames"][row]))
+            f[DS_FRAMES][rows] = 255 - f[DS_FRAMES][rows]
+            changed += rows.stop - rows.start
+    return changed
+
+
+def test_inverting_the_test_frames_changes_only_the_test_scores(engine_shards, tmp_path):
+    assert invert_test_frames(engine_shards, tmp_path / "inverted") > 0
+    runs = {}
+    for name, root in (("original", engine_shards), ("inverted", tmp_path / "inverted")):
+        proc = run_train("regstn", tmp_path / name, [f"data.root={root}", *ARGS], nproc=1)
+        assert proc.returncode == 0, explain(proc)
+        runs[name] = summary(tmp_path / name)
+    a, b = runs["original"], runs["inverted"]
+    assert a["best_selected_on"] == b["best_selected_on"] == "holdout"
+    assert a["param_digests"] == b["param_digests"]
+    assert a["best_epoch"] == b["best_epoch"] and a["last_epoch_val"] == b["last_epoch_val"]
+    assert a["test"] != b["test"]
