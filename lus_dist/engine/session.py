@@ -36,21 +36,35 @@ def start(cfg: RunConfig, run_dir: Path) -> Session:
     init_distributed(world, timeout_s=cfg.dist.timeout_s, plan=plan)
     set_deterministic(cfg.train.deterministic)
     seed_everything(cfg.seed)
-    pin_manifest_version(cfg)
+    pin_manifest_version(cfg, run_dir)
     if world.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
     return Session(world, plan.torch_device(), run_dir, plan.bf16, plan)
 
 
-def pin_manifest_version(cfg: RunConfig) -> None:
-    """Train on one manifest version and say which: `data.manifest_version` unset means
-    the newest, written into the run's config.yaml so a resume (or a later `lus prep pack
-    --append`) does not silently change the data under the run."""
+def pin_manifest_version(cfg: RunConfig, run_dir: Path | None = None) -> None:
+    """Train on one manifest version and say which: `data.manifest_version` unset means the
+    version this run dir already trained on (its config.yaml, same data.root), else the
+    newest; written into the run's config.yaml, so neither a resume nor a later `lus prep
+    pack --append` silently changes the data under the run."""
     from lus_dist.shards.manifest import Manifest
 
     if cfg.data.manifest_version is None:
-        cfg.data.manifest_version = Manifest.load(cfg.data.root).version
+        saved = saved_manifest_version(run_dir / "config.yaml", cfg.data.root) if run_dir else None
+        cfg.data.manifest_version = saved or Manifest.load(cfg.data.root).version
+
+
+def saved_manifest_version(config_yaml: Path, root: str) -> int | None:
+    """The manifest version a run dir's saved config names for the same data root."""
+    import yaml
+
+    if not config_yaml.is_file():
+        return None
+    data = (yaml.safe_load(config_yaml.read_text()) or {}).get("data") or {}
+    same_root = Path(str(data.get("root", ""))).resolve() == Path(root).resolve()
+    version = data.get("manifest_version")
+    return int(version) if same_root and version is not None else None
 
 
 def run_plan(cfg: RunConfig, world: World, facts: CudaFacts) -> RunPlan:

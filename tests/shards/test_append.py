@@ -27,11 +27,11 @@ def _shard_state(out) -> dict:
     return {p.name: (fmt.file_checksum(p), p.stat().st_mtime_ns) for p in sorted(out.glob(fmt.SHARD_GLOB))}
 
 
-def _train(shards, run_dir) -> subprocess.CompletedProcess:
+def _train(shards, run_dir, extra=()) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "lus", "train", "regstn", "--config", str(ROOT / "configs" / "demo_regstn.yaml"),
            "--run-dir", str(run_dir), f"data.root={shards}", "train.epochs=1", "train.max_steps_per_epoch=2",
            "data.batch_size=8", "data.test_folds=[0]", "logging.tensorboard=false", "viz_frames=2",
-           "predict_splits=[train,holdout]"]
+           "predict_splits=[train,holdout]", *extra]
     env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)}
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
@@ -103,6 +103,18 @@ def test_training_on_the_new_version_reads_old_and_new_frames(grown):
     v2 = Manifest.load(out)
     new_ids = set(v2.videos["video_id"][v1.n_videos:][v2.videos["fold"][v1.n_videos:] != 0])
     assert new_ids and videos == old_ids | new_ids
+
+
+def test_a_run_resumed_after_the_append_keeps_its_manifest_version(grown):
+    """run_v1 trained on version 1; resuming it (same command, more epochs) after the append
+    must not switch it to version 2's data."""
+    import yaml
+    out, _, _, base = grown
+    run = base / "run_v1"
+    cmd = _train(out, run, ["train.epochs=2", "--resume", "auto"])
+    assert cmd.returncode == 0, cmd.stderr[-3000:]
+    assert "resumed from" in cmd.stdout + cmd.stderr
+    assert yaml.safe_load((run / "config.yaml").read_text())["data"]["manifest_version"] == 1
 
 
 def test_append_with_nothing_new_or_other_settings(grown, capsys):
