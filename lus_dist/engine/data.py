@@ -25,8 +25,9 @@ def open_split(cfg: RunConfig, split: str, **kw):
     from lus_dist.shards.reader import ShardDataset
 
     d = cfg.data
-    sel = selection(d, split, Manifest.load(d.root, d.manifest_version).videos, cfg.seed)
-    ds = ShardDataset(d.root, channels=d.channels, manifest_version=d.manifest_version, **sel, **kw)
+    manifest = Manifest.load(d.root, d.manifest_version)
+    sel = selection(d, split, manifest.videos, cfg.seed)
+    ds = ShardDataset(d.root, channels=d.channels, manifest=manifest, **sel, **kw)
     if len(ds) == 0:
         raise ConfigError(f"{d.root}: no samples for {split!r} ({describe(sel)}; check "
                           "data.*_split / data.test_folds against the manifest)")

@@ -80,7 +80,8 @@ def stn_section(rep: Report, run: RunInfo, n: int, notes: list[str]) -> None:
     d = loaded.config.data
     sel = {"folds": list(d.test_folds)} if d.test_folds else {"split": d.test_split}
     try:
-        ds = ShardDataset(d.root, with_masks=True, channels=d.channels, **sel)
+        ds = ShardDataset(d.root, with_masks=True, channels=d.channels,
+                          manifest_version=d.manifest_version, **sel)
         items = [ds[i] for i in np.linspace(0, len(ds) - 1, min(len(ds), 256)).astype(int)]
     except Exception as exc:  # no masks packed, shards moved: say so, keep the report
         notes.append(f"{run.path}: no STN examples from {d.root} ({exc})")

@@ -86,13 +86,15 @@ class ShardDataset(Dataset):
     def __init__(self, root, split=None, folds=None, exclude_folds=None, mode: str = "frame",
                  clip_len: int = 10, clip_sampling: str = "uniform", with_masks: bool = False,
                  channels: int | None = None, patients=None, probes=None, locking: bool = False,
-                 seed: int = 0, manifest_version: int | None = None, max_open_shards: int = 128):
+                 seed: int = 0, manifest_version: int | None = None, max_open_shards: int = 128,
+                 manifest: Manifest | None = None):
         if mode not in ("frame", "clip"):
             raise ValueError(f"mode must be 'frame' or 'clip', got {mode!r}")
         self.root, self.mode, self.clip_len, self.clip_sampling = Path(root), mode, clip_len, clip_sampling
         self.with_masks, self.locking, self.seed, self.epoch = with_masks, locking, seed, 0
         self.max_open_shards = max(1, max_open_shards)
-        self.manifest = Manifest.load(self.root, version=manifest_version)
+        # a caller that already loaded the manifest (to pick the videos) passes it in
+        self.manifest = manifest or Manifest.load(self.root, version=manifest_version)
         for column in ("sha256", "plan_hash", "bytes", "version"):   # validate's, not the reader's
             self.manifest.shards.pop(column, None)
         self.stored_channels = int(self.manifest.preprocessing["channels"])
