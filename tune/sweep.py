@@ -173,10 +173,30 @@ def write_outputs(grid, space: SearchSpace, cls: type, base: dict[str, Any],
     summary = {"metric": space.metric, "mode": space.mode,
                "value": float(best.metrics[space.metric]),
                "trial_id": best.metrics.get("trial_id"), "params": _jsonable(params),
-               "trials": int(len(df)), "reproduce": command.format(best=paths["best"])}
+               "trials": int(len(df)), "reproduce": command.format(best=paths["best"]),
+               **unselected_scores(out_dir, best.metrics.get("trial_id"), space)}
     paths["json"].write_text(json.dumps(summary, indent=2) + "\n")
     plot_metric(df, space, paths["plot"])
     return paths
+
+
+def unselected_scores(out_dir: Path, trial_id: str | None, space: SearchSpace) -> dict[str, Any]:
+    """What the winner's `value` was selected on, and its scores on data no trial was
+    ranked by: an engine trial's run dir holds summary.json with the split that picked its
+    epoch (`best_selected_on`, held-out training patients by default) and its test scores.
+    The aggregator sweep ranks on the folds it reports: say so rather than imply a test."""
+    if space.family == "aggregator":
+        return {"selected_on": "the folds of the given predictions (value is the selection "
+                               "score, optimistic; grade the chosen config on other patients)",
+                "test": None}
+    summary_path = out_dir / "runs" / str(trial_id) / "summary.json"
+    if not summary_path.is_file():
+        return {"selected_on": None, "test": None,
+                "test_note": f"{summary_path}: not written (the trial did not finish)"}
+    summary = json.loads(summary_path.read_text())
+    return {"selected_on": f"{space.metric} on {summary.get('best_selected_on')}",
+            "test": summary.get("test"),
+            "test_note": "the chosen trial's test scores; no trial was ranked on them"}
 
 
 def _jsonable(params: dict[str, Any]) -> dict[str, Any]:

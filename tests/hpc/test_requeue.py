@@ -142,27 +142,36 @@ def test_lus_step_cap(tmp_path):
     assert "returned 1" in out and calls == "" and "LUS_MAX_REQUEUES=2" in out, out
 
 
-def test_lus_step_forwards_usr1_until_the_step_ends(tmp_path):
-    """USR1 reaches the shell once; the step ignores the first one (as a trainer still starting
-    up does) and exits 75 on the second, resent by the shell."""
-    step = tmp_path / "bin" / "fake_step"
-    bin_dir = step.parent
+COUNTING_STEP = ("counting_step() { local n=0; trap 'n=$((n+1))' USR1; "
+                 "while (( n < 2 )); do sleep 0.1; done; exit 75; }")
+
+
+def run_usr1_script(tmp_path, body: str) -> tuple[str, str]:
+    """Run `body` after sourcing slurm/common.sh (resend every 1 s, a fake scontrol that
+    logs its calls) -> (output, scontrol calls). `counting_step` ignores the first USR1
+    (as a trainer still starting up does) and exits 75 on the second."""
+    bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     script = tmp_path / "usr1.sh"
-    script.write_text(f"""
-source {ROOT}/slurm/common.sh; lus_init; LUS_USR1_RESEND_S=1
-counting_step() {{ local n=0; trap 'n=$((n+1))' USR1; while (( n < 2 )); do sleep 0.1; done; exit 75; }}
-(sleep 1; kill -USR1 $$) &
-lus_step counting_step; echo "returned $?"
-""")
+    script.write_text(f"source {ROOT}/slurm/common.sh; lus_init; LUS_USR1_RESEND_S=1\n"
+                      f"{COUNTING_STEP}\n{body}\n")
     (bin_dir / "scontrol").write_text(SCONTROL)
     (bin_dir / "scontrol").chmod(stat.S_IRWXU)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "LUS_"))}
     env.update(PATH=f"{bin_dir}:{env['PATH']}", LUS_ROOT=str(ROOT), LUS_PYTHON=sys.executable,
                SLURM_JOB_ID="7", SCONTROL_LOG=str(tmp_path / "calls"))
     r = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=60)
-    out = r.stdout + r.stderr
-    assert (tmp_path / "calls").read_text() == "requeue 7\n", out
+    calls = tmp_path / "calls"
+    return r.stdout + r.stderr, calls.read_text() if calls.exists() else ""
+
+
+def test_lus_step_forwards_usr1_until_the_step_ends(tmp_path):
+    """USR1 reaches the shell once; the step ignores the first one and exits 75 on the
+    second, resent by the shell."""
+    out, calls = run_usr1_script(tmp_path, """(sleep 1; kill -USR1 $$) &
+lus_step counting_step; echo "returned $?"
+""")
+    assert calls == "requeue 7\n", out
     assert "USR1 forwarded to the trainers" in out
 
 
@@ -170,22 +179,10 @@ def test_usr1_during_lus_doctor_is_kept_for_the_training_step(tmp_path):
     """The time-limit USR1 lands while the job's `lus doctor` step runs: the shell neither
     dies (bash's default for USR1) nor loses it; the training step gets it (and the resend)
     as soon as it starts, checkpoints, and the job requeues."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    script = tmp_path / "usr1_doctor.sh"
-    script.write_text(f"""
-source {ROOT}/slurm/common.sh; lus_init; LUS_USR1_RESEND_S=1
-lus_torchrun_cmd() {{ LUS_CMD=(bash -c "kill -USR1 $$; sleep 0.5"); }}   # the doctor step
-counting_step() {{ local n=0; trap 'n=$((n+1))' USR1; while (( n < 2 )); do sleep 0.1; done; exit 75; }}
+    out, calls = run_usr1_script(tmp_path, """\
+lus_torchrun_cmd() { LUS_CMD=(bash -c "kill -USR1 $$; sleep 0.5"); }   # the doctor step
 lus_doctor regstn; echo "doctor returned $?"
 lus_step counting_step; echo "returned $?"
 """)
-    (bin_dir / "scontrol").write_text(SCONTROL)
-    (bin_dir / "scontrol").chmod(stat.S_IRWXU)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "LUS_"))}
-    env.update(PATH=f"{bin_dir}:{env['PATH']}", LUS_ROOT=str(ROOT), LUS_PYTHON=sys.executable,
-               SLURM_JOB_ID="7", SCONTROL_LOG=str(tmp_path / "calls"))
-    r = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=60)
-    out = r.stdout + r.stderr
     assert "USR1 received during lus doctor" in out and "doctor returned 0" in out, out
-    assert (tmp_path / "calls").read_text() == "requeue 7\n", out
+    assert calls == "requeue 7\n", out

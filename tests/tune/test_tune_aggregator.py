@@ -52,6 +52,7 @@ def test_asha_optuna_sweep_writes_outputs_that_lus_aggregate_reproduces(tmp_path
     assert {"tnorm", "lr", "argmax_mean/weighted_f1_mean"} <= set(table.columns)
     best = json.loads((out / "best.json").read_text())
     assert best["value"] == pytest.approx(table["mean_weighted_f1"].max(), abs=1e-12)
+    assert "optimistic" in best["selected_on"] and best["test"] is None   # ranks on what it reports
     assert (out / "metric_vs_trial.png").stat().st_size > 1000
 
     agg = subprocess.run([sys.executable, "-m", "lus", "aggregate", "--predictions", str(preds),

@@ -65,6 +65,13 @@ def test_regstn_sweep_two_trials_of_two_ray_train_workers(tmp_path, phantom_tmp,
     assert best["data"]["root"] == str(shards) and best["train"]["epochs"] == 2
     from lus_dist.families import load_run_config
     load_run_config("regstn", out / "best.yaml", [])   # `lus train --config` reads it
+    # ranked on held-out training patients; the test scores are reported, never ranked on
+    chosen = json.loads((out / "best.json").read_text())
+    if (out / "runs" / chosen["trial_id"] / "summary.json").is_file():
+        assert chosen["selected_on"] == "val_weighted_f1 on holdout", chosen
+        assert 0 <= chosen["test"]["weighted_f1"] <= 1 and "never" in chosen["test_note"]
+    else:   # ASHA stopped the winner before its summary
+        assert chosen["test"] is None and "did not finish" in chosen["test_note"]
 
 
 def test_cnnlstm_sweep_four_trials(tmp_path, phantom_tmp, netns):
