@@ -76,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a `lus aggregate --protocol` (default kfold)")
     agg.add_argument("--folds", type=int, default=5, help="k of (stratified_)kfold, by patient")
     agg.add_argument("--protocol-seed", type=int, default=0, help="fold assignment seed")
+    agg.add_argument("--test-predictions", default=None,
+                     help="frame predictions of other patients (e.g. test.h5 when --predictions "
+                          "is holdout.h5): the chosen config, fitted on --predictions, is graded "
+                          "on them once after the sweep (best.json 'test'); no trial sees them")
     from lus_dist import families
 
     for fam in families.names():
@@ -127,6 +131,9 @@ def _run(args: argparse.Namespace) -> int:
     check_space(space, cls, base)
     space = dataclasses.replace(space, max_t=space.horizon(base))
     predictions = resolve_path(getattr(args, "predictions", None))
+    test_predictions = resolve_path(getattr(args, "test_predictions", None))
+    if test_predictions and not Path(test_predictions).is_file():
+        raise ConfigError(f"{test_predictions}: --test-predictions file not found")
     precheck(args.family, cls, base, space, predictions, getattr(args, "protocol", "kfold"),
              getattr(args, "folds", 5), getattr(args, "protocol_seed", 0))
     opts = SweepOptions(trials=args.trials, scheduler=args.scheduler, search=args.search,
@@ -137,7 +144,8 @@ def _run(args: argparse.Namespace) -> int:
                         verbose=0 if args.quiet else 1,
                         reuse_actors=not is_ray_train(args.family))
     ctx = TrialContext(family=args.family, base=base, metric=space.metric,
-                       predictions=predictions, protocol=getattr(args, "protocol", "kfold"),
+                       predictions=predictions, test_predictions=test_predictions,
+                       protocol=getattr(args, "protocol", "kfold"),
                        k=getattr(args, "folds", 5), seed=getattr(args, "protocol_seed", 0),
                        num_workers=getattr(args, "workers", 2),
                        experiment_dir=str(opts.experiment_dir))
@@ -185,6 +193,19 @@ def _precheck_aggregator(cfg, predictions: str | None, protocol: str, k: int, se
     make_folds(batch.patient_id, y, protocol, k=k, seed=seed, split=batch.split)
 
 
+def aggregator_grader(ctx):
+    """best config -> its metrics on --test-predictions, fitted on all of --predictions."""
+    if ctx.family != "aggregator" or not ctx.test_predictions:
+        return None
+    from lus_dist.aggregator.train import fit_all, grade
+    from tune.trainables import _videos
+
+    def graded(cfg) -> dict:
+        model = fit_all(_videos(ctx.predictions), cfg, seed=ctx.seed)
+        return grade(model, _videos(ctx.test_predictions), cfg)
+    return graded
+
+
 def _report(grid, space, cls, base, opts, command, ctx) -> int:
     """Write what finished, then fail loudly if any trial crashed."""
     from tune.sweep import trial_errors, write_outputs
@@ -193,7 +214,8 @@ def _report(grid, space, cls, base, opts, command, ctx) -> int:
     for key in ("predictions", "protocol", "k", "seed"):
         command = command.replace("{%s}" % key, str(getattr(ctx, key)))
     if len(errors) < len(grid):
-        paths = write_outputs(grid, space, cls, base, opts.experiment_dir, command)
+        paths = write_outputs(grid, space, cls, base, opts.experiment_dir, command,
+                              grade=aggregator_grader(ctx))
         print(f"lus tune: {len(grid)} trials, {len(grid) - len(errors)} finished; "
               f"results {paths['csv']}; best config {paths['best']}; plot {paths['plot']}")
     if errors:

@@ -160,8 +160,9 @@ def best_trial(grid, space: SearchSpace):
 
 
 def write_outputs(grid, space: SearchSpace, cls: type, base: dict[str, Any],
-                  out_dir: Path, command: str) -> dict[str, Path]:
-    """results.csv, best.yaml, best.json and metric_vs_trial.png in `out_dir`."""
+                  out_dir: Path, command: str, grade=None) -> dict[str, Path]:
+    """results.csv, best.yaml, best.json and metric_vs_trial.png in `out_dir`. `grade`
+    (aggregator with --test-predictions): best config -> its scores on unseen videos."""
     out_dir.mkdir(parents=True, exist_ok=True)
     df = results_frame(grid, space)
     paths = {"csv": out_dir / "results.csv", "best": out_dir / "best.yaml",
@@ -169,12 +170,17 @@ def write_outputs(grid, space: SearchSpace, cls: type, base: dict[str, Any],
     df.to_csv(paths["csv"], index=False)
     best = best_trial(grid, space)
     params = {k: best.config[k] for k in space.params}
-    save_config(build_config(cls, base, params, where="best trial"), paths["best"])
+    best_cfg = build_config(cls, base, params, where="best trial")
+    save_config(best_cfg, paths["best"])
     summary = {"metric": space.metric, "mode": space.mode,
                "value": float(best.metrics[space.metric]),
                "trial_id": best.metrics.get("trial_id"), "params": _jsonable(params),
                "trials": int(len(df)), "reproduce": command.format(best=paths["best"]),
                **unselected_scores(out_dir, best.metrics.get("trial_id"), space)}
+    if grade is not None:
+        summary.update(test=_jsonable_nested(grade(best_cfg)),
+                       test_note="the chosen config fitted on all of --predictions, graded "
+                                 "once on --test-predictions; no trial saw them")
     paths["json"].write_text(json.dumps(summary, indent=2) + "\n")
     plot_metric(df, space, paths["plot"])
     return paths
@@ -186,8 +192,8 @@ def unselected_scores(out_dir: Path, trial_id: str | None, space: SearchSpace) -
     epoch (`best_selected_on`, held-out training patients by default) and its test scores.
     The aggregator sweep ranks on the folds it reports: say so rather than imply a test."""
     if space.family == "aggregator":
-        return {"selected_on": "the folds of the given predictions (value is the selection "
-                               "score, optimistic; grade the chosen config on other patients)",
+        return {"selected_on": "the folds of --predictions (value is the selection score, "
+                               "optimistic; --test-predictions grades the chosen config)",
                 "test": None}
     summary_path = out_dir / "runs" / str(trial_id) / "summary.json"
     if not summary_path.is_file():
@@ -197,6 +203,12 @@ def unselected_scores(out_dir: Path, trial_id: str | None, space: SearchSpace) -
     return {"selected_on": f"{space.metric} on {summary.get('best_selected_on')}",
             "test": summary.get("test"),
             "test_note": "the chosen trial's test scores; no trial was ranked on them"}
+
+
+def _jsonable_nested(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable_nested(v) for k, v in value.items()}
+    return value.item() if hasattr(value, "item") else value
 
 
 def _jsonable(params: dict[str, Any]) -> dict[str, Any]:

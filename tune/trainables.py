@@ -24,6 +24,7 @@ class TrialContext:
     base: dict[str, Any]
     metric: str
     predictions: str | None = None   # aggregator: frame-predictions file
+    test_predictions: str | None = None   # aggregator: graded once, after the sweep
     protocol: str = "kfold"
     k: int = 5
     seed: int = 0

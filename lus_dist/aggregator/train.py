@@ -282,6 +282,17 @@ def fit_all(preds: FramePredictions | VideoBatch, cfg: AggregatorConfig,
     return single
 
 
+def grade(model: nn.Module, preds: FramePredictions | VideoBatch, cfg: AggregatorConfig
+          ) -> dict[str, dict]:
+    """A fitted aggregator's metrics (baselines beside) on every labelled video of `preds`:
+    videos it was neither trained nor selected on, e.g. the test split's after a sweep."""
+    batch, y, _ = labelled_videos(preds, cfg)
+    every = np.ones((1, len(y)), dtype=bool)
+    _, pooled, _ = evaluate(model, pack(batch.x, batch.mask), batch, y,
+                            Folds(test=every, train=~every), cfg)
+    return pooled
+
+
 def save_aggregator(path, model: nn.Module, cfg: AggregatorConfig,
                     class_names: tuple[str, ...]) -> None:
     """A plain-tensor file (loadable with torch.load(weights_only=True)): config dict,

@@ -9,7 +9,7 @@ from agg_reference import ref_train
 from agg_synthetic import synthetic_predictions
 from lus_dist.aggregator.data import pad_videos
 from lus_dist.aggregator.protocols import ProtocolError, make_folds
-from lus_dist.aggregator.train import (AggregatorConfig, build_model, fit, fit_all,
+from lus_dist.aggregator.train import (AggregatorConfig, build_model, fit, fit_all, grade,
                                        run_protocol, save_aggregator)
 from lus_dist.aggregator.uninorm import pack
 from lus_dist.config import load_config, save_config
@@ -48,6 +48,22 @@ def test_uninorm_beats_argmax_mean_on_informative_predictions():
     f1 = {row["method"]: row["weighted_f1_mean"] for row in result.summary()}
     assert f1["uninorm"] >= f1["argmax_mean"]
     assert result.pooled["uninorm"]["weighted_f1"] >= result.pooled["argmax_mean"]["weighted_f1"]
+
+
+def test_a_fitted_aggregator_is_graded_on_unseen_videos_with_the_baselines_beside():
+    """Fit on one set of videos, grade once on another (what a sweep's --test-predictions
+    does): the uninorm learned from informative scores beats chance there too, and the
+    baselines are computed on exactly the same videos."""
+    cfg = AggregatorConfig(off_diagonal="max", linear=True, lr=0.1, init_neutral=0.5)
+    model = fit_all(synthetic_predictions(n_videos=40, seed=2), cfg)
+    unseen = synthetic_predictions(n_videos=30, seed=5)
+    scores = grade(model, unseen, cfg)
+    assert set(scores) == {"uninorm", "argmax_mean", "max_argmax"}
+    assert scores["uninorm"]["weighted_f1"] > 0.5
+    assert scores["uninorm"]["weighted_f1"] >= scores["argmax_mean"]["weighted_f1"] - 0.1
+    untrained = grade(build_model(cfg, 4), unseen, cfg)
+    assert scores["uninorm"]["weighted_f1"] > untrained["uninorm"]["weighted_f1"] + 0.3
+    assert scores["argmax_mean"] == untrained["argmax_mean"]
 
 
 def test_score_is_deterministic_in_config_data_and_seed():

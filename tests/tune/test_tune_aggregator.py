@@ -39,10 +39,11 @@ def _sweep_args(tmp_path: Path, space: Path, preds: Path, name: str, trials: int
 
 def test_asha_optuna_sweep_writes_outputs_that_lus_aggregate_reproduces(tmp_path, netns):
     preds = synthetic_predictions(tmp_path / "preds.h5", n_videos=20)
+    unseen = synthetic_predictions(tmp_path / "unseen.h5", n_videos=16, seed=5)
     space = _space(tmp_path / "space.yaml", [5, 10, 20])
     # ASHA with the Optuna searcher (the paper's tool), so both are exercised for real
     proc = run_lus(_sweep_args(tmp_path, space, preds, "agg", 8, "--scheduler", "asha",
-                               "--search", "optuna"), tmp_path)
+                               "--search", "optuna", "--test-predictions", str(unseen)), tmp_path)
     assert proc.returncode == 0, explain(proc)
     assert "Ray nodes ['127.0.0.1']" in proc.stdout, explain(proc)
     out = tmp_path / "sweeps" / "agg"
@@ -52,7 +53,10 @@ def test_asha_optuna_sweep_writes_outputs_that_lus_aggregate_reproduces(tmp_path
     assert {"tnorm", "lr", "argmax_mean/weighted_f1_mean"} <= set(table.columns)
     best = json.loads((out / "best.json").read_text())
     assert best["value"] == pytest.approx(table["mean_weighted_f1"].max(), abs=1e-12)
-    assert "optimistic" in best["selected_on"] and best["test"] is None   # ranks on what it reports
+    # ranked on the folds it reports (said so); graded once on videos no trial saw
+    assert "optimistic" in best["selected_on"] and "no trial saw" in best["test_note"]
+    assert set(best["test"]) == {"uninorm", "argmax_mean", "max_argmax"}
+    assert 0 <= best["test"]["uninorm"]["weighted_f1"] <= 1
     assert (out / "metric_vs_trial.png").stat().st_size > 1000
 
     agg = subprocess.run([sys.executable, "-m", "lus", "aggregate", "--predictions", str(preds),
