@@ -14,14 +14,19 @@ from hpc.local_slurm import LocalSlurmCluster
 ROOT = Path(__file__).resolve().parents[2]
 SLURM_DIR = ROOT / "slurm"
 # CI-sized Reg-STN: 32x32 frames, 14 steps per epoch with 2 ranks x batch 8.
-TRAIN = ["logging.tensorboard=false", "data.batch_size=8", "viz_frames=0", "predict_splits=[test]"]
+# The phantom runs train in about a second: the trainers check for a stop every step and the
+# shell resends USR1 every 0.2 s (a USR1 that reaches a trainer still starting up is
+# ignored), so a preemption the tests send always lands before the run ends.
+TRAIN = ["logging.tensorboard=false", "data.batch_size=8", "viz_frames=0", "predict_splits=[test]",
+         "train.stop_check_every=1"]
 
 
 def submit_train(cluster: LocalSlurmCluster, shards: Path, run_dir: Path, *sbatch_args: str,
                  procs: int, overrides: list[str], env: dict[str, str] | None = None) -> int:
     """sbatch train_regstn.sh; `sbatch_args` come last, so they override the defaults here."""
     base = {"CONFIG": str(ROOT / "configs" / "demo_regstn.yaml"), "DATA": str(shards),
-            "RUN_DIR": str(run_dir), "CPU_PROCS_PER_NODE": str(procs), "LUS_PYTHON": sys.executable}
+            "RUN_DIR": str(run_dir), "CPU_PROCS_PER_NODE": str(procs), "LUS_PYTHON": sys.executable,
+            "LUS_USR1_RESEND_S": "0.2"}
     return cluster.sbatch(SLURM_DIR / "train_regstn.sh", f"--cpus-per-task={procs}", "--time=00:15:00",
                           f"--output={run_dir.parent}/%x-%j.out", *sbatch_args,
                           script_args=[*TRAIN, *overrides], env={**base, **(env or {})},
