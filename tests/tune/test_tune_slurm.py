@@ -34,9 +34,12 @@ except Exception as exc:
 
 def probe(cluster, address: str, home: Path, env: dict[str, str]):
     """A Ray client in the cluster's network namespace, HOME without ~/.ray/auth_token; started
-    in the background (a refused client gives up only after ~20 s)."""
+    in the background. A refused client retries its GCS connection (Ray 2.60: 20 attempts,
+    each waiting on RPC timeouts, about 3 min); 5 attempts keep the test short, and a client
+    with the right token connects at the first."""
     holder = cluster._holder_pid()
-    full = cluster.env({"HOME": str(home), "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(ROOT), **env})
+    full = cluster.env({"HOME": str(home), "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(ROOT),
+                        "RAY_gcs_server_port_wait_time_s": "5", **env})
     return subprocess.Popen(cluster._ns(holder) + [sys.executable, "-c", PROBE, address], env=full,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
