@@ -132,10 +132,8 @@ def _run(args: argparse.Namespace) -> int:
     space = dataclasses.replace(space, max_t=space.horizon(base))
     predictions = resolve_path(getattr(args, "predictions", None))
     test_predictions = resolve_path(getattr(args, "test_predictions", None))
-    if test_predictions and not Path(test_predictions).is_file():
-        raise ConfigError(f"{test_predictions}: --test-predictions file not found")
     precheck(args.family, cls, base, space, predictions, getattr(args, "protocol", "kfold"),
-             getattr(args, "folds", 5), getattr(args, "protocol_seed", 0))
+             getattr(args, "folds", 5), getattr(args, "protocol_seed", 0), test_predictions)
     opts = SweepOptions(trials=args.trials, scheduler=args.scheduler, search=args.search,
                         storage=args.storage, name=args.name or args.family,
                         resume=args.resume, max_concurrent=args.max_concurrent,
@@ -164,7 +162,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def precheck(family: str, cls: type, base: dict, space, predictions: str | None,
-             protocol: str, k: int, seed: int) -> None:
+             protocol: str, k: int, seed: int, test_predictions: str | None = None) -> None:
     """Build a trial's config and open its data once, here, before Ray starts: an error a
     trial would hit raises ConfigError (one line, exit 2) instead of failing every trial."""
     from lus_dist.aggregator.protocols import ProtocolError
@@ -174,23 +172,40 @@ def precheck(family: str, cls: type, base: dict, space, predictions: str | None,
     cfg = build_config(cls, base, {k_: p.example() for k_, p in space.params.items()})
     try:
         if family == "aggregator":
-            _precheck_aggregator(cfg, predictions, protocol, k, seed)
+            _precheck_aggregator(cfg, predictions, protocol, k, seed, test_predictions)
         else:
             from lus_dist import families
             families.make(family, cfg).build_data(None)
+    except ConfigError:
+        raise
     except (ProtocolError, ManifestError, ValueError, OSError) as exc:
-        raise ConfigError(f"{predictions or base.get('data', {}).get('root')}: {exc}") from None
+        raise ConfigError(_naming(predictions or base.get("data", {}).get("root"), exc)) from None
 
 
-def _precheck_aggregator(cfg, predictions: str | None, protocol: str, k: int, seed: int) -> None:
+def _naming(path, exc: Exception) -> str:
+    """The error's text, led by the file it is about unless it already names it."""
+    return str(exc) if path and str(path) in str(exc) else f"{path}: {exc}"
+
+
+def _precheck_aggregator(cfg, predictions: str | None, protocol: str, k: int, seed: int,
+                         test_predictions: str | None) -> None:
+    """Both files are read here, so a bad --test-predictions fails before the sweep, not
+    after it has run every trial."""
     from lus_dist.aggregator.protocols import make_folds
     from lus_dist.aggregator.train import labelled_videos
     from tune.trainables import _videos
 
     if not predictions or not Path(predictions).is_file():
-        raise ConfigError(f"{predictions}: predictions file not found")
+        raise ConfigError(f"{predictions}: --predictions file not found")
+    if test_predictions and not Path(test_predictions).is_file():
+        raise ConfigError(f"{test_predictions}: --test-predictions file not found")
     batch, y, _ = labelled_videos(_videos(predictions), cfg)
     make_folds(batch.patient_id, y, protocol, k=k, seed=seed, split=batch.split)
+    if test_predictions:
+        try:
+            labelled_videos(_videos(test_predictions), cfg)
+        except (ValueError, OSError) as exc:
+            raise ConfigError(_naming(test_predictions, exc)) from None
 
 
 def aggregator_grader(ctx):

@@ -176,25 +176,28 @@ def write_outputs(grid, space: SearchSpace, cls: type, base: dict[str, Any],
                "value": float(best.metrics[space.metric]),
                "trial_id": best.metrics.get("trial_id"), "params": _jsonable(params),
                "trials": int(len(df)), "reproduce": command.format(best=paths["best"]),
-               **unselected_scores(out_dir, best.metrics.get("trial_id"), space)}
-    if grade is not None:
-        summary.update(test=_jsonable_nested(grade(best_cfg)),
-                       test_note="the chosen config fitted on all of --predictions, graded "
-                                 "once on --test-predictions; no trial saw them")
+               **unselected_scores(out_dir, best.metrics.get("trial_id"), space,
+                                   graded=None if grade is None else grade(best_cfg))}
     paths["json"].write_text(json.dumps(summary, indent=2) + "\n")
     plot_metric(df, space, paths["plot"])
     return paths
 
 
-def unselected_scores(out_dir: Path, trial_id: str | None, space: SearchSpace) -> dict[str, Any]:
+def unselected_scores(out_dir: Path, trial_id: str | None, space: SearchSpace,
+                      graded: dict | None = None) -> dict[str, Any]:
     """What the winner's `value` was selected on, and its scores on data no trial was
     ranked by: an engine trial's run dir holds summary.json with the split that picked its
     epoch (`best_selected_on`, held-out training patients by default) and its test scores.
-    The aggregator sweep ranks on the folds it reports: say so rather than imply a test."""
+    The aggregator sweep ranks on the folds it reports: say so rather than imply a test;
+    `graded` is the chosen config's scores on --test-predictions when they were given."""
     if space.family == "aggregator":
-        return {"selected_on": "the folds of --predictions (value is the selection score, "
-                               "optimistic; --test-predictions grades the chosen config)",
-                "test": None}
+        selected = {"selected_on": "the folds of --predictions (value is the selection score, "
+                                   "optimistic; --test-predictions grades the chosen config)"}
+        if graded is None:
+            return {**selected, "test": None}
+        return {**selected, "test": _jsonable(graded),
+                "test_note": "the chosen config fitted on all of --predictions, graded "
+                             "once on --test-predictions; no trial saw them"}
     summary_path = out_dir / "runs" / str(trial_id) / "summary.json"
     if not summary_path.is_file():
         return {"selected_on": None, "test": None,
@@ -205,14 +208,11 @@ def unselected_scores(out_dir: Path, trial_id: str | None, space: SearchSpace) -
             "test_note": "the chosen trial's test scores; no trial was ranked on them"}
 
 
-def _jsonable_nested(value: Any) -> Any:
+def _jsonable(value: Any) -> Any:
+    """numpy scalars (Ray's samplers, sklearn's metrics) -> Python, through nested dicts."""
     if isinstance(value, dict):
-        return {str(k): _jsonable_nested(v) for k, v in value.items()}
+        return {str(k): _jsonable(v) for k, v in value.items()}
     return value.item() if hasattr(value, "item") else value
-
-
-def _jsonable(params: dict[str, Any]) -> dict[str, Any]:
-    return {k: (v.item() if hasattr(v, "item") else v) for k, v in params.items()}
 
 
 def plot_metric(df, space: SearchSpace, path: Path) -> None:

@@ -37,3 +37,19 @@ def test_missing_shards_and_unknown_keys_fail_before_ray(tmp_path):
     assert str(tmp_path / "nowhere") in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     proc = _tune(["cnnlstm", "optim.learning_rate=1", "--storage", str(tmp_path / "s")], tmp_path)
     assert proc.returncode == 2 and "learning_rate" in proc.stderr, explain(proc)
+
+
+def test_a_bad_test_predictions_file_fails_before_the_sweep(tmp_path):
+    """--test-predictions is graded after every trial: a file that cannot be read must stop
+    the sweep before it starts, named, not after an hour of trials."""
+    preds = synthetic_predictions(tmp_path / "p.h5", n_videos=12)
+    broken = tmp_path / "test.h5"
+    broken.write_bytes(b"not an HDF5 file")
+    for bad in (broken, tmp_path / "missing.h5"):
+        proc = _tune(["aggregator", "--predictions", str(preds), "--protocol", "lopo",
+                      "--test-predictions", str(bad), "--trials", "2",
+                      "--storage", str(tmp_path / "sweeps")], tmp_path)
+        assert proc.returncode == 2, explain(proc)
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].count(str(bad)) == 1, explain(proc)
+        assert not (tmp_path / "sweeps").exists()

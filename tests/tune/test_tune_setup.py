@@ -66,7 +66,8 @@ def test_cli_errors_are_one_clear_line(tmp_path, capsys):
 
     preds = tmp_path / "p.h5"
     assert main(["aggregator", "--predictions", str(preds)]) == 2
-    assert f"{preds}: predictions file not found" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"{preds}: --predictions file not found" in err and err.count(str(preds)) == 1
     bad = tmp_path / "space.yaml"
     bad.write_text("family: aggregator\nmetric: f1\nparams: {tnrom: {choice: [product]}}\n")
     assert main(["aggregator", "--space", str(bad), "--predictions", str(preds)]) == 2
