@@ -164,10 +164,16 @@ class TrainConfig:
     # 0 (auto): N from the measured step time, so agreements are ~stop_check_s apart
     stop_check_every: int = 0
     stop_check_s: float = 2.0
+    # >0: an exponential moving average of the weights (lus_dist.ema) is what validation
+    # scores, best.pt holds and the exports use; checkpointed, exact on resume. Per
+    # optimizer step: 0.999 averages over about the last 1000 steps
+    ema_decay: float = 0.0
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
             raise ConfigError(f"train.epochs must be >= 1, got {self.epochs}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"train.ema_decay must be in [0, 1) (0: off), got {self.ema_decay}")
         if self.stop_check_every < 0:
             raise ConfigError(f"train.stop_check_every must be >= 0 (0: auto), got "
                               f"{self.stop_check_every}")

@@ -34,11 +34,17 @@ class Fit:
     bf16: bool
     device: torch.device
     engine: Any = None              # the DeepSpeed engine when dist.backend=deepspeed
+    ema: Any = None                 # lus_dist.ema.EMA when train.ema_decay > 0
 
     @property
     def net(self) -> torch.nn.Module:
-        """The unwrapped module (evaluation, visualisation, saving)."""
+        """The unwrapped module being trained."""
         return unwrap(self.model)
+
+    @property
+    def eval_net(self) -> torch.nn.Module:
+        """What validation scores, best.pt holds and exports use: the EMA weights when on."""
+        return self.ema.module if self.ema is not None else self.net
 
     @property
     def lr(self) -> float:
@@ -47,12 +53,14 @@ class Fit:
     def states(self) -> dict[str, Any]:
         """What a checkpoint must hold besides what DeepSpeed saves itself."""
         own = {} if self.engine is not None else {"model": self.net, "optimizer": self.optimizer}
-        return {**own, "scheduler": self.scheduler}
+        ema = {} if self.ema is None else {"ema": self.ema}
+        return {**own, "scheduler": self.scheduler, **ema}
 
     def describe(self) -> dict[str, Any]:
         """What the run trained with, for summary.json (ZeRO stage as DeepSpeed applied it)."""
         stage = self.engine.zero_optimization_stage() if self.engine is not None else None
-        return {"precision": "bf16" if self.bf16 else "fp32", "zero_stage": stage}
+        return {"precision": "bf16" if self.bf16 else "fp32", "zero_stage": stage,
+                "ema_decay": self.ema.decay if self.ema is not None else None}
 
     def autocast(self):
         if not self.bf16 or self.engine is not None:   # DeepSpeed casts the model itself
@@ -76,15 +84,18 @@ class Fit:
         if self.engine is not None:
             self.engine.backward(loss)
             self.engine.step()       # a no-op inside an accumulation window
-            return (micro + 1) % self.accum == 0
-        (loss / self.accum).backward()
-        if (micro + 1) % self.accum:
-            return False
-        if self.clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return True
+            stepped = (micro + 1) % self.accum == 0
+        else:
+            (loss / self.accum).backward()
+            stepped = (micro + 1) % self.accum == 0
+            if stepped:
+                if self.clip > 0:
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+        if stepped and self.ema is not None:
+            self.ema.update(self.net)
+        return stepped
 
 
 def build_fit(model: torch.nn.Module, cfg: RunConfig, session: Session, steps_per_epoch: int) -> Fit:
@@ -101,7 +112,22 @@ def build_fit(model: torch.nn.Module, cfg: RunConfig, session: Session, steps_pe
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
     scheduler = cfg.schedule.build(optimizer, steps_per_epoch, cfg.train.epochs)
     return Fit(model, optimizer, scheduler, cfg.optim.grad_accum, cfg.optim.grad_clip,
-               session.bf16, session.device, engine=engine)
+               session.bf16, session.device, engine=engine, ema=build_ema(model, cfg, session))
+
+
+def build_ema(model: torch.nn.Module, cfg: RunConfig, session: Session):
+    """The weight average, or None. Not under DeepSpeed bf16: DeepSpeed holds the module in
+    bf16, and a bf16 average drops updates smaller than its 8-bit mantissa resolves (a 0.999
+    average would barely move); DDP with train.bf16 keeps fp32 weights and averages them."""
+    if cfg.train.ema_decay <= 0:
+        return None
+    if cfg.dist.backend == "deepspeed" and session.bf16:
+        raise ConfigError("train.ema_decay with DeepSpeed bf16: the average would be held in "
+                          "bf16 and lose its updates; use dist.backend=ddp (bf16 autocast, fp32 "
+                          "weights) or fp32 DeepSpeed")
+    from lus_dist.ema import EMA
+
+    return EMA(unwrap(model), cfg.train.ema_decay)
 
 
 def deepspeed_json(cfg: RunConfig, session: Session) -> dict:
@@ -163,6 +189,9 @@ def sync_buffers(fit: Fit) -> None:
         return
     for buf in fit.net.buffers():
         dist.broadcast(buf, 0)
+    if fit.ema is not None:     # averaged from each rank's own statistics: rank 0's wins too
+        for buf in fit.ema.module.buffers():
+            dist.broadcast(buf, 0)
 
 
 def params_digest(model: torch.nn.Module) -> str:

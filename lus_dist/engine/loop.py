@@ -165,13 +165,13 @@ class Trainer:
         p.epoch, p.step_in_epoch = epoch + 1, 0
         if val[fam.best_metric] > p.best_metric:
             p.best_metric, p.best_epoch = val[fam.best_metric], epoch
-            save_best(self.fit.model, self.run_dir, world.rank)
+            save_best(self.fit.eval_net, self.run_dir, world.rank)
         metrics = fam.epoch_metrics(val)
         self.log.epoch(epoch, p.global_step, metrics)
         if self.hooks.on_epoch_end is not None:
             self.hooks.on_epoch_end(epoch, metrics)
         if world.is_main:
-            fam.after_epoch(self.fit.net, self.splits, self.run_dir, epoch)
+            fam.after_epoch(self.fit.eval_net, self.splits, self.run_dir, epoch)
 
     # ------------------------------------------------------------ state
     def checkpoint_states(self, consumed: int = 0) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -200,7 +200,7 @@ class Trainer:
         """The best model's scores (and exports) per split, then summary.json."""
         fam, p, world = self.fam, self.progress, self.session.world
         digests = all_digests(self.fit.model)
-        load_best(self.fit.model, self.run_dir)
+        load_best(self.fit.eval_net, self.run_dir)
         results = {}
         for split in dict.fromkeys(fam.final_splits()):
             ds = self.splits.val if split == self.splits.val_split else fam.open_split(split)

@@ -67,7 +67,7 @@ class CNNLSTMFamily(Family):
 
     @torch.no_grad()
     def evaluate(self, fit, ds, session) -> dict[str, np.ndarray]:
-        net = fit.net      # the bare module: no collective in forward, unequal blocks are safe
+        net = fit.eval_net  # the bare module (EMA weights when on): no collective in forward
         net.eval()
         out: dict[str, list] = {"probs": [], "label": [], "video": []}
         for x, batch in self.eval_batches(ds, fit, session):

@@ -68,7 +68,7 @@ class RegSTN(Family):
     @torch.no_grad()
     def evaluate(self, fit, ds, session) -> dict[str, np.ndarray]:
         """Per-frame softmax probabilities + ids for a whole split, gathered in dataset order."""
-        net = fit.net      # the bare module: no collective in forward, unequal blocks are safe
+        net = fit.eval_net  # the bare module (EMA weights when on): no collective in forward
         net.eval()
         out: dict[str, list] = {"probs": [], "score": [], "video": [], "frame": []}
         for x, batch in self.eval_batches(ds, fit, session):

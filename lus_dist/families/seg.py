@@ -62,7 +62,7 @@ class Segmentation(Family):
     @torch.no_grad()
     def evaluate(self, fit, ds, session) -> torch.Tensor:
         """The split's pixel confusion matrix, summed over ranks."""
-        net = fit.net      # the bare module: no collective in forward, unequal blocks are safe
+        net = fit.eval_net  # the bare module (EMA weights when on): no collective in forward
         net.eval()
         k = len(MASK_CLASSES)
         cm = torch.zeros(k, k, dtype=torch.int64, device=session.device)
