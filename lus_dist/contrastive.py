@@ -1,8 +1,8 @@
 """NT-Xent (SimCLR's InfoNCE) with the negatives of the whole global batch.
 
 Each rank embeds its B pairs (z1, z2); the embeddings of all ranks are gathered with the
-autograd-aware `torch.distributed.nn.functional.all_gather`, whose backward sums the
-gradients every rank's loss sends to a rank's own embeddings. Each rank's loss is the mean
+autograd-aware gather below, whose backward sums the gradients every rank's loss sends
+to a rank's own embeddings. Each rank's loss is the mean
 over its own 2B anchors, and DDP (or DeepSpeed) averages the parameter gradients over the
 W ranks, so the averaged gradient is exactly that of the mean over all 2WB anchors: 2 ranks
 x B equals 1 rank x 2B (tests/pretrain/test_contrastive.py checks loss and gradients). No
@@ -19,6 +19,26 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather whose backward sums every rank's gradient for each rank's slice and hands
+    a rank its own: the gradient of the sum of all ranks' losses. (torch's
+    `distributed.nn.functional.all_gather` does the same but is deprecated in favour of a
+    private module.)"""
+
+    @staticmethod
+    def forward(ctx, z: torch.Tensor, group) -> torch.Tensor:
+        ctx.group = group
+        parts = [torch.empty_like(z) for _ in range(dist.get_world_size(group))]
+        dist.all_gather(parts, z, group=group)
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        grad = grad.contiguous()
+        dist.all_reduce(grad, group=ctx.group)
+        return grad.chunk(dist.get_world_size(ctx.group))[dist.get_rank(ctx.group)], None
+
+
 def gather_global(z: torch.Tensor, group=None) -> tuple[torch.Tensor, int, int]:
     """(all ranks' z concatenated in rank order, this rank's index, world size).
 
@@ -26,10 +46,8 @@ def gather_global(z: torch.Tensor, group=None) -> tuple[torch.Tensor, int, int]:
     """
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size(group) == 1:
         return z, 0, 1
-    from torch.distributed.nn.functional import all_gather
-
-    parts = all_gather(z.contiguous(), group=group)
-    return torch.cat(parts), dist.get_rank(group), dist.get_world_size(group)
+    both = _GatherWithGrad.apply(z.contiguous(), group)
+    return both, dist.get_rank(group), dist.get_world_size(group)
 
 
 def nt_xent_logits_targets(z1: torch.Tensor, z2: torch.Tensor, all1: torch.Tensor,

@@ -64,6 +64,11 @@ class FramePairs(Dataset):
         return cls(ShardDataset(root, mode="frame", seed=seed, **select), max_gap, seed)
 
     @property
+    def manifest(self):
+        """The frame dataset's manifest (which videos the run read, for summary.json)."""
+        return self.frames.manifest
+
+    @property
     def shard_ids(self) -> np.ndarray:
         """Shard of each anchor: what DistributedShardSampler partitions by."""
         return self.frames.shard_ids

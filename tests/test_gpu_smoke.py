@@ -69,7 +69,7 @@ def test_dry_run_prints_every_command(tmp_path):
     proc = lus("lus", "gpu-smoke", "--out", str(tmp_path), "--dry-run", "--steps", "5")
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    assert len(lines) == 2 + 9 and all("train.max_steps_per_epoch=5" in ln for ln in lines[2:])
+    assert len(lines) == 2 + 3 * len(FAMILIES) and all("train.max_steps_per_epoch=5" in ln for ln in lines[2:])
 
 
 @pytest.mark.slow

@@ -99,11 +99,12 @@ class Family:
         generic_section(rep, cls.name, runs)
 
     # -- helpers for evaluate()
-    def eval_batches(self, ds, fit: Fit, session: Session) -> Iterator[tuple[torch.Tensor, dict]]:
-        """This rank's block of `ds`: (model input on the device in the engine's dtype, the
-        batch as read)."""
+    def eval_batches(self, ds, fit: Fit, session: Session, key: str | None = None
+                     ) -> Iterator[tuple[torch.Tensor, dict]]:
+        """This rank's block of `ds`: (model input `key` (default input_key) on the device
+        in the engine's dtype, the batch as read)."""
         for batch in eval_loader(ds, self.cfg, session.world, session.device):
-            x = batch[self.input_key].to(session.device, fit.input_dtype(), non_blocking=True)
+            x = batch[key or self.input_key].to(session.device, fit.input_dtype(), non_blocking=True)
             if self.cfg.model.channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
             yield x, batch

@@ -86,6 +86,17 @@ def stn_examples_png(frames: np.ndarray, boxes: np.ndarray, path: str | Path,
     return _save(fig, path)
 
 
+def curves_png(curves: dict[str, Sequence[float]], path: str | Path, title: str,
+               ylabel: str) -> Path:
+    """One line per run of a per-epoch validation score (epoch 0 first)."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for name, values in curves.items():
+        ax.plot(np.arange(len(values)), values, marker="o", ms=3, label=name)
+    ax.set(xlabel="epoch", ylabel=ylabel, title=title)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
 def _save(fig, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -137,3 +137,40 @@ def cnnlstm_section(rep: Report, runs: list[RunInfo]) -> None:
     if ys and len(np.concatenate(ys)):
         confusion_and_roc(rep, "cnnlstm", np.concatenate(ys), np.concatenate(ps), VIDEO_CLASSES,
                           "CNN-LSTM test videos")
+
+
+def epoch_curve(run: RunInfo, metric: str) -> list[float]:
+    """A run's per-epoch validation `metric` from its metrics.csv (the last value logged for
+    an epoch wins: a resumed run may log an epoch twice)."""
+    import csv
+
+    path = run.path / "metrics.csv"
+    if not path.is_file():
+        return []
+    by_epoch: dict[int, float] = {}
+    with open(path, newline="") as fh:
+        for row in csv.DictReader(fh):
+            if row["kind"] == "epoch" and row["name"] == metric:
+                by_epoch[int(row["epoch"])] = float(row["value"])
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def pretrain_section(rep: Report, runs: list[RunInfo]) -> None:
+    """Test kNN accuracy per run, the per-epoch kNN curve that picked the epoch, and which
+    clips each stage saw (pretraining never reads the test clips)."""
+    from .report import generic_section
+
+    if not runs:
+        return
+    generic_section(rep, "pretrain", runs)
+    curves = {r.name: epoch_curve(r, "val_knn_accuracy") for r in runs}
+    if any(curves.values()):
+        rep.image(plots.curves_png(curves, rep.out / "pretrain_knn_curves.png",
+                                   "pretraining: kNN accuracy of frozen features",
+                                   "validation kNN accuracy"), "per-epoch validation kNN accuracy")
+    for r in runs:
+        data = r.summary.get("data") or {}
+        rep.text(f"`{r.name}`: encoder `{r.path / str(r.summary.get('encoder_file', 'encoder.pt'))}`; "
+                 + "; ".join(f"{k}: {v}" for k, v in data.items())
+                 + f". Pretrained on `{data.get('train', '?')}` only; the epoch was picked on "
+                   f"`{r.summary.get('best_selected_on')}`; the test split only graded it.")

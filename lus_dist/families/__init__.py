@@ -27,6 +27,7 @@ BUILTIN = {
     "regstn": "lus_dist.families.regstn:RegSTN",
     "seg": "lus_dist.families.seg:Segmentation",
     "cnnlstm": "lus_dist.families.cnnlstm:CNNLSTMFamily",
+    "pretrain": "lus_dist.families.pretrain:Pretrain",
 }
 ENTRY_POINT_GROUP = "lus_dist.families"
 ENV_VAR = "LUS_FAMILIES"

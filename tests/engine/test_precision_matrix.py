@@ -19,7 +19,8 @@ BF16 = ["dist.backend=deepspeed", f"dist.deepspeed_config={CONFIGS / 'deepspeed'
         "data.num_workers=0"]
 FAMILY = {"regstn": ["data.batch_size=8", "viz_frames=2", "predict_splits=[test]"],
           "seg": ["data.batch_size=4"],
-          "cnnlstm": ["data.batch_size=4", "data.clip_len=4"]}
+          "cnnlstm": ["data.batch_size=4", "data.clip_len=4"],
+          "pretrain": ["data.batch_size=8", "pretrain.knn_bank_frames=64"]}
 
 
 @pytest.mark.parametrize("family", sorted(FAMILY))
@@ -42,7 +43,7 @@ def test_deepspeed_bf16_trains_and_resumes(engine_shards, tmp_path, family):
 
 ZERO = {0: "zero0.json", 1: "zero1.json"}
 CELLS = [("cnnlstm", "zero0", "fp32"), ("seg", "zero0", "bf16"), ("regstn", "zero1", "fp32"),
-         ("cnnlstm", "zero1", "bf16"), ("seg", "ddp", "bf16")]
+         ("cnnlstm", "zero1", "bf16"), ("seg", "ddp", "bf16"), ("pretrain", "ddp", "bf16")]
 
 
 @pytest.mark.parametrize("family, backend, precision", CELLS)

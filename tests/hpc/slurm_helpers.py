@@ -22,15 +22,18 @@ TRAIN = ["logging.tensorboard=false", "data.batch_size=8", "viz_frames=0", "pred
 
 
 def submit_train(cluster: LocalSlurmCluster, shards: Path, run_dir: Path, *sbatch_args: str,
-                 procs: int, overrides: list[str], env: dict[str, str] | None = None) -> int:
-    """sbatch train_regstn.sh; `sbatch_args` come last, so they override the defaults here."""
-    base = {"CONFIG": str(ROOT / "configs" / "demo_regstn.yaml"), "DATA": str(shards),
+                 procs: int, overrides: list[str], env: dict[str, str] | None = None,
+                 script: str = "train_regstn.sh", config: str = "demo_regstn.yaml",
+                 common: list[str] | None = None) -> int:
+    """sbatch a training script (Reg-STN with the TRAIN settings unless told otherwise);
+    `sbatch_args` come last, so they override the defaults here."""
+    base = {"CONFIG": str(ROOT / "configs" / config), "DATA": str(shards),
             "RUN_DIR": str(run_dir), "CPU_PROCS_PER_NODE": str(procs), "LUS_PYTHON": sys.executable,
             "LUS_USR1_RESEND_S": "0.2"}
-    return cluster.sbatch(SLURM_DIR / "train_regstn.sh", f"--cpus-per-task={procs}", "--time=00:15:00",
+    return cluster.sbatch(SLURM_DIR / script, f"--cpus-per-task={procs}", "--time=00:15:00",
                           f"--output={run_dir.parent}/%x-%j.out", *sbatch_args,
-                          script_args=[*TRAIN, *overrides], env={**base, **(env or {})},
-                          cwd=run_dir.parent)
+                          script_args=[*(TRAIN if common is None else common), *overrides],
+                          env={**base, **(env or {})}, cwd=run_dir.parent)
 
 
 def assert_done(records: list[dict[str, str]], log: str) -> None:

@@ -17,7 +17,8 @@ from hpc.world import port_from_job_id
 
 ROOT = Path(__file__).resolve().parents[2]
 PY = sys.executable
-OURS = ["common.sh", "train_regstn.sh", "train_seg.sh", "train_cnnlstm.sh", "prep_array.sh", "eval.sh"]
+OURS = ["common.sh", "train_regstn.sh", "train_seg.sh", "train_cnnlstm.sh", "pretrain.sh",
+        "prep_array.sh", "eval.sh"]
 
 
 @pytest.fixture
@@ -56,7 +57,8 @@ def test_train_two_gpu_nodes(base_env):
                    "data.root=/scratch/shards", "optim.lr=3e-4"]
 
 
-@pytest.mark.parametrize("script, family", [("train_seg.sh", "seg"), ("train_cnnlstm.sh", "cnnlstm")])
+@pytest.mark.parametrize("script, family", [("train_seg.sh", "seg"), ("train_cnnlstm.sh", "cnnlstm"),
+                                            ("pretrain.sh", "pretrain")])
 def test_train_cpu_node_defaults(base_env, script, family):
     """CPU-only node: CPU_PROCS_PER_NODE processes (gloo); defaults for config and run dir."""
     env = {**base_env, "SLURM_JOB_ID": "77", "SLURM_JOB_NODELIST": "cn1", "SLURM_NNODES": "1",
