@@ -26,9 +26,10 @@ PATTERN = "features-rank-*.h5"
 @torch.no_grad()
 def extract(shards: Path, out_dir: Path, encoder: torch.nn.Module, encoder_name: str,
             rank: int = 0, world_size: int = 1, batch_size: int = 128,
-            device: torch.device | str = "cpu") -> Path:
+            device: torch.device | str = "cpu", manifest_version: int | None = None,
+            channels: int | None = None) -> Path:
     """Write this rank's block of per-frame features; returns the file written."""
-    ds = ShardDataset(shards, mode="frame")
+    ds = ShardDataset(shards, mode="frame", manifest_version=manifest_version, channels=channels)
     start, stop = split_even(len(ds), world_size, rank)
     loader = DataLoader(Subset(ds, range(start, stop)), batch_size=batch_size, shuffle=False)
     encoder = encoder.to(device).eval()
@@ -86,3 +87,41 @@ class FeatureClips(Dataset):
         return {"frames": torch.from_numpy(self.feats[idx].astype(np.float32)),
                 "label": torch.tensor(int(self.labels[i])),
                 "video": torch.tensor(int(self.video_rows[i]))}
+
+
+DONE = "DONE"
+
+
+def ensure_cache(out_dir: Path, shards: Path, encoder: torch.nn.Module, encoder_name: str,
+                 world, device, manifest_version: int | None, channels: int | None) -> Path:
+    """Extract once per run dir, every rank its block, behind a barrier; a requeued run
+    finds DONE (written by rank 0 after every rank's file is in place) and reuses it. A
+    cache left unfinished (no DONE) is extracted again with the current world size."""
+    from hpc.dist import is_distributed
+
+    out_dir = Path(out_dir)
+    if not (out_dir / DONE).is_file():
+        if world.is_main:
+            for stale in out_dir.glob(PATTERN):   # blocks of another world size
+                stale.unlink()
+        _barrier(is_distributed())
+        extract(shards, out_dir, encoder, encoder_name, world.rank, world.world_size,
+                device=device, manifest_version=manifest_version, channels=channels)
+        _barrier(is_distributed())
+        if world.is_main:
+            (out_dir / DONE).write_text(f"{encoder_name} world_size={world.world_size}\n")
+    _barrier(is_distributed())
+    return out_dir
+
+
+def _barrier(distributed: bool) -> None:
+    if distributed:
+        torch.distributed.barrier()
+
+
+def cached_clips(out_dir: Path, clips, clip_len: int) -> FeatureClips:
+    """The cached features of `clips`' videos, carrying what the loop reads from a dataset
+    (shard_ids for the sampler, manifest for summary.json, labels for balancing)."""
+    cached = FeatureClips(out_dir, clips.video_index, clips.labels, clip_len)
+    cached.shard_ids, cached.manifest = clips.shard_ids, clips.manifest
+    return cached

@@ -14,9 +14,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lus_dist.config import ConfigError
 from lus_dist.engine.config import DataConfig, ModelConfig, RunConfig, ScheduleConfig
 from lus_dist.engine.data import validation_name, gather, open_split, stack_outputs
 from lus_dist.engine.family import Family, Splits
+from lus_dist.engine.features import cached_clips, ensure_cache
 from lus_dist.metrics import video_metrics
 from lus_dist.models import CNNLSTM, CNNLSTMConfig as ModelCfg
 from lus_dist.shards.format import VIDEO_CLASSES
@@ -24,11 +26,24 @@ from lus_dist.shards.format import VIDEO_CLASSES
 
 @dataclass
 class CNNLSTMConfig(RunConfig):
+    """`features: cached` is Barros et al.'s recipe: the frozen encoder of
+    `model.kwargs.encoder_weights` embeds every frame once (run dir `features/`, every rank
+    its block) and only the LSTM head trains, on uniform clips of the cached features;
+    `frames` (default) trains end to end on the frames."""
     name: str = "cnnlstm"
+    features: str = "frames"      # frames | cached
     model: ModelConfig = field(default_factory=lambda: ModelConfig(name="cnnlstm"))
     schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(milestones=[], gamma=1.0))
     data: DataConfig = field(default_factory=lambda: DataConfig(batch_size=4, eval_batch_size=8,
                                                                  balanced=False))
+
+    def __post_init__(self) -> None:
+        if self.features not in ("frames", "cached"):
+            raise ConfigError(f"features must be frames|cached, got {self.features!r}")
+        if self.features == "cached" and not self.model.kwargs.get("encoder_weights"):
+            raise ConfigError("features=cached needs model.kwargs.encoder_weights: the pretrained "
+                              "encoder file whose features are cached (e.g. lus train pretrain's "
+                              "encoder.pt)")
 
 
 class CNNLSTMFamily(Family):
@@ -47,20 +62,43 @@ class CNNLSTMFamily(Family):
 
     def build_data(self, session) -> Splits:
         d = self.cfg.data
+        self.cache = None
         train = self._clips(d.train_split, d.clip_sampling)
+        if self.cfg.features == "cached":
+            self.cache = self._cache(session, channels=train[0]["frames"].shape[1])
+            train = self.open_split(d.train_split)
         val_split = validation_name(d)
         val = self.open_split(val_split)
         return Splits(train, val, val_split, train.labels,
-                      f"{len(train)} train / {len(val)} {val_split} clips of {d.clip_len}")
+                      f"{len(train)} train / {len(val)} {val_split} clips of {d.clip_len}"
+                      + (f" (cached features in {self.cache})" if self.cache else ""))
+
+    def _cache(self, session, channels: int) -> Path | None:
+        """The run's feature cache, extracted on first use (None in `lus tune`'s pre-check,
+        which only needs to know that the encoder file loads)."""
+        encoder = self._model_cfg(channels, freeze_encoder=True)
+        encoder = CNNLSTM(encoder).encoder          # loads encoder_weights, or says why not
+        if session is None:
+            return None
+        d = self.cfg.data
+        return ensure_cache(session.run_dir / "features", Path(d.root), encoder,
+                            self.cfg.model.kwargs.get("encoder", ModelCfg().encoder),
+                            session.world, session.device, d.manifest_version, d.channels)
 
     def open_split(self, split: str):
-        return self._clips(split, "uniform")
+        clips = self._clips(split, "uniform")
+        return cached_clips(self.cache, clips, self.cfg.data.clip_len) if self.cache else clips
+
+    def _model_cfg(self, channels: int, **extra) -> ModelCfg:
+        return ModelCfg(**{**self.cfg.model.kwargs, "in_channels": channels,
+                           "seq_len": self.cfg.data.clip_len, "num_classes": len(VIDEO_CLASSES),
+                           **extra})
 
     def build_model(self, splits: Splits) -> torch.nn.Module:
-        channels = splits.train[0]["frames"].shape[1]
-        return CNNLSTM(ModelCfg(**{**self.cfg.model.kwargs, "in_channels": channels,
-                                   "seq_len": self.cfg.data.clip_len,
-                                   "num_classes": len(VIDEO_CLASSES)}))
+        item = splits.train[0]["frames"]
+        if self.cfg.features == "cached":          # (T, F): the head alone
+            return CNNLSTM.from_features(item.shape[1], self._model_cfg(1))
+        return CNNLSTM(self._model_cfg(item.shape[1]))
 
     def loss(self, model, batch):
         return F.cross_entropy(model(batch["frames"]), batch["label"]), {}
@@ -88,7 +126,8 @@ class CNNLSTMFamily(Family):
 
     def summary(self) -> dict:
         return {"model": self.cfg.model.name,
-                "encoder": self.cfg.model.kwargs.get("encoder", ModelCfg().encoder)}
+                "encoder": self.cfg.model.kwargs.get("encoder", ModelCfg().encoder),
+                "features": self.cfg.features}
 
     @classmethod
     def report_section(cls, rep, runs, options) -> None:
