@@ -1,6 +1,7 @@
 """`lus experiment pocus` pieces: frame thinning/labels, the training commands, result plumbing."""
 from __future__ import annotations
 
+import sys
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ from data_prep.records import LoadedVideo, VideoSource
 from data_prep.ingest_pocus import subsample, with_frame_labels
 from lus.experiment import (PocusExperimentConfig, frame_predictions_as_video_classes, main,
                             merge_predictions, plan_jobs)
+from lus.experiment_jobs import Job, run_jobs
 from lus_dist.evaluation.report import decisions_metrics
 from lus_dist.aggregator.data import FramePredictions
 
@@ -35,19 +37,44 @@ def test_frame_targets_are_the_clip_label_and_ids_are_tagged():
     assert out.extra == {"split": "test"} and src.extra == {"n_frames": 100}
 
 
-def test_plan_is_one_cnnlstm_and_one_frame_run_per_fold(tmp_path):
+def test_plan_runs_both_routes_per_fold_with_pretraining_first(tmp_path):
     cfg = PocusExperimentConfig(folds=3)
     jobs = plan_jobs(cfg, tmp_path, tmp_path / "shards", cv=True)
-    assert [j.name for j in jobs] == ["cnnlstm/fold0", "frame/fold0", "cnnlstm/fold1",
-                                      "frame/fold1", "cnnlstm/fold2", "frame/fold2"]
-    assert "data.test_folds=[2]" in jobs[-1].cmd and "model.name=cnn_ce" in jobs[-1].cmd
-    assert "data.val_folds=[0]" in jobs[-1].cmd    # best epoch picked on the next fold
-    picked_on_test = plan_jobs(PocusExperimentConfig(folds=3, select_on_next_fold=False),
+    assert [j.name for j in jobs[:5]] == [
+        "scratch/cnnlstm/seed0/fold0", "scratch/frame/seed0/fold0", "pretrain/seed0/fold0",
+        "pretrained/cnnlstm/seed0/fold0", "pretrained/frame/seed0/fold0"]
+    assert len(jobs) == 15
+    pre, lstm, frame = jobs[-3:]
+    assert "data.test_folds=[2]" in frame.cmd and "model.name=cnn_ce" in frame.cmd
+    assert "data.val_folds=[0]" in frame.cmd    # best epoch picked on the next fold
+    # pretraining reads the same training folds: never the test fold
+    assert pre.family == "pretrain" and "data.test_folds=[2]" in pre.cmd
+    assert "data.val_folds=[0]" in pre.cmd
+    weights = f"model.kwargs.encoder_weights={pre.run_dir / 'encoder.pt'}"
+    assert weights in frame.cmd and weights in lstm.cmd and "features=cached" in lstm.cmd
+    assert frame.after == lstm.after == [pre.name] and not jobs[0].after
+    picked_on_test = plan_jobs(PocusExperimentConfig(folds=3, select_on_next_fold=False,
+                                                     routes=["scratch"]),
                                tmp_path, tmp_path / "shards", cv=True)
+    assert len(picked_on_test) == 6
     assert not any(c.startswith("data.val_folds") for c in picked_on_test[-1].cmd)
-    held = plan_jobs(cfg, tmp_path, tmp_path / "shards", cv=False)
-    assert len(held) == 2 and "predict_splits=[train,test]" in held[1].cmd
+    held = plan_jobs(PocusExperimentConfig(routes=["scratch"], seeds=[1, 2]), tmp_path,
+                     tmp_path / "shards", cv=False)
+    assert len(held) == 4 and "predict_splits=[train,test]" in held[1].cmd and "seed=2" in held[3].cmd
     assert not any(c.startswith(("data.test_folds", "data.val_folds")) for c in held[0].cmd)
+
+
+def test_a_failed_run_skips_the_runs_that_read_it(tmp_path, capsys):
+    py = sys.executable
+    write = f"import pathlib; pathlib.Path({str(tmp_path / 'ok')!r}).mkdir(); " \
+            f"pathlib.Path({str(tmp_path / 'ok' / 'summary.json')!r}).write_text('{{}}')"
+    jobs = [Job("bad", "pretrain", tmp_path / "bad", [py, "-c", "raise SystemExit(3)"]),
+            Job("child", "regstn", tmp_path / "child", [py, "-c", "pass"], after=["bad"]),
+            Job("ok", "pretrain", tmp_path / "ok", [py, "-c", write]),
+            Job("after-ok", "regstn", tmp_path / "a", [py, "-c", "pass"], after=["ok"])]
+    codes = run_jobs(jobs, 2, tmp_path / "logs")
+    assert codes == {"bad": 3, "child": 1, "ok": 0, "after-ok": 0}
+    assert "[skipped] child: bad failed" in capsys.readouterr().out
 
 
 def test_frame_predictions_become_video_class_probabilities():
@@ -89,12 +116,19 @@ def test_pocus_experiment_end_to_end_on_the_phantom_clips(phantom, tmp_path, lus
     out = tmp_path / "exp"
     proc = lus_ok("experiment", "pocus", "--data", str(phantom / "raw" / "pocus"), "--out",
                   str(out), "--folds", "3", "size=32", "max_frames=6", "cnnlstm.epochs=1",
-                  "frame.epochs=2", "aggregator.epochs=5")
+                  "frame.epochs=2", "aggregator.epochs=5", "pretrain.epochs=2",
+                  "pretrain.overrides=[data.batch_size=8, pretrain.knn_bank_frames=64]")
     assert "report:" in proc.stdout
     report = (out / "report" / "report.md").read_text()
     assert "Missing results" not in report and "_No data" not in report
     assert "best epoch is picked on the next fold" in report
-    for name in ("published_vs_ours", "cnnlstm_evaluation", "uninorm_evaluation", "video_table"):
+    assert "Pretraining ablation" in report and (out / "report" / "validation_curves.png").is_file()
+    for name in ("published_vs_ours", "ablation", *[f"{t}_{route}" for route in
+                 ("scratch", "pretrained") for t in ("cnnlstm_evaluation", "uninorm_evaluation",
+                                                     "video_table")]):
         assert (out / "report" / f"{name}.csv").stat().st_size > 100, name
-    preds = read_predictions(out / "runs" / "frame" / "fold0" / "predictions" / "test.h5")
+    ablation = (out / "report" / "ablation.csv").read_text()
+    assert "pretrained" in ablation and "scratch" in ablation
+    preds = read_predictions(out / "runs" / "pretrained" / "frame" / "seed0" / "fold0" /
+                             "predictions" / "test.h5")
     assert preds.class_names == tuple(VIDEO_CLASSES) and preds.probs.shape[1] == 3

@@ -1,0 +1,125 @@
+"""The training runs of `lus experiment pocus` and the small scheduler that runs them.
+
+Per seed and fold: for the `pretrained` route, contrastive pretraining on that fold's
+training clips first (never the test fold), then the frame CNN fine-tuned from its encoder
+and the CNN-LSTM on its frozen, cached features (Barros et al.'s recipe); for the `scratch`
+route the same two models from random weights. Every run is a `lus train` subprocess (the
+commands a cluster job runs); a run waits for the runs it reads (`after`).
+"""
+from __future__ import annotations
+
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hpc.dist import child_env
+
+ROUTES = ("scratch", "pretrained")
+
+
+@dataclass
+class TrainStep:
+    """One `lus train` family: a YAML (empty: the family's defaults) + overrides."""
+    config: str = ""
+    epochs: int = 8
+    overrides: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Job:
+    name: str                      # route/model/seedS/foldK
+    family: str                    # pretrain | cnnlstm | regstn (the frame classifier)
+    run_dir: Path
+    cmd: list[str]
+    route: str = "scratch"
+    seed: int = 0
+    after: list[str] = field(default_factory=list)   # names of jobs this one reads
+
+    def done(self) -> bool:
+        return (self.run_dir / "summary.json").is_file()
+
+
+def train_cmd(family: str, step: TrainStep, run_dir: Path, shards: Path, fold: int | None,
+              seed: int, val_fold: int | None = None, extra: tuple[str, ...] = ()) -> list[str]:
+    cmd = [sys.executable, "-m", "lus", "train", family, "--run-dir", str(run_dir)]
+    if step.config:
+        cmd += ["--config", step.config]
+    cmd += [f"data.root={shards}", f"seed={seed}", f"train.epochs={step.epochs}",
+            "logging.progress=plain", "logging.tensorboard=false"]
+    if fold is not None:
+        cmd.append(f"data.test_folds=[{fold}]")
+        # picking the epoch on the test fold must be asked for by name (select_on_next_fold=false)
+        cmd.append(f"data.val_folds=[{val_fold}]" if val_fold is not None else "data.val_split=test")
+    else:  # held-out folder: the engine holds training patients out to pick the epoch, and
+        # the aggregator trains on the training clips' frame scores
+        cmd += ["data.train_split=train", "data.test_split=test"]
+        cmd += ["predict_splits=[train,test]"] if family == "regstn" else []
+    return cmd + list(step.overrides) + list(extra)
+
+
+def plan_jobs(cfg, out: Path, shards: Path, cv: bool) -> list[Job]:
+    """Every run of the experiment, pretraining before the runs that read its encoder."""
+    folds: list[int | None] = list(range(cfg.folds)) if cv else [None]
+    jobs = []
+    for seed in cfg.seeds:
+        for fold in folds:
+            tag = f"seed{seed}/" + (f"fold{fold}" if fold is not None else "heldout")
+            val = (fold + 1) % cfg.folds if fold is not None and cfg.select_on_next_fold else None
+            for route in cfg.routes:
+                extra: dict[str, tuple[str, ...]] = {"cnnlstm": (), "regstn": ()}
+                after = []
+                if route == "pretrained":
+                    pre = out / "runs" / "pretrain" / tag
+                    after = [f"pretrain/{tag}"]
+                    jobs.append(Job(after[0], "pretrain", pre, train_cmd(
+                        "pretrain", cfg.pretrain, pre, shards, fold, seed, val), route, seed))
+                    weights = f"model.kwargs.encoder_weights={pre / 'encoder.pt'}"
+                    extra = {"cnnlstm": (weights, f"features={cfg.pretrained_cnnlstm}"),
+                             "regstn": (weights,)}
+                for family, step, model in (("cnnlstm", cfg.cnnlstm, "cnnlstm"),
+                                            ("regstn", cfg.frame, "frame")):
+                    run_dir = out / "runs" / route / model / tag
+                    jobs.append(Job(f"{route}/{model}/{tag}", family, run_dir, train_cmd(
+                        family, step, run_dir, shards, fold, seed, val, extra[family]),
+                        route, seed, after))
+    return jobs
+
+
+def run_jobs(jobs: list[Job], parallel: int, logs: Path) -> dict[str, int]:
+    """Run up to `parallel` jobs at once, each when the jobs it reads have succeeded (one
+    that failed fails its dependants, named); a finished run (summary.json) is not rerun,
+    so re-invoking the experiment after an interruption continues where it stopped."""
+    logs.mkdir(parents=True, exist_ok=True)
+    codes = {j.name: 0 for j in jobs if j.done()}
+    pending = [j for j in jobs if not j.done()]
+    running: list[tuple[Job, subprocess.Popen, float]] = []
+    while pending or running:
+        for job in [j for j in pending if any(codes.get(a, 0) != 0 for a in j.after)]:
+            pending.remove(job)
+            codes[job.name] = 1
+            print(f"[skipped] {job.name}: {', '.join(job.after)} failed", flush=True)
+        ready = [j for j in pending if all(codes.get(a) == 0 for a in j.after)]
+        while ready and len(running) < max(1, parallel):
+            job = ready.pop(0)
+            pending.remove(job)
+            print(f"[start] {job.name}: {shlex.join(job.cmd)}", flush=True)
+            with log_path(logs, job).open("w") as fh:
+                running.append((job, subprocess.Popen(job.cmd, stdout=fh, stderr=subprocess.STDOUT,
+                                                      env=child_env()), time.time()))
+        time.sleep(1)
+        for item in [r for r in running if r[1].poll() is not None]:
+            job, proc, t0 = item
+            running.remove(item)
+            codes[job.name] = proc.returncode
+            status = "ok" if proc.returncode == 0 else f"FAILED (exit {proc.returncode})"
+            print(f"[{status}] {job.name} in {time.time() - t0:.0f} s", flush=True)
+            if proc.returncode != 0:
+                print("\n".join(log_path(logs, job).read_text().splitlines()[-15:]), flush=True)
+    return codes
+
+
+def log_path(logs: Path, job: Job) -> Path:
+    return logs / (job.name.replace("/", "_") + ".log")

@@ -1,0 +1,256 @@
+"""Results of `lus experiment pocus`: collect the runs per route, pool the out-of-fold frame
+predictions for the uninorm, and write report.md with the pretraining ablation, the
+per-epoch validation curves and the paper-shaped tables per route."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from lus_dist.shards.format import VIDEO_CLASSES
+
+# Barros et al. 2021 (Sensors 21:5486): Xception (ImageNet) + LSTM, 185 POCUS clips, 5-fold CV.
+PUBLISHED = {"accuracy": 0.93, "covid_recall": 0.97}
+PUBLISHED_SOURCE = ("Barros et al. 2021: ImageNet-pretrained Xception + LSTM, 185 clips, "
+                    "5-fold CV; COVID recall = sensitivity")
+KEYS = ("accuracy", "covid_recall")
+MODELS = {"cnnlstm": "CNN-LSTM", "frame": "frame CNN + uninorm"}
+
+
+def frame_predictions_as_video_classes(preds):
+    """Frame predictions named as the video classes. The frame classifier trains on the clip
+    class with `frame_classes` = the video classes, so its predictions already are; a run
+    trained through the 4-way score head keeps the first 3 columns, renormalised."""
+    from lus_dist.aggregator.data import FramePredictions
+
+    if tuple(preds.class_names) == tuple(VIDEO_CLASSES):
+        return preds
+    k = len(VIDEO_CLASSES)
+    p = preds.probs[:, :k]
+    p = p / np.clip(p.sum(1, keepdims=True), 1e-12, None)
+    return FramePredictions.from_arrays(
+        p, preds.video_id, preds.patient_id, preds.frame_index, hospital_id=preds.hospital_id,
+        frame_score=preds.frame_score, video_score=preds.video_score,
+        video_label=preds.video_label, split=preds.split, class_names=VIDEO_CLASSES,
+        source=preds.source)
+
+
+def merge_predictions(parts: list):
+    from lus_dist.aggregator.data import FramePredictions
+
+    cols = ("video_id", "patient_id", "frame_index", "hospital_id", "frame_score",
+            "video_score", "video_label", "split")
+    cat = {c: np.concatenate([getattr(p, c) for p in parts]) for c in cols}
+    return FramePredictions.from_arrays(
+        np.concatenate([p.probs for p in parts]), cat.pop("video_id"), cat.pop("patient_id"),
+        cat.pop("frame_index"), class_names=parts[0].class_names, source="out-of-fold", **cat)
+
+
+def collect(cfg, jobs: list, out: Path, cv: bool = True) -> dict:
+    """Per route: each (seed, fold)'s CNN-LSTM metrics and run dir, and per seed the pooled
+    out-of-fold frame predictions with the aggregator fitted on them (k-fold over the pooled
+    predictions; held-out: trained on the training clips', tested on the held-out clips')."""
+    from lus_dist.aggregator.data import write_predictions
+    from lus_dist.aggregator.train import run_protocol
+
+    res: dict = {"missing": [], "routes": {}, "pretrain": []}
+    for job in jobs:
+        route = res["routes"].setdefault(job.route, {"cnnlstm": [], "frame": [], "runs": {},
+                                                     "parts": {}, "aggregate": {}})
+        if not job.done():
+            res["missing"].append(f"{job.name}: no summary.json (see logs/)")
+        elif job.family == "pretrain":
+            res["pretrain"].append(job.run_dir)
+        elif job.family == "cnnlstm":
+            _collect_cnnlstm(job, route, res["missing"])
+        else:
+            _collect_frame(job, route, res["missing"], ("test",) if cv else ("train", "test"))
+    for name, route in res["routes"].items():
+        for seed, parts in route["parts"].items():
+            oof = merge_predictions(parts)
+            write_predictions(out / "predictions" / f"frame_out_of_fold_{name}_seed{seed}.h5", oof)
+            protocol = cfg.aggregator_protocol if cv else "train_test"
+            agg = run_protocol(oof, cfg.aggregator, protocol,
+                               k=min(cfg.folds, len(np.unique(oof.patient_id))), seed=seed)
+            route["aggregate"][seed] = agg
+            route["frame"] += [dict(m, seed=seed) for m in uninorm_folds(agg)]
+    return res
+
+
+def _collect_cnnlstm(job, route: dict, missing: list) -> None:
+    from lus_dist.evaluation.report import cnnlstm_metrics, read_json
+
+    m = cnnlstm_metrics(read_json(job.run_dir / "summary.json"))
+    if m is None:
+        missing.append(f"{job.name}: summary.json has no test metrics")
+        return
+    route["cnnlstm"].append(dict(m, seed=job.seed))
+    route["runs"].setdefault("cnnlstm", []).append(job.run_dir)
+
+
+def _collect_frame(job, route: dict, missing: list, splits: tuple[str, ...]) -> None:
+    from lus_dist.aggregator.data import read_predictions
+    from lus_dist.evaluation.report import ReportError
+
+    route["runs"].setdefault("frame", []).append(job.run_dir)
+    try:
+        for split in splits:
+            preds = read_predictions(job.run_dir / "predictions" / f"{split}.h5")
+            route["parts"].setdefault(job.seed, []).append(frame_predictions_as_video_classes(preds))
+    except (ReportError, ValueError) as exc:
+        missing.append(f"{job.name}: {exc}")
+
+
+def uninorm_folds(agg) -> list[dict]:
+    """The uninorm's decisions scored per aggregator fold."""
+    from lus_dist.evaluation.report import decisions_metrics
+
+    vids = agg.videos
+    out = []
+    for f in sorted(set(vids["fold"])):
+        sel = np.asarray(vids["fold"]) == f
+        out.append(decisions_metrics(np.asarray(vids["target"])[sel],
+                                     np.asarray(vids["uninorm"])[sel], VIDEO_CLASSES))
+    return out
+
+
+def max_epoch_jump(values: list[float]) -> float | None:
+    """Largest change of a validation score between consecutive epochs over the last half
+    of training (the stability criterion of the recipe)."""
+    tail = values[len(values) // 2:]
+    if len(tail) < 2:
+        return None
+    return float(np.max(np.abs(np.diff(tail))))
+
+
+def ablation_table(res: dict):
+    """Model x route: mean ± std over every (seed, fold), the spread of the per-seed means,
+    and the largest epoch-to-epoch jump of validation accuracy in the last half (per run,
+    averaged)."""
+    from lus_dist.evaluation.sections import epoch_curve
+    from lus_dist.evaluation.report import RunInfo
+    from lus_dist.evaluation.tables import Table, mean_std
+
+    rows = []
+    for route, r in res["routes"].items():
+        for model, label in MODELS.items():
+            folds = r[model]
+            seeds = sorted({f["seed"] for f in folds})
+            seed_means = [np.mean([f["accuracy"] for f in folds if f["seed"] == s]) for s in seeds]
+            jumps = [max_epoch_jump(epoch_curve(RunInfo(d, "", ""), "val_accuracy"))
+                     for d in r["runs"].get(model, [])]
+            rows.append([label, route, *[mean_std([f.get(k) for f in folds]) for k in KEYS],
+                         mean_std(seed_means), mean_std(jumps), len(seeds), len(folds)])
+    return Table("Pretraining ablation (same folds; mean ± std over seeds x folds)",
+                 ["Model", "Route", "Accuracy", "COVID recall", "Accuracy: per-seed means",
+                  "Max val-accuracy jump, last half of training", "Seeds", "Folds x seeds"], rows,
+                 note="frame CNN + uninorm folds are the aggregator's folds over the pooled "
+                      "out-of-fold frame predictions; the jump is of the frame classifier's or "
+                      "CNN-LSTM's own validation accuracy (EMA weights), target < 0.10")
+
+
+def curves_figure(rep, res: dict) -> None:
+    """Mean per-epoch validation accuracy per model and route, and the pretraining kNN."""
+    from lus_dist.evaluation import plots
+    from lus_dist.evaluation.report import RunInfo
+    from lus_dist.evaluation.sections import epoch_curve
+
+    curves = {}
+    for route, r in res["routes"].items():
+        for model, label in MODELS.items():
+            runs = [epoch_curve(RunInfo(d, "", ""), "val_accuracy") for d in r["runs"].get(model, [])]
+            runs = [c for c in runs if c]
+            if runs:
+                n = min(map(len, runs))
+                curves[f"{label.split(' +')[0]} ({route})"] = np.mean([c[:n] for c in runs], 0)
+    knn = [c for c in (epoch_curve(RunInfo(d, "", ""), "val_knn_accuracy") for d in res["pretrain"]) if c]
+    if knn:
+        n = min(map(len, knn))
+        curves["pretraining kNN accuracy"] = np.mean([c[:n] for c in knn], 0)
+    if curves:
+        rep.image(plots.curves_png(curves, rep.out / "validation_curves.png",
+                                   "validation per epoch (mean over folds and seeds)",
+                                   "validation accuracy"), "per-epoch validation curves")
+
+
+def route_tables(rep, name: str, r: dict, cfg, cv: bool) -> None:
+    """Barros et al.'s columns for both models, Roy et al.'s video and frame tables."""
+    from lus_dist.evaluation.report import (ReportError, confusion_and_roc, frame_scores_of,
+                                            read_video_predictions, video_folds_of)
+    from lus_dist.evaluation.tables import cnnlstm_table, frame_table, video_table
+
+    rep.text(f"## Route: {name}")
+    rep.table(cnnlstm_table(r["cnnlstm"], VIDEO_CLASSES, title=f"CNN-LSTM video classification, "
+                            f"{name} (Barros et al. 2021 evaluation.csv columns)",
+                            note="" if r["cnnlstm"] else "no finished CNN-LSTM fold"),
+              f"cnnlstm_evaluation_{name}")
+    preds = []
+    for run_dir in r["runs"].get("cnnlstm", []):
+        try:
+            preds.append(read_video_predictions(run_dir / "predictions" / "test_videos.csv"))
+        except ReportError as exc:
+            rep.text(f"_Note: {exc}_")
+    if preds:
+        confusion_and_roc(rep, f"cnnlstm_{name}", np.concatenate([y for y, _ in preds]),
+                          np.concatenate([p for _, p in preds]), VIDEO_CLASSES,
+                          f"CNN-LSTM, {name} (test folds pooled)")
+    rep.table(cnnlstm_table(r["frame"], VIDEO_CLASSES, title=f"Frame CNN + uninorm aggregator, "
+                            f"{name} (Barros et al. evaluation.csv columns)",
+                            note="" if r["frame"] else "no out-of-fold frame predictions"),
+              f"uninorm_evaluation_{name}")
+    per_fold: dict = {}
+    for agg in r["aggregate"].values():
+        for method, folds in video_folds_of(agg).items():
+            per_fold.setdefault(method, []).extend(folds)
+    rep.table(video_table(per_fold, note="video label target; aggregator CV over the pooled "
+                                         "out-of-fold frame predictions"), f"video_table_{name}")
+    tested = [p for parts in r["parts"].values() for p in parts if (p.split == "test").all()]
+    if tested:
+        oof = merge_predictions(tested)
+        rep.table(frame_table([frame_scores_of(f"{cfg_frame_name(cfg)}, {name} (out-of-fold)", oof)],
+                              note="frame target = the clip's class, constant within a clip, so "
+                                   "Setting 2 equals Setting 1 here"), f"frame_table_{name}")
+        confusion_and_roc(rep, f"frame_{name}", oof.frame_score, oof.probs, VIDEO_CLASSES,
+                          f"Frame classifier, {name} (out-of-fold)")
+
+
+def write_report(cfg, res: dict, out: Path, command: str, wall: str, manifest,
+                 selection: str, cv: bool = True) -> Path:
+    from lus_dist.evaluation.report import Report
+    from lus_dist.evaluation.tables import mean_std, published_comparison
+
+    rep = Report("POCUS experiment: CNN-LSTM and frame classifier + uninorm", out / "report")
+    v = manifest.videos
+    counts = {c: int((v["label"] == i).sum()) for i, c in enumerate(VIDEO_CLASSES)}
+    rep.text(f"Command: `{command}`\n\nWall time: {wall} on {os.cpu_count()} CPU core(s)."
+             f"\n\nData: {len(v['video_id'])} clips {counts}, {int(v['n_frames'].sum())} "
+             f"frames packed at {cfg.size}x{cfg.size} (at most {cfg.max_frames or 'all'} evenly "
+             f"spaced frames per clip); " + (
+                 f"{cfg.folds}-fold CV stratified by class, folds by patient (no clip in two "
+                 "folds), assigned once at pack time." if cv else "one model per route trained "
+                 "on the --data clips and graded once on the --test-data clips (no CV).")
+             + f" Seeds {list(cfg.seeds)}, routes {list(cfg.routes)}.\n\nConfig: `experiment.yaml`.")
+    rep.text(f"Model selection: {selection}. Pretraining (route `pretrained`) reads only each "
+             "fold's training clips (labels unused) and picks its epoch by kNN accuracy on the "
+             "same validation clips; its encoder then starts the frame CNN (fine-tuned) and "
+             f"the CNN-LSTM (`features={cfg.pretrained_cnnlstm}`).\n\nCaveats: the uninorm's "
+             "folds are drawn over the pooled out-of-fold frame predictions (stratified by "
+             "class), not the pack folds. Barros et al.'s figures come from ImageNet-pretrained "
+             "Xception at 224 px on 185 clips; ours from a small CNN at "
+             f"{cfg.size} px, from scratch or contrastively pretrained on these clips only.")
+    if res["missing"]:
+        rep.text("**Missing results**:\n\n" + "\n".join(f"- {m}" for m in res["missing"]))
+    ours = {f"{label} ({name})": {k: mean_std([f.get(k) for f in r[model]]) for k in KEYS}
+            for name, r in res["routes"].items() for model, label in MODELS.items()}
+    rep.table(published_comparison(ours, PUBLISHED, PUBLISHED_SOURCE), "published_vs_ours")
+    rep.table(ablation_table(res), "ablation")
+    curves_figure(rep, res)
+    for name, r in res["routes"].items():
+        route_tables(rep, name, r, cfg, cv)
+    return rep.write()
+
+
+def cfg_frame_name(cfg) -> str:
+    names = [o.split("=", 1)[1] for o in cfg.frame.overrides if o.startswith("model.name=")]
+    return names[-1] if names else "frame model"
