@@ -51,3 +51,27 @@ def test_inverting_the_test_frames_changes_only_the_test_predictions(engine_shar
         with h5py.File(tmp_path / name / "predictions" / "test.h5", "r") as f:
             probs.append(f["probs"][:])
     assert probs[0].shape == probs[1].shape and not np.array_equal(probs[0], probs[1])
+
+
+PRETRAIN = ["train.epochs=2", "train.max_steps_per_epoch=4", "data.batch_size=8",
+            "logging.tensorboard=false", "train.deterministic=true", "pretrain.knn_bank_frames=64",
+            "model.kwargs.proj_hidden=32", "model.kwargs.proj_dim=16"]
+
+
+def test_pretraining_never_reads_the_test_clips(engine_shards, tmp_path):
+    """The same for the pretrain family: the encoder, the kNN that picked its epoch and the
+    epoch are identical whatever the test frames hold."""
+    import torch
+
+    invert_test_frames(engine_shards, tmp_path / "inverted")
+    runs = {}
+    for name, root in (("original", engine_shards), ("inverted", tmp_path / "inverted")):
+        proc = run_train("pretrain", tmp_path / name, [f"data.root={root}", *PRETRAIN], nproc=1)
+        assert proc.returncode == 0, explain(proc)
+        runs[name] = summary(tmp_path / name)
+    a, b = runs["original"], runs["inverted"]
+    assert a["best_selected_on"] == b["best_selected_on"] == "holdout"
+    assert a["param_digests"] == b["param_digests"] and a["best_epoch"] == b["best_epoch"]
+    assert a["last_epoch_val"] == b["last_epoch_val"]
+    enc = [torch.load(tmp_path / n / "encoder.pt", weights_only=True)["state_dict"] for n in runs]
+    assert all(torch.equal(enc[0][k], enc[1][k]) for k in enc[0])
