@@ -35,19 +35,24 @@ def invert_test_frames(src, dst) -> int:
     return changed
 
 
-def test_inverting_the_test_frames_changes_only_the_test_predictions(engine_shards, tmp_path):
-    assert invert_test_frames(engine_shards, tmp_path / "inverted") > 0
-    runs = {}
-    for name, root in (("original", engine_shards), ("inverted", tmp_path / "inverted")):
-        proc = run_train("regstn", tmp_path / name, [f"data.root={root}", *ARGS], nproc=1)
+def train_on_both(family: str, args: list[str], shards, tmp_path) -> tuple[dict, dict]:
+    """summary.json of a run on the shards and of one on the inverted-test copy."""
+    assert invert_test_frames(shards, tmp_path / "inverted") > 0
+    runs = []
+    for name, root in (("original", shards), ("inverted", tmp_path / "inverted")):
+        proc = run_train(family, tmp_path / name, [f"data.root={root}", *args], nproc=1)
         assert proc.returncode == 0, explain(proc)
-        runs[name] = summary(tmp_path / name)
-    a, b = runs["original"], runs["inverted"]
+        runs.append(summary(tmp_path / name))
+    return runs[0], runs[1]
+
+
+def test_inverting_the_test_frames_changes_only_the_test_predictions(engine_shards, tmp_path):
+    a, b = train_on_both("regstn", ARGS, engine_shards, tmp_path)
     assert a["best_selected_on"] == b["best_selected_on"] == "holdout"
     assert a["param_digests"] == b["param_digests"]
     assert a["best_epoch"] == b["best_epoch"] and a["last_epoch_val"] == b["last_epoch_val"]
     probs = []
-    for name in runs:
+    for name in ("original", "inverted"):
         with h5py.File(tmp_path / name / "predictions" / "test.h5", "r") as f:
             probs.append(f["probs"][:])
     assert probs[0].shape == probs[1].shape and not np.array_equal(probs[0], probs[1])
@@ -63,15 +68,10 @@ def test_pretraining_never_reads_the_test_clips(engine_shards, tmp_path):
     epoch are identical whatever the test frames hold."""
     import torch
 
-    invert_test_frames(engine_shards, tmp_path / "inverted")
-    runs = {}
-    for name, root in (("original", engine_shards), ("inverted", tmp_path / "inverted")):
-        proc = run_train("pretrain", tmp_path / name, [f"data.root={root}", *PRETRAIN], nproc=1)
-        assert proc.returncode == 0, explain(proc)
-        runs[name] = summary(tmp_path / name)
-    a, b = runs["original"], runs["inverted"]
+    a, b = train_on_both("pretrain", PRETRAIN, engine_shards, tmp_path)
     assert a["best_selected_on"] == b["best_selected_on"] == "holdout"
     assert a["param_digests"] == b["param_digests"] and a["best_epoch"] == b["best_epoch"]
     assert a["last_epoch_val"] == b["last_epoch_val"]
-    enc = [torch.load(tmp_path / n / "encoder.pt", weights_only=True)["state_dict"] for n in runs]
+    enc = [torch.load(tmp_path / n / "encoder.pt", weights_only=True)["state_dict"]
+           for n in ("original", "inverted")]
     assert all(torch.equal(enc[0][k], enc[1][k]) for k in enc[0])
