@@ -123,7 +123,7 @@ def test_pocus_experiment_end_to_end_on_the_phantom_clips(phantom, tmp_path, lus
     assert "Missing results" not in report and "_No data" not in report
     assert "best epoch is picked on the next fold" in report
     assert "Pretraining ablation" in report and (out / "report" / "validation_curves.png").is_file()
-    for name in ("published_vs_ours", "ablation", *[f"{t}_{route}" for route in
+    for name in ("published_vs_ours", "targets", "ablation", *[f"{t}_{route}" for route in
                  ("scratch", "pretrained") for t in ("cnnlstm_evaluation", "uninorm_evaluation",
                                                      "video_table")]):
         assert (out / "report" / f"{name}.csv").stat().st_size > 100, name
