@@ -75,6 +75,14 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
+def barrier() -> None:
+    """Wait for every rank; a no-op without a process group (one process)."""
+    if is_distributed():
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
 def collective_device():
     """Where small tensors for a collective live: the current GPU under nccl, else CPU."""
     import torch

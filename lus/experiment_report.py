@@ -56,6 +56,7 @@ def collect(cfg, jobs: list, out: Path, cv: bool = True) -> dict:
     predictions; held-out: trained on the training clips', tested on the held-out clips')."""
     from lus_dist.aggregator.data import write_predictions
     from lus_dist.aggregator.train import run_protocol
+    from lus_dist.evaluation.sections import epoch_curve
 
     res: dict = {"missing": [], "routes": {}, "pretrain": []}
     for job in jobs:
@@ -69,6 +70,10 @@ def collect(cfg, jobs: list, out: Path, cv: bool = True) -> dict:
             _collect_cnnlstm(job, route, res["missing"])
         else:
             _collect_frame(job, route, res["missing"], ("test",) if cv else ("train", "test"))
+    for route in res["routes"].values():
+        route["curves"] = {model: [epoch_curve(d, "val_accuracy") for d in dirs]
+                           for model, dirs in route["runs"].items()}
+    res["knn_curves"] = [epoch_curve(d, "val_knn_accuracy") for d in res["pretrain"]]
     for name, route in res["routes"].items():
         for seed, parts in route["parts"].items():
             oof = merge_predictions(parts)
@@ -131,8 +136,6 @@ def ablation_table(res: dict):
     """Model x route: mean ± std over every (seed, fold), the spread of the per-seed means,
     and the largest epoch-to-epoch jump of validation accuracy in the last half (per run,
     averaged)."""
-    from lus_dist.evaluation.sections import epoch_curve
-    from lus_dist.evaluation.report import RunInfo
     from lus_dist.evaluation.tables import Table, mean_std
 
     rows = []
@@ -141,8 +144,7 @@ def ablation_table(res: dict):
             folds = r[model]
             seeds = sorted({f["seed"] for f in folds})
             seed_means = [np.mean([f["accuracy"] for f in folds if f["seed"] == s]) for s in seeds]
-            jumps = [max_epoch_jump(epoch_curve(RunInfo(d, "", ""), "val_accuracy"))
-                     for d in r["runs"].get(model, [])]
+            jumps = [max_epoch_jump(c) for c in r["curves"].get(model, [])]
             rows.append([label, route, *[mean_std([f.get(k) for f in folds]) for k in KEYS],
                          mean_std(seed_means), mean_std(jumps), len(seeds), len(folds)])
     return Table("Pretraining ablation (same folds; mean ± std over seeds x folds)",
@@ -170,24 +172,28 @@ def targets_table(ours: dict):
                                                         "Target value", "Ours", "Verdict"], rows)
 
 
+def mean_curve(curves: list[list[float]]) -> np.ndarray | None:
+    """Epoch-wise mean over runs, over the epochs every run has (None without curves)."""
+    curves = [c for c in curves if c]
+    if not curves:
+        return None
+    n = min(map(len, curves))
+    return np.mean([c[:n] for c in curves], 0)
+
+
 def curves_figure(rep, res: dict) -> None:
     """Mean per-epoch validation accuracy per model and route, and the pretraining kNN."""
     from lus_dist.evaluation import plots
-    from lus_dist.evaluation.report import RunInfo
-    from lus_dist.evaluation.sections import epoch_curve
 
     curves = {}
     for route, r in res["routes"].items():
         for model, label in MODELS.items():
-            runs = [epoch_curve(RunInfo(d, "", ""), "val_accuracy") for d in r["runs"].get(model, [])]
-            runs = [c for c in runs if c]
-            if runs:
-                n = min(map(len, runs))
-                curves[f"{label.split(' +')[0]} ({route})"] = np.mean([c[:n] for c in runs], 0)
-    knn = [c for c in (epoch_curve(RunInfo(d, "", ""), "val_knn_accuracy") for d in res["pretrain"]) if c]
-    if knn:
-        n = min(map(len, knn))
-        curves["pretraining kNN accuracy"] = np.mean([c[:n] for c in knn], 0)
+            mean = mean_curve(r["curves"].get(model, []))
+            if mean is not None:
+                curves[f"{label.split(' +')[0]} ({route})"] = mean
+    knn = mean_curve(res["knn_curves"])
+    if knn is not None:
+        curves["pretraining kNN accuracy"] = knn
     if curves:
         rep.image(plots.curves_png(curves, rep.out / "validation_curves.png",
                                    "validation per epoch (mean over folds and seeds)",

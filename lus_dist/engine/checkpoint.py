@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from hpc.dist import collective_device, is_distributed
+from hpc.dist import barrier, collective_device, is_distributed
 
 STEP_RE = re.compile(r"^step-(\d{9})$")
 COMMIT = "COMMIT"
@@ -127,11 +127,6 @@ class RNGState:
         torch.set_rng_state(state["torch"])
         if "cuda" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _barrier() -> None:
-    if is_distributed():
-        dist.barrier()
 
 
 def _all_ok(ok: bool) -> bool:
@@ -288,13 +283,13 @@ def save_best(model, run_dir: Path, rank: int) -> None:
         tmp = Path(run_dir) / "best.pt.tmp"
         torch.save(unwrap(model).state_dict(), tmp)
         os.replace(tmp, Path(run_dir) / "best.pt")
-    _barrier()
+    barrier()
 
 
 def load_best(model, run_dir: Path) -> bool:
     """Load best.pt into the (wrapped) model on every rank; False if there is none."""
     path = Path(run_dir) / "best.pt"
-    _barrier()
+    barrier()
     if not path.is_file():
         return False
     unwrap(model).load_state_dict(torch.load(path, map_location="cpu", weights_only=True))

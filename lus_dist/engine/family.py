@@ -72,8 +72,9 @@ class Family:
     def final_splits(self) -> list[str]:
         return [self.cfg.data.test_split]
 
-    def export(self, split: str, ds, pred: Any, run_dir: Path) -> None:
-        """Rank 0 writes a split's predictions after training (nothing by default)."""
+    def export(self, split: str, ds, pred: Any, run_dir: Path, net: torch.nn.Module) -> None:
+        """Rank 0 writes a split's predictions after training (nothing by default); `net`
+        is the model that scored them (best weights, EMA when on)."""
 
     def after_epoch(self, net: torch.nn.Module, splits: Splits, run_dir: Path, epoch: int) -> None:
         """Rank 0, after validation (pictures)."""

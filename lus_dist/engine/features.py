@@ -97,26 +97,20 @@ def ensure_cache(out_dir: Path, shards: Path, encoder: torch.nn.Module, encoder_
     """Extract once per run dir, every rank its block, behind a barrier; a requeued run
     finds DONE (written by rank 0 after every rank's file is in place) and reuses it. A
     cache left unfinished (no DONE) is extracted again with the current world size."""
-    from hpc.dist import is_distributed
+    from hpc.dist import barrier
 
     out_dir = Path(out_dir)
     if not (out_dir / DONE).is_file():
         if world.is_main:
             for stale in out_dir.glob(PATTERN):   # blocks of another world size
                 stale.unlink()
-        _barrier(is_distributed())
+        barrier()
         extract(shards, out_dir, encoder, encoder_name, world.rank, world.world_size,
                 device=device, manifest_version=manifest_version, channels=channels)
-        _barrier(is_distributed())
+        barrier()                                 # every block is in place
         if world.is_main:
             (out_dir / DONE).write_text(f"{encoder_name} world_size={world.world_size}\n")
-    _barrier(is_distributed())
     return out_dir
-
-
-def _barrier(distributed: bool) -> None:
-    if distributed:
-        torch.distributed.barrier()
 
 
 def cached_clips(out_dir: Path, clips, clip_len: int) -> FeatureClips:

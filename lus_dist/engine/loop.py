@@ -207,7 +207,7 @@ class Trainer:
             pred = fam.evaluate(self.fit, ds, self.session)
             results[split] = fam.scores(pred)
             if world.is_main:
-                fam.export(split, ds, pred, self.run_dir)
+                fam.export(split, ds, pred, self.run_dir, self.fit.eval_net)
         test = results[self.cfg.data.test_split]
         if world.is_main:
             write_json(self.run_dir / "summary.json", {

@@ -3,13 +3,15 @@ Roy et al. Tables 1 and 2 with the STN figures, segmentation Dice/IoU, and Barro
 CNN-LSTM columns. Every table is always written; one no run could fill says why."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from lus_dist.shards.format import MASK_CLASSES, VIDEO_CLASSES
 
 from . import plots
 from .report import (Report, ReportError, RunInfo, aggregate_for, cnnlstm_metrics,
-                     confusion_and_roc, frame_scores_of, localisation_vs_random,
+                     confusion_and_roc, frame_scores_of, generic_section, localisation_vs_random,
                      read_aggregate_dir, read_video_predictions, seg_metrics,
                      video_folds_of)
 from .tables import FrameScores, cnnlstm_table, frame_table, seg_table, video_table
@@ -139,12 +141,12 @@ def cnnlstm_section(rep: Report, runs: list[RunInfo]) -> None:
                           "CNN-LSTM test videos")
 
 
-def epoch_curve(run: RunInfo, metric: str) -> list[float]:
+def epoch_curve(run_dir: Path, metric: str) -> list[float]:
     """A run's per-epoch validation `metric` from its metrics.csv (the last value logged for
     an epoch wins: a resumed run may log an epoch twice)."""
     import csv
 
-    path = run.path / "metrics.csv"
+    path = Path(run_dir) / "metrics.csv"
     if not path.is_file():
         return []
     by_epoch: dict[int, float] = {}
@@ -158,12 +160,10 @@ def epoch_curve(run: RunInfo, metric: str) -> list[float]:
 def pretrain_section(rep: Report, runs: list[RunInfo]) -> None:
     """Test kNN accuracy per run, the per-epoch kNN curve that picked the epoch, and which
     clips each stage saw (pretraining never reads the test clips)."""
-    from .report import generic_section
-
     if not runs:
         return
     generic_section(rep, "pretrain", runs)
-    curves = {r.name: epoch_curve(r, "val_knn_accuracy") for r in runs}
+    curves = {r.name: epoch_curve(r.path, "val_knn_accuracy") for r in runs}
     if any(curves.values()):
         rep.image(plots.curves_png(curves, rep.out / "pretrain_knn_curves.png",
                                    "pretraining: kNN accuracy of frozen features",

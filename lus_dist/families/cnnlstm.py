@@ -66,7 +66,8 @@ class CNNLSTMFamily(Family):
         train = self._clips(d.train_split, d.clip_sampling)
         if self.cfg.features == "cached":
             self.cache = self._cache(session, channels=train[0]["frames"].shape[1])
-            train = self.open_split(d.train_split)
+            if self.cache:
+                train = cached_clips(self.cache, train, d.clip_len)
         val_split = validation_name(d)
         val = self.open_split(val_split)
         return Splits(train, val, val_split, train.labels,
@@ -121,7 +122,7 @@ class CNNLSTMFamily(Family):
         known = pred["label"] >= 0
         return video_metrics(pred["label"][known], pred["probs"][known], VIDEO_CLASSES)
 
-    def export(self, split: str, ds, pred, run_dir: Path) -> None:
+    def export(self, split: str, ds, pred, run_dir: Path, net: torch.nn.Module) -> None:
         write_video_predictions(run_dir / "predictions" / f"{split}_videos.csv", pred, ds)
 
     def summary(self) -> dict:

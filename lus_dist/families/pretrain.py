@@ -123,7 +123,6 @@ class Pretrain(Family):
 
     def _embed(self, ds, fit, session) -> dict[str, np.ndarray]:
         net = fit.eval_net  # the bare module (EMA weights when on): no collective in forward
-        self.scored = net   # what export() writes: the net the final splits were scored with
         net.eval()
         out: dict[str, list] = {"features": [], "score": [], "label": []}
         for x, batch in self.eval_batches(ds, fit, session, key="image"):
@@ -143,9 +142,9 @@ class Pretrain(Family):
         return {"knn_accuracy": knn_accuracy(pred["bank_features"], pred[f"bank_{key}"],
                                              pred["features"], pred[key], self.cfg.pretrain.knn_k)}
 
-    def export(self, split: str, ds, pred, run_dir: Path) -> None:
+    def export(self, split: str, ds, pred, run_dir: Path, net: torch.nn.Module) -> None:
         """The best epoch's encoder (loaded by the loop before the final splits)."""
-        export_encoder(self.scored, run_dir / ENCODER_FILE)
+        export_encoder(net, run_dir / ENCODER_FILE)
 
     def states(self) -> dict[str, Any]:
         return {"augment": self.stream}

@@ -91,7 +91,7 @@ class RegSTN(Family):
     def final_splits(self) -> list[str]:
         return [*self.cfg.predict_splits, self.cfg.data.test_split]
 
-    def export(self, split: str, ds, pred, run_dir: Path) -> None:
+    def export(self, split: str, ds, pred, run_dir: Path, net: torch.nn.Module) -> None:
         if split in self.cfg.predict_splits:
             write_frame_predictions(run_dir / "predictions" / f"{split}.h5", pred, ds, split,
                                     self.cfg.frame_classes)
