@@ -113,22 +113,34 @@ def windowed_mix(share: np.ndarray, share_shards: np.ndarray, rng: np.random.Gen
     return np.concatenate([p[rng.permutation(len(p))] for p in parts]) if len(share) else share
 
 
+def worker_block_sizes(n: int, workers: int, batch_size: int) -> list[int]:
+    """How many of n items each DataLoader worker reads when the loader cuts them into
+    batches of `batch_size` and hands batch j to worker j % workers: whole batches, and the
+    one short batch (the last) to the worker it falls to. Cutting the share into blocks of
+    exactly these sizes keeps every batch, the last included, inside one worker's block."""
+    n_batches = -(-n // batch_size)
+    counts = [len(range(w, n_batches, workers)) for w in range(workers)]
+    sizes = [c * batch_size for c in counts]
+    if n_batches:
+        sizes[(n_batches - 1) % workers] -= n_batches * batch_size - n
+    return sizes
+
+
 def worker_affine(share: np.ndarray, share_shards: np.ndarray, workers: int, batch_size: int,
                   rng: np.random.Generator | None, window: int = WINDOW_SHARDS) -> np.ndarray:
     """A rank's share (in locality order) reordered so that DataLoader worker w reads
-    only block w of it: the share is cut into `workers` contiguous blocks (disjoint shards
-    but for the <= workers - 1 shards on a cut), each mixed by `windowed_mix`, and
-    batches are dealt round-robin, batch j from block j % workers, as the DataLoader hands
-    batch j to worker j % workers. Each shard is then opened by one worker per epoch
-    instead of by every worker. A block that runs out is skipped (only the epoch's last
-    batches). Pure and a permutation of `share`."""
-    blocks = []
+    only block w of it: the share is cut into `workers` contiguous blocks sized by
+    `worker_block_sizes` (disjoint shards but for the <= workers - 1 shards on a cut), each
+    mixed by `windowed_mix`, and batches are dealt round-robin, batch j from block
+    j % workers, as the DataLoader hands batch j to worker j % workers. Each shard is then
+    opened by one worker per epoch instead of by every worker. Pure and a permutation of
+    `share`."""
+    cuts = np.cumsum([0] + worker_block_sizes(len(share), workers, batch_size))
+    batches = []
     for w in range(workers):
-        start, stop = split_even(len(share), workers, w)
-        blocks.append(windowed_mix(share[start:stop], share_shards[start:stop], rng, window))
-    batches = [np.array_split(b, range(batch_size, len(b), batch_size)) if len(b) else [] for b in blocks]
-    dealt = [batch for j in range(max(map(len, batches), default=0)) for bl in batches if j < len(bl)
-             for batch in [bl[j]]]
+        block = windowed_mix(share[cuts[w]:cuts[w + 1]], share_shards[cuts[w]:cuts[w + 1]], rng, window)
+        batches.append([block[i:i + batch_size] for i in range(0, len(block), batch_size)])
+    dealt = [bl[j] for j in range(max(map(len, batches), default=0)) for bl in batches if j < len(bl)]
     return np.concatenate(dealt) if dealt else share[:0]
 
 

@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lus_dist.shards.partition import (class_balanced_weights, epoch_indices, epoch_rng, split_even,
-                                       task_items, windowed_mix, worker_affine)
+                                       task_items, windowed_mix, worker_affine,
+                                       worker_block_sizes)
 from lus_dist.shards.sampler import DistributedShardSampler
 
 shard_lists = st.lists(st.integers(0, 6), min_size=1, max_size=120).map(lambda s: np.sort(np.array(s)))
@@ -133,12 +134,18 @@ def test_worker_affine_is_a_permutation_where_each_worker_reads_its_own_shards(s
     share = np.arange(len(shard_ids))
     order = worker_affine(share, shard_ids, workers, batch, epoch_rng(seed, 0, 2), window=3)
     assert sorted(order.tolist()) == share.tolist()
-    batches = [order[i:i + batch] for i in range(0, len(order), batch)]
-    n_full = min(len(range(*split_even(len(share), workers, w))) // batch for w in range(workers))
-    for w in range(workers):     # while every block has batches left, batch j comes from block j % workers
-        start, stop = split_even(len(share), workers, w)
-        for b in batches[w:n_full * workers:workers]:
-            assert ((b >= start) & (b < stop)).all()
+    batches = [order[i:i + batch] for i in range(0, len(order), batch)]   # as the DataLoader cuts
+    reads = {(j % workers, int(s)) for j, b in enumerate(batches) for s in shard_ids[b]}
+    # every batch, the short last one included: only the <= workers - 1 shards cut between
+    # two workers' blocks are opened twice
+    assert len(reads) <= len(np.unique(shard_ids)) + workers - 1
+
+
+@given(st.integers(0, 500), st.integers(1, 5), st.integers(1, 70))
+def test_worker_block_sizes_are_what_the_loader_hands_each_worker(n, workers, batch):
+    sizes = worker_block_sizes(n, workers, batch)
+    cut = [min(batch, n - i) for i in range(0, n, batch)]          # the loader's batches
+    assert sizes == [sum(cut[w::workers]) for w in range(workers)]
 
 
 def test_sampler_with_loader_workers_opens_each_shard_in_one_worker():
