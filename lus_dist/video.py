@@ -209,7 +209,8 @@ def keep_incomplete() -> Iterator[list[IncompleteClip]]:
 
 def decode_video(path: str | Path, fit: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
     """All frames of a container as one uint8 array, each frame passed through `fit` (e.g.
-    the packer's resize) as it arrives, into an array allocated once from the header's
+    the packer's resize; it gets the decoder's BGR(A) order, so it must treat the channels
+    alike) as it arrives, into an array allocated once from the header's
     count (grown by doubling if the header undercounts): no list of full-resolution frames
     and no np.stack copy. A clip that ends well before its header's count raises
     IncompleteClip, unless inside `keep_incomplete()`."""
@@ -222,8 +223,9 @@ def decode_video(path: str | Path, fit: Callable[[np.ndarray], np.ndarray] | Non
             ok, frame = cap.read()
             if not ok:
                 break
-            frame = _bgr_to_rgb(frame)
-            frame = fit(frame) if fit is not None else frame
+            # fit first, on the decoder's own contiguous BGR(A) frame: the channel flip is then
+            # a view of the small frame, not a full-resolution copy (a third of pack time)
+            frame = _bgr_to_rgb(fit(frame) if fit is not None else frame)
             if out is None:
                 out = np.empty((max(expected or 0, 1),) + frame.shape, np.uint8)
             elif frame.shape != out.shape[1:]:

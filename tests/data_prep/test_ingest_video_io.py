@@ -27,6 +27,21 @@ def test_containers_round_trip_as_grayscale(tmp_path, suffix):
     assert (info["height"], info["width"]) == clip.shape[1:]
 
 
+def test_fitting_while_decoding_equals_fitting_the_decoded_colour_clip(tmp_path):
+    """The packer's resize runs on each frame as it is decoded, in the decoder's BGR order
+    (no full-resolution RGB copy); a true-colour clip must come out as if fitted after."""
+    from lus_dist.shards.format import Preprocessing, fit_frame
+    y, x = np.mgrid[0:48, 0:64]
+    clip = np.stack([np.stack([(4 * x + i) % 256, (3 * y) % 256, 255 - (2 * x + y) % 256], -1)
+                     for i in range(5)]).astype(np.uint8)              # red, green, blue differ
+    path = write_video(tmp_path / "colour.avi", clip, fps=10)
+    pre = Preprocessing(size=32)
+    fitted = read_video(path, fit=lambda f: fit_frame(f, pre))
+    decoded = read_video(path)
+    assert decoded.ndim == 4, "true colour stays RGB"
+    assert np.array_equal(fitted, np.stack([fit_frame(f, pre) for f in decoded]))
+
+
 def _npy_round_trip(tmp_path, arr):
     np.save(tmp_path / "x.npy", arr)
     return read_video(tmp_path / "x.npy")
