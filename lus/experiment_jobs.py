@@ -1,10 +1,13 @@
 """The training runs of `lus experiment pocus` and the small scheduler that runs them.
 
 Per seed and fold: for the `pretrained` route, contrastive pretraining on that fold's
-training clips first (never the test fold), then the frame CNN fine-tuned from its encoder
-and the CNN-LSTM on its frozen, cached features (Barros et al.'s recipe); for the `scratch`
-route the same two models from random weights. Every run is a `lus train` subprocess (the
-commands a cluster job runs); a run waits for the runs it reads (`after`).
+training clips first (never the test fold), then the frame CNN fine-tuned from its encoder;
+for the `scratch` route the frame CNN from random weights. The CNN-LSTM then trains on the
+frozen, cached features of its route's frame CNN (Barros et al.'s two stages, with our
+frame CNN, trained on the same training folds, in place of ImageNet Xception), or with
+`cnnlstm_features=own` on its own encoder (end to end, or the pretrained encoder). Every
+run is a `lus train` subprocess (the commands a cluster job runs); a run waits for the runs
+it reads (`after`).
 """
 from __future__ import annotations
 
@@ -16,8 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hpc.dist import child_env
+from lus_dist.models.encoder import ENCODER_FILE
 
 ROUTES = ("scratch", "pretrained")
+ENCODER_KEY = "model.kwargs.encoder_weights"
 
 
 @dataclass
@@ -61,7 +66,7 @@ def train_cmd(family: str, step: TrainStep, run_dir: Path, shards: Path, fold: i
 
 
 def plan_jobs(cfg, out: Path, shards: Path, cv: bool) -> list[Job]:
-    """Every run of the experiment, pretraining before the runs that read its encoder."""
+    """Every run of the experiment, each after the runs whose encoder it reads."""
     folds: list[int | None] = list(range(cfg.folds)) if cv else [None]
     jobs = []
     for seed in cfg.seeds:
@@ -69,23 +74,32 @@ def plan_jobs(cfg, out: Path, shards: Path, cv: bool) -> list[Job]:
             tag = f"seed{seed}/" + (f"fold{fold}" if fold is not None else "heldout")
             val = (fold + 1) % cfg.folds if fold is not None and cfg.select_on_next_fold else None
             for route in cfg.routes:
-                extra: dict[str, tuple[str, ...]] = {"cnnlstm": (), "regstn": ()}
-                after = []
-                if route == "pretrained":
-                    pre = out / "runs" / "pretrain" / tag
-                    after = [f"pretrain/{tag}"]
-                    jobs.append(Job(after[0], "pretrain", pre, train_cmd(
-                        "pretrain", cfg.pretrain, pre, shards, fold, seed, val), route, seed))
-                    weights = f"model.kwargs.encoder_weights={pre / 'encoder.pt'}"
-                    extra = {"cnnlstm": (weights, f"features={cfg.pretrained_cnnlstm}"),
-                             "regstn": (weights,)}
-                for family, step, model in (("cnnlstm", cfg.cnnlstm, "cnnlstm"),
-                                            ("regstn", cfg.frame, "frame")):
-                    run_dir = out / "runs" / route / model / tag
-                    jobs.append(Job(f"{route}/{model}/{tag}", family, run_dir, train_cmd(
-                        family, step, run_dir, shards, fold, seed, val, extra[family]),
-                        route, seed, after))
+                jobs += route_jobs(cfg, out, shards, route, tag, fold, seed, val)
     return jobs
+
+
+def route_jobs(cfg, out: Path, shards: Path, route: str, tag: str, fold: int | None,
+               seed: int, val: int | None) -> list[Job]:
+    """One route's runs for one seed and fold: [pretraining,] the frame CNN, the CNN-LSTM."""
+    jobs, frame_after, frame_extra = [], [], ()
+    if route == "pretrained":
+        pre = out / "runs" / "pretrain" / tag
+        jobs.append(Job(f"pretrain/{tag}", "pretrain", pre, train_cmd(
+            "pretrain", cfg.pretrain, pre, shards, fold, seed, val), route, seed))
+        frame_after, frame_extra = [jobs[-1].name], (f"{ENCODER_KEY}={pre / ENCODER_FILE}",)
+    frame_dir = out / "runs" / route / "frame" / tag
+    frame = Job(f"{route}/frame/{tag}", "regstn", frame_dir, train_cmd(
+        "regstn", cfg.frame, frame_dir, shards, fold, seed, val, frame_extra), route, seed, frame_after)
+    if cfg.cnnlstm_features == "frame_cnn":    # Barros et al.'s two stages, our frame CNN frozen
+        lstm_after, lstm_extra = [frame.name], (f"{ENCODER_KEY}={frame_dir / ENCODER_FILE}",
+                                                "features=cached")
+    elif route == "pretrained":                # the pretrained encoder, frozen or fine-tuned
+        lstm_after, lstm_extra = frame_after, frame_extra + (f"features={cfg.pretrained_cnnlstm}",)
+    else:                                      # end to end from random weights
+        lstm_after, lstm_extra = [], ()
+    lstm_dir = out / "runs" / route / "cnnlstm" / tag
+    return jobs + [frame, Job(f"{route}/cnnlstm/{tag}", "cnnlstm", lstm_dir, train_cmd(
+        "cnnlstm", cfg.cnnlstm, lstm_dir, shards, fold, seed, val, lstm_extra), route, seed, lstm_after)]
 
 
 def run_jobs(jobs: list[Job], parallel: int, logs: Path) -> dict[str, int]:

@@ -257,10 +257,15 @@ def write_report(cfg, res: dict, out: Path, command: str, wall: str, manifest,
                  "folds), assigned once at pack time." if cv else "one model per route trained "
                  "on the --data clips and graded once on the --test-data clips (no CV).")
              + f" Seeds {list(cfg.seeds)}, routes {list(cfg.routes)}.\n\nConfig: `experiment.yaml`.")
+    lstm = ("the CNN-LSTM trains on the frozen features of its route's frame CNN (the "
+            "best-epoch encoder of the run on the same training folds, selected on the same "
+            "validation clips)" if cfg.cnnlstm_features == "frame_cnn" else
+            "the CNN-LSTM trains its own encoder, from random weights (route `scratch`) or "
+            f"from the pretrained one (`features={cfg.pretrained_cnnlstm}`)")
     rep.text(f"Model selection: {selection}. Pretraining (route `pretrained`) reads only each "
              "fold's training clips (labels unused) and picks its epoch by kNN accuracy on the "
-             "same validation clips; its encoder then starts the frame CNN (fine-tuned) and "
-             f"the CNN-LSTM (`features={cfg.pretrained_cnnlstm}`).\n\nCaveats: the uninorm's "
+             f"same validation clips; its encoder then starts the frame CNN (fine-tuned); {lstm}."
+             "\n\nCaveats: the uninorm's "
              "folds are drawn over the pooled out-of-fold frame predictions (stratified by "
              "class), not the pack folds. Barros et al.'s figures come from ImageNet-pretrained "
              "Xception at 224 px on 185 clips; ours from a small CNN at "

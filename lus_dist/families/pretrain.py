@@ -30,11 +30,10 @@ from lus_dist.engine.config import (DataConfig, ModelConfig, OptimConfig, RunCon
                                     ScheduleConfig)
 from lus_dist.engine.data import gather, open_split, stack_outputs, validation_name
 from lus_dist.engine.family import Family, Splits
-from lus_dist.models import ContrastiveModel, export_encoder
+from lus_dist.models import ENCODER_FILE, ContrastiveModel, export_encoder
 from lus_dist.pretrain_data import FramePairs
 from lus_dist.probe import knn_accuracy
 
-ENCODER_FILE = "encoder.pt"
 
 
 @dataclass

@@ -19,7 +19,7 @@ from lus_dist.engine.family import Family, Splits
 from lus_dist.engine.results import write_frame_predictions
 from lus_dist.losses import FrameLossConfig, frame_loss
 from lus_dist.metrics import frame_metrics
-from lus_dist.models import build_frame_model, draw_boxes, stn_boxes
+from lus_dist.models import ENCODER_FILE, build_frame_model, draw_boxes, encoder_slot, export_encoder, stn_boxes
 from lus_dist.shards.format import SCORE_CLASSES
 
 
@@ -92,6 +92,10 @@ class RegSTN(Family):
         return [*self.cfg.predict_splits, self.cfg.data.test_split]
 
     def export(self, split: str, ds, pred, run_dir: Path, net: torch.nn.Module) -> None:
+        """Frame probabilities for the aggregator, and the best epoch's encoder (if the
+        model has one), whose frozen features a CNN-LSTM can be trained on."""
+        if has_encoder(net):
+            export_encoder(net, run_dir / ENCODER_FILE)
         if split in self.cfg.predict_splits:
             write_frame_predictions(run_dir / "predictions" / f"{split}.h5", pred, ds, split,
                                     self.cfg.frame_classes)
@@ -105,6 +109,14 @@ class RegSTN(Family):
         from lus_dist.evaluation.sections import frame_section
 
         frame_section(rep, runs, options.get("aggregate"), options.get("stn_examples", 8))
+
+
+def has_encoder(net: torch.nn.Module) -> bool:
+    try:
+        encoder_slot(net)
+    except TypeError:      # e.g. a baseline without a frame-encoder body
+        return False
+    return True
 
 
 def stn_grid(model, ds, n: int, path: Path) -> None:

@@ -20,6 +20,7 @@ from . import check_and_load, read_state_dict
 from .cnn import ScoreClassifier
 
 EXPORT_FORMAT = "lus-dist-encoder/1"
+ENCODER_FILE = "encoder.pt"      # what a run exports, and a downstream config names
 
 
 def build_encoder(name: str, in_channels: int) -> tuple[nn.Module, int]:
@@ -95,15 +96,16 @@ def encoder_slot(model: nn.Module) -> tuple[str | None, nn.Module, tuple[str, ..
     raise TypeError(f"{type(net).__name__} has no known encoder slot for encoder weights")
 
 
-def export_encoder(model: ContrastiveModel, path: str | Path) -> Path:
-    """Write the encoder (no projection head) as a weights-only file `load_encoder` reads."""
-    net = getattr(model, "module", model)
+def export_encoder(model: nn.Module, path: str | Path) -> Path:
+    """Write a model's encoder (no projection head, no classifier) as a weights-only file
+    `load_encoder` reads: from contrastive pretraining, or from a trained frame CNN, whose
+    frozen features then feed a CNN-LSTM as Barros et al.'s ImageNet CNN fed theirs."""
+    arch, slot, ignore = encoder_slot(model)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().clone() for k, v in net.encoder.state_dict().items()}
-    torch.save({"format": EXPORT_FORMAT, "encoder": net.encoder_name,
-                "in_channels": net.in_channels, "feature_dim": net.feature_dim,
-                "state_dict": state}, path)
+    state = {k: v.detach().cpu().clone() for k, v in slot.state_dict().items()
+             if not k.startswith(ignore)}
+    torch.save({"format": EXPORT_FORMAT, "encoder": arch, "state_dict": state}, path)
     return path
 
 

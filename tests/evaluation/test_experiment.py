@@ -41,18 +41,27 @@ def test_plan_runs_both_routes_per_fold_with_pretraining_first(tmp_path):
     cfg = PocusExperimentConfig(folds=3)
     jobs = plan_jobs(cfg, tmp_path, tmp_path / "shards", cv=True)
     assert [j.name for j in jobs[:5]] == [
-        "scratch/cnnlstm/seed0/fold0", "scratch/frame/seed0/fold0", "pretrain/seed0/fold0",
-        "pretrained/cnnlstm/seed0/fold0", "pretrained/frame/seed0/fold0"]
+        "scratch/frame/seed0/fold0", "scratch/cnnlstm/seed0/fold0", "pretrain/seed0/fold0",
+        "pretrained/frame/seed0/fold0", "pretrained/cnnlstm/seed0/fold0"]
     assert len(jobs) == 15
-    pre, lstm, frame = jobs[-3:]
+    pre, frame, lstm = jobs[-3:]
     assert "data.test_folds=[2]" in frame.cmd and "model.name=cnn_ce" in frame.cmd
     assert "data.val_folds=[0]" in frame.cmd    # best epoch picked on the next fold
     # pretraining reads the same training folds: never the test fold
     assert pre.family == "pretrain" and "data.test_folds=[2]" in pre.cmd
     assert "data.val_folds=[0]" in pre.cmd
-    weights = f"model.kwargs.encoder_weights={pre.run_dir / 'encoder.pt'}"
-    assert weights in frame.cmd and weights in lstm.cmd and "features=cached" in lstm.cmd
-    assert frame.after == lstm.after == [pre.name] and not jobs[0].after
+    assert f"model.kwargs.encoder_weights={pre.run_dir / 'encoder.pt'}" in frame.cmd
+    assert frame.after == [pre.name] and not jobs[0].after
+    # the CNN-LSTM runs on its route's frame CNN, frozen (trained on the same folds)
+    for cnn, rnn in ((jobs[0], jobs[1]), (frame, lstm)):
+        assert f"model.kwargs.encoder_weights={cnn.run_dir / 'encoder.pt'}" in rnn.cmd
+        assert "features=cached" in rnn.cmd and rnn.after == [cnn.name]
+    own = plan_jobs(PocusExperimentConfig(folds=3, cnnlstm_features="own"), tmp_path,
+                    tmp_path / "shards", cv=True)
+    scratch_lstm, pre_lstm = own[1], own[4]
+    assert not any(c.startswith("model.kwargs.encoder_weights") for c in scratch_lstm.cmd)
+    assert f"model.kwargs.encoder_weights={own[2].run_dir / 'encoder.pt'}" in pre_lstm.cmd
+    assert pre_lstm.after == [own[2].name] and "features=cached" in pre_lstm.cmd
     picked_on_test = plan_jobs(PocusExperimentConfig(folds=3, select_on_next_fold=False,
                                                      routes=["scratch"]),
                                tmp_path, tmp_path / "shards", cv=True)
@@ -60,7 +69,7 @@ def test_plan_runs_both_routes_per_fold_with_pretraining_first(tmp_path):
     assert not any(c.startswith("data.val_folds") for c in picked_on_test[-1].cmd)
     held = plan_jobs(PocusExperimentConfig(routes=["scratch"], seeds=[1, 2]), tmp_path,
                      tmp_path / "shards", cv=False)
-    assert len(held) == 4 and "predict_splits=[train,test]" in held[1].cmd and "seed=2" in held[3].cmd
+    assert len(held) == 4 and "predict_splits=[train,test]" in held[0].cmd and "seed=2" in held[3].cmd
     assert not any(c.startswith(("data.test_folds", "data.val_folds")) for c in held[0].cmd)
 
 

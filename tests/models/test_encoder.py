@@ -30,7 +30,7 @@ def test_contrastive_model_projects_and_exports_without_head(tmp_path):
     z = model(torch.rand(4, 1, 32, 32))
     assert z.shape == (4, 16) and model.features(torch.rand(2, 1, 32, 32)).shape == (2, 128)
     saved = torch.load(path, weights_only=True)
-    assert saved["encoder"] == "small_cnn" and saved["feature_dim"] == 128
+    assert saved["encoder"] == "small_cnn"
     assert not any("projector" in k for k in saved["state_dict"])
 
 
@@ -51,6 +51,26 @@ def test_cnnlstm_takes_the_encoder_and_old_encoder_files(tmp_path):
     torch.save(source.encoder.state_dict(), tmp_path / "bare.pt")  # a bare state dict works too
     bare = CNNLSTM(CNNLSTMConfig(encoder_weights=str(tmp_path / "bare.pt"), lstm_units=8))
     assert same_features(source.encoder, bare.encoder, torch.rand(2, 1, 32, 32))
+
+
+@pytest.mark.parametrize("name,encoder", [("cnn_ce", "small_cnn"), ("resnet18_sord", "resnet18")])
+def test_a_trained_frame_cnn_exports_the_encoder_a_cnnlstm_reads(tmp_path, name, encoder):
+    """The experiment's CNN-LSTM runs on its frame CNN's frozen features (Barros et al.'s
+    two stages): the exported file must carry exactly the body, not the classifier."""
+    torch.manual_seed(2)
+    frame = build_frame_model(name, in_channels=1, num_classes=3)
+    path = export_encoder(frame, tmp_path / "encoder.pt")
+    saved = torch.load(path, weights_only=True)
+    assert saved["encoder"] == encoder and not any(k.startswith(("fc.", "head.")) for k in saved["state_dict"])
+    lstm = CNNLSTM(CNNLSTMConfig(encoder=encoder, encoder_weights=str(path), lstm_units=8))
+    body = frame.classifier.features if encoder == "small_cnn" else frame.net
+    if encoder == "resnet18":
+        body.fc = torch.nn.Identity()
+    lstm.encoder.eval(), body.eval()
+    x = torch.rand(2, 1, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(lstm.encoder(x).flatten(1), body(x).mean((-2, -1)) if encoder == "small_cnn"
+                              else body(x), atol=1e-5)
 
 
 def test_resnet18_encoder_goes_into_frame_baseline_cnnlstm_and_unet(tmp_path):
