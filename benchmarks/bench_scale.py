@@ -25,14 +25,17 @@ measured in fresh processes:
                 its own shards, so a shard is opened once per epoch, not once per worker
 Index-only rows (manifest + tables, no pixels: 10^5 and 10^6 frames in 10^4 shards, 10^6
 in 10, 10^7 frames) measure what depends on the index alone; the pixels of 10^6 frames
-are written once, in shards of the packer's default 1024 frames (977 shards; writing
-costs ~1 ms per frame and ~0.1 s per shard on 2 shared cores). The last line is
+are written twice, in 10^3 shards of 1000 frames (what the packer's default 1024 makes of
+100-frame clips) and in 500 of 2000 (`--shard-frames 2048`); writing 10^6 frames takes about
+a minute on 2 cores. The last line is
     scale: startup_s_per_1000_shards=X bytes_per_frame=Y opens_ratio_vs_npy=Z
 at the largest frame count with shards on disk (10^6 full, 10^5 --quick): X from the
 most-sharded set at that count (index-only rows included), Y the largest over those sets,
 Z at its set nearest the packer's default 1024 frames per shard, with worker-affine
-batches (a set of 1000-frame shards cannot open 1000x fewer files than one per frame
-once the manifest is opened too; one of 100-frame shards cannot come close). Goals (issue 15): X <= 1, Y <= 64, Z >= 1000. --quick stops at 10^5 frames (about 5 minutes). On a shared machine
+batches. An epoch opens each shard once, the manifest's two files, and the <= workers - 1
+shards cut between two workers' blocks again, so the ratio is frames / (shards + 3):
+1000-frame shards stay just under 1000x (997x), 2000-frame ones about double it;
+100-frame shards cannot come close. Goals (issue 15): X <= 1, Y <= 64, Z >= 1000. --quick stops at 10^5 frames (about 5 minutes). On a shared machine
 wall times follow the other tenants' load, printed beside each row.
 """
 from __future__ import annotations
@@ -48,12 +51,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from data_prep.pack import PackConfig
 from lus_dist.shards import format as fmt
 from lus_dist.shards.reader import ShardDataset
 
 QUICK = [(10**4, 10), (10**4, 10**3), (10**5, 10), (10**5, 10**3)]
-FULL = QUICK + [(10**6, -(-10**6 // PackConfig.shard_frames))]     # 977 shards of ~1024 frames
+# 10^6 frames in 10^3 shards (1000 frames each: the packer's default 1024 never splits a
+# 100-frame clip), and in shards of 2048 frames (`--shard-frames 2048`)
+FULL = QUICK + [(10**6, 10**3), (10**6, 500)]
 QUICK_INDEX_ONLY = [(10**5, 10**4)]
 INDEX_ONLY = QUICK_INDEX_ONLY + [(10**6, 10), (10**6, 10**4), (10**7, 10**3), (10**7, 10**4)]
 HERE = Path(__file__).resolve()
