@@ -95,6 +95,31 @@ def _collect_cnnlstm(job, route: dict, missing: list) -> None:
         return
     route["cnnlstm"].append(dict(m, seed=job.seed))
     route["runs"].setdefault("cnnlstm", []).append(job.run_dir)
+    route.setdefault("by_fold", {}).setdefault(job.name.rsplit("/", 1)[-1], []).append(job.run_dir)
+
+
+def seed_ensemble(by_fold: dict[str, list[Path]]) -> list[dict]:
+    """The CNN-LSTM's seeds as one model: per fold (or the held-out set) the seeds' test
+    probabilities are averaged per clip and the mean decides. Only test clips are read, and
+    nothing is chosen on them (every seed counts, equally). [] unless a fold has 2+ seeds."""
+    import pandas as pd
+
+    from lus_dist.evaluation.report import decisions_metrics
+
+    cols = [f"prob_{c}" for c in VIDEO_CLASSES]
+    out = []
+    for run_dirs in by_fold.values():
+        if len(run_dirs) < 2:
+            return []
+        tables = [pd.read_csv(d / "predictions" / "test_videos.csv").set_index("video_id")
+                  for d in run_dirs]
+        mean = sum(t[cols] for t in tables) / len(tables)     # aligned on video_id
+        if mean.isna().any().any():
+            raise ValueError(f"seed runs {[str(d) for d in run_dirs]} predicted different test clips")
+        labels = tables[0]["label"].reindex(mean.index).to_numpy(np.int64)
+        known = labels >= 0
+        out.append(decisions_metrics(labels[known], mean.to_numpy().argmax(1)[known], VIDEO_CLASSES))
+    return out
 
 
 def _collect_frame(job, route: dict, missing: list, splits: tuple[str, ...]) -> None:
@@ -147,12 +172,19 @@ def ablation_table(res: dict):
             jumps = [max_epoch_jump(c) for c in r["curves"].get(model, [])]
             rows.append([label, route, *[mean_std([f.get(k) for f in folds]) for k in KEYS],
                          mean_std(seed_means), mean_std(jumps), len(seeds), len(folds)])
+        ensemble = seed_ensemble(r.get("by_fold", {}))
+        if ensemble:
+            rows.append([f"{MODELS['cnnlstm']}, seed ensemble", route,
+                         *[mean_std([f.get(k) for f in ensemble]) for k in KEYS], "", "",
+                         len(next(iter(r["by_fold"].values()))), len(ensemble)])
     return Table("Pretraining ablation (same folds; mean ± std over seeds x folds)",
                  ["Model", "Route", "Accuracy", "COVID recall", "Accuracy: per-seed means",
                   "Max val-accuracy jump, last half of training", "Seeds", "Folds x seeds"], rows,
                  note="frame CNN + uninorm folds are the aggregator's folds over the pooled "
                       "out-of-fold frame predictions; the jump is of the frame classifier's or "
-                      "CNN-LSTM's own validation accuracy (EMA weights), target < 0.10")
+                      "CNN-LSTM's own validation accuracy (EMA weights), target < 0.10; a seed "
+                      "ensemble averages every seed's test probabilities per clip (its folds "
+                      "are the test folds)")
 
 
 def targets_table(ours: dict):

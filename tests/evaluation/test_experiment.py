@@ -107,6 +107,29 @@ def test_decisions_metrics_match_the_confusion():
     assert m["pneumonia_specificity"] == pytest.approx(2 / 3)
 
 
+def _video_csv(run_dir, rows):
+    (run_dir / "predictions").mkdir(parents=True)
+    lines = ["video_id,label,prob_covid,prob_pneumonia,prob_healthy"]
+    lines += [f"{v},{y},{a},{b},{c}" for v, y, (a, b, c) in rows]
+    (run_dir / "predictions" / "test_videos.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_seed_ensemble_averages_each_clips_probabilities_over_seeds(tmp_path):
+    from lus.experiment_report import seed_ensemble
+    # two seeds each get clip b wrong, but less surely than the other gets it right; the
+    # rows come in another order in the second file (aligned by video id)
+    _video_csv(tmp_path / "s0", [("a", 0, (0.8, 0.1, 0.1)), ("b", 2, (0.1, 0.5, 0.4)),
+                                 ("c", 1, (0.2, 0.7, 0.1))])
+    _video_csv(tmp_path / "s1", [("c", 1, (0.1, 0.8, 0.1)), ("a", 0, (0.4, 0.5, 0.1)),
+                                 ("b", 2, (0.1, 0.1, 0.8))])
+    (folds,) = [seed_ensemble({"fold0": [tmp_path / "s0", tmp_path / "s1"]})]
+    assert len(folds) == 1 and folds[0]["accuracy"] == 1.0      # alone: 2/3 each
+    assert seed_ensemble({"fold0": [tmp_path / "s0"]}) == []
+    _video_csv(tmp_path / "s2", [("z", 0, (0.8, 0.1, 0.1))])
+    with pytest.raises(ValueError, match="different test clips"):
+        seed_ensemble({"fold0": [tmp_path / "s0", tmp_path / "s2"]})
+
+
 def test_bad_folder_and_bad_override_are_usage_errors(tmp_path, capsys):
     assert main(["pocus", "--data", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     assert "not a POCUS-layout folder" in capsys.readouterr().err
