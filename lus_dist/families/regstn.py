@@ -19,7 +19,8 @@ from lus_dist.engine.family import Family, Splits
 from lus_dist.engine.results import write_frame_predictions
 from lus_dist.losses import FrameLossConfig, frame_loss
 from lus_dist.metrics import frame_metrics
-from lus_dist.models import ENCODER_FILE, build_frame_model, draw_boxes, encoder_slot, export_encoder, stn_boxes
+from lus_dist.models import (ENCODER_FILE, build_frame_model, draw_boxes, encoder_slot, export_encoder,
+                             stn_boxes)
 from lus_dist.shards.format import SCORE_CLASSES
 
 
