@@ -263,14 +263,17 @@ def route_tables(rep, name: str, r: dict, cfg, cv: bool) -> None:
             per_fold.setdefault(method, []).extend(folds)
     rep.table(video_table(per_fold, note="video label target; aggregator CV over the pooled "
                                          "out-of-fold frame predictions"), f"video_table_{name}")
-    tested = [p for parts in r["parts"].values() for p in parts if (p.split == "test").all()]
-    if tested:
-        oof = merge_predictions(tested)
-        rep.table(frame_table([frame_scores_of(f"{cfg_frame_name(cfg)}, {name} (out-of-fold)", oof)],
+    # one out-of-fold set per seed (a clip's frames once per seed); the figures pool seeds
+    oofs = {seed: merge_predictions(tested) for seed, parts in r["parts"].items()
+            if (tested := [p for p in parts if (p.split == "test").all()])}
+    if oofs:
+        rep.table(frame_table([frame_scores_of(f"{cfg_frame_name(cfg)}, {name} (out-of-fold, seed "
+                                               f"{seed})", oof) for seed, oof in oofs.items()],
                               note="frame target = the clip's class, constant within a clip, so "
                                    "Setting 2 equals Setting 1 here"), f"frame_table_{name}")
-        confusion_and_roc(rep, f"frame_{name}", oof.frame_score, oof.probs, VIDEO_CLASSES,
-                          f"Frame classifier, {name} (out-of-fold)")
+        confusion_and_roc(rep, f"frame_{name}", np.concatenate([o.frame_score for o in oofs.values()]),
+                          np.concatenate([o.probs for o in oofs.values()]), VIDEO_CLASSES,
+                          f"Frame classifier, {name} (out-of-fold, {len(oofs)} seed(s) pooled)")
 
 
 def write_report(cfg, res: dict, out: Path, command: str, wall: str, manifest,
