@@ -35,7 +35,6 @@ from lus_dist.pretrain_data import FramePairs
 from lus_dist.probe import knn_accuracy
 
 
-
 @dataclass
 class ContrastiveConfig:
     """The contrastive task: pairs, temperature, augmentations and the kNN monitor."""

@@ -95,7 +95,7 @@ class RegSTN(Family):
     def export(self, split: str, ds, pred, run_dir: Path, net: torch.nn.Module) -> None:
         """Frame probabilities for the aggregator, and the best epoch's encoder (if the
         model has one), whose frozen features a CNN-LSTM can be trained on."""
-        if has_encoder(net):
+        if split == self.cfg.data.test_split and has_encoder(net):   # once, not per split
             export_encoder(net, run_dir / ENCODER_FILE)
         if split in self.cfg.predict_splits:
             write_frame_predictions(run_dir / "predictions" / f"{split}.h5", pred, ds, split,
