@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from hpc.local_slurm import LocalSlurmCluster
+from hpc.local_slurm import TERMINAL_STATES, LocalSlurmCluster
 
 ROOT = Path(__file__).resolve().parents[2]
 SLURM_DIR = ROOT / "slurm"
@@ -42,11 +42,16 @@ def assert_done(records: list[dict[str, str]], log: str) -> None:
 
 def wait_for_log(cluster: LocalSlurmCluster, job: int, needle: str, timeout: float,
                  count: int = 1) -> None:
-    """Until `needle` appears `count` times in the job's log (the job must stay alive)."""
+    """Until `needle` appears `count` times in the job's log (the job must not end first).
+
+    Only a terminal state fails the wait: a requeue passes through COMPLETING and REQUEUED
+    between RUNNING and PENDING, and a poll can land there."""
     deadline = time.monotonic() + timeout
     while cluster.logs(job).count(needle) < count:
         assert time.monotonic() < deadline, f"no {needle!r} in job {job} log:\n{cluster.logs(job)[-3000:]}"
-        assert cluster.job_state(job) in ("PENDING", "RUNNING", "CONFIGURING"), cluster.logs(job)[-3000:]
+        state = cluster.job_state(job)
+        assert not set(state.split(",")) & TERMINAL_STATES, \
+            f"job {job} ended ({state}) before {needle!r}:\n{cluster.logs(job)[-3000:]}"
         time.sleep(0.5)
 
 
