@@ -28,6 +28,10 @@ The rules (README "GPUs: device plan"):
   fp32 on CPU. CPU bf16 autocast works in torch but is slower than fp32 on CPUs without
   AMX and would change the numbers the CPU bitwise guarantees are stated for, so it is
   opt-in (``train.bf16=true``). ``bf16=true`` on a GPU without bf16 is an error.
+* ``bf16=native``: bf16 wherever the hardware computes it natively: the GPUs of ``auto``,
+  and CPUs with AMX-BF16 or AVX512-BF16 (``CudaFacts.cpu_bf16``, from the CPU flags),
+  where a small CNN's training step runs 2-3x faster than fp32; fp32 elsewhere, never an
+  error. For throughput-bound CPU jobs (``lus experiment``), not for bitwise comparisons.
 * TF32 for matmul and cuDNN convolutions: on for GPU runs unless ``tf32=False``; it has no
   meaning on CPU and is reported off there.
 * DeepSpeed: see :func:`deepspeed_bf16`.
@@ -43,7 +47,7 @@ from pathlib import Path
 from hpc.world import World, WorldError
 
 DEVICES = ("auto", "cpu", "cuda")
-BF16_MODES = ("auto", "true", "false")
+BF16_MODES = ("auto", "native", "true", "false")
 PROCESS_GROUPS = ("auto", "gloo", "nccl")
 DIST_BACKENDS = ("ddp", "deepspeed")
 _HIDDEN = ("", "-1", "NoDevFiles")      # CUDA_VISIBLE_DEVICES values that hide every GPU
@@ -73,6 +77,7 @@ class CudaFacts:
     torch_cuda: str | None = None          # torch.version.cuda; None: CPU-only build
     driver: str | None = None              # NVIDIA kernel driver version
     names: tuple[str, ...] = ()            # torch.cuda.get_device_name per visible device
+    cpu_bf16: bool = False                 # the CPU computes bf16 natively (AMX / AVX512-BF16)
 
     @property
     def hidden_on_purpose(self) -> bool:
@@ -194,6 +199,8 @@ def _bf16(mode: str, on_gpu: bool, facts: CudaFacts) -> bool:
         return False
     if mode == "auto":
         return on_gpu and facts.bf16_supported
+    if mode == "native":
+        return facts.bf16_supported if on_gpu else facts.cpu_bf16
     if on_gpu and not facts.bf16_supported:
         name = facts.names[0] if facts.names else "this GPU"
         raise PlanError(f"train.bf16=true but {name} has no native bf16 (needs compute "
@@ -259,7 +266,24 @@ def probe_cuda(env: Mapping[str, str] | None = None) -> CudaFacts:
     m = re.fullmatch(r"(?:[\w-]+:)?(\d+)", gpt.strip())
     return CudaFacts(available, count, bf16, node_gpu_count(), " ".join(reason.split()),
                      env.get("CUDA_VISIBLE_DEVICES"), int(m.group(1)) if m else None,
-                     torch.__version__, torch.version.cuda, nvidia_driver(), names)
+                     torch.__version__, torch.version.cuda, nvidia_driver(), names,
+                     cpu_has_native_bf16(cpu_flags()))
+
+
+def cpu_flags(root: str = "/") -> set[str]:
+    """The first CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
+    try:
+        text = (Path(root) / "proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return set()
+    m = re.search(r"^flags\s*:(.*)$", text, re.MULTILINE)
+    return set(m.group(1).split()) if m else set()
+
+
+def cpu_has_native_bf16(flags: set[str]) -> bool:
+    """AMX-BF16 tiles or AVX512-BF16 dot products: CPU bf16 matmuls/convs then beat fp32
+    (without them oneDNN emulates bf16 and it is slower than fp32)."""
+    return bool({"amx_bf16", "avx512_bf16"} & flags)
 
 
 def _cuda_init_error(torch) -> str:

@@ -63,7 +63,7 @@ def gpu_line(facts) -> str:
     visible = "unset" if facts.visible_devices is None else repr(facts.visible_devices)
     return (f"gpus: node has {facts.node_gpus}, torch sees {facts.device_count} [{names}], "
             f"CUDA_VISIBLE_DEVICES={visible}, bf16 {'yes' if facts.bf16_supported else 'no'}"
-            f"{reason}")
+            f"{reason}; cpu bf16 {'native' if facts.cpu_bf16 else 'emulated'}")
 
 
 def cpus_for_rank(world) -> int:

@@ -59,7 +59,7 @@ def test_under_torchrun_every_rank_prints_its_block_and_the_group_connects():
 @pytest.mark.parametrize("override, reason", [
     ("train.device=cuda", "train.device=cuda but no CUDA device is visible"),
     ("dist.process_group=nccl", "dist.process_group=nccl needs a CUDA device"),
-    ("train.bf16=sometimes", "train.bf16 must be auto|true|false"),
+    ("train.bf16=sometimes", "train.bf16 must be auto|native|true|false"),
 ])
 def test_a_broken_plan_exits_2_with_the_reason(override, reason):
     proc = doctor("regstn", "--config", str(DEMO), override)

@@ -155,7 +155,7 @@ def warmup_cosine_factor(unit: int, warmup: int, total: int, min_ratio: float) -
 class TrainConfig:
     epochs: int = 80
     max_steps_per_epoch: int = 0  # 0: the whole epoch; >0 caps it (smoke runs, benchmarks)
-    bf16: str = "auto"            # auto: on for GPUs with native bf16, off on CPU; true/false
+    bf16: str = "auto"            # auto: GPUs with native bf16; native: also AMX CPUs; true/false
     tf32: bool = True             # TF32 matmul/cuDNN on GPUs (hpc.device_plan)
     deterministic: bool = False
     device: str = "auto"          # auto|cpu|cuda
@@ -177,8 +177,8 @@ class TrainConfig:
         if self.stop_check_every < 0:
             raise ConfigError(f"train.stop_check_every must be >= 0 (0: auto), got "
                               f"{self.stop_check_every}")
-        if str(self.bf16).lower() not in ("auto", "true", "false"):
-            raise ConfigError(f"train.bf16 must be auto|true|false, got {self.bf16!r}")
+        if str(self.bf16).lower() not in ("auto", "native", "true", "false"):
+            raise ConfigError(f"train.bf16 must be auto|native|true|false, got {self.bf16!r}")
 
 
 @dataclass

@@ -13,9 +13,9 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hpc.device_plan import (CudaFacts, PlanError, apply_plan, deepspeed_bf16, node_gpu_count,
-                             nvidia_driver, plan_run, probe_cuda, set_tf32, tf32_state,
-                             with_deepspeed_precision)
+from hpc.device_plan import (CudaFacts, PlanError, apply_plan, cpu_flags, cpu_has_native_bf16,
+                             deepspeed_bf16, node_gpu_count, nvidia_driver, plan_run, probe_cuda,
+                             set_tf32, tf32_state, with_deepspeed_precision)
 from hpc.world import World, world_from_env
 
 A100 = ("NVIDIA A100-SXM4-80GB",)
@@ -163,6 +163,31 @@ def test_every_rank_gets_a_visible_gpu_and_private_ones_only_when_enough(nproc, 
 ])
 def test_bf16_auto_means_supported_gpu_only_and_explicit_wins(mode, facts, expected):
     assert plan_run(SINGLE, facts, bf16=mode).bf16 is expected
+
+
+AMX_CPU = CudaFacts(torch_version="2.14.1", torch_cuda=None, cpu_bf16=True)
+
+
+@pytest.mark.parametrize("facts, expected", [
+    (gpus(1), True), (gpus(1, bf16=False), False),        # a V100: fp32, not an error
+    (AMX_CPU, True), (NO_GPU, False),                     # CPU: only with native bf16 units
+    (CudaFacts(torch_cuda=None, node_gpus=2, visible_devices="", cpu_bf16=True), True),
+])
+def test_bf16_native_means_wherever_the_hardware_has_it(facts, expected):
+    assert plan_run(SINGLE, facts, bf16="native").bf16 is expected
+    assert plan_run(SINGLE, facts, bf16="auto").bf16 is (expected and facts.available)
+
+
+def test_native_cpu_bf16_is_read_from_the_cpu_flags(tmp_path):
+    sapphire = "fpu sse2 avx2 avx512f avx512_bf16 amx_bf16 amx_tile amx_int8"
+    for flags, native in ((sapphire, True), ("fpu sse2 avx2 avx512f avx512_bf16", True),
+                          ("fpu sse2 avx2 avx512f avx512_vnni", False), ("", False)):
+        (tmp_path / "proc").mkdir(exist_ok=True)
+        (tmp_path / "proc/cpuinfo").write_text(
+            f"processor\t: 0\nmodel name\t: x\nflags\t\t: {flags}\n\nprocessor\t: 1\n")
+        assert cpu_has_native_bf16(cpu_flags(str(tmp_path))) is native, flags
+    assert cpu_flags(str(tmp_path / "nowhere")) == set()
+    assert probe_cuda().cpu_bf16 is cpu_has_native_bf16(cpu_flags())
 
 
 def test_bf16_true_on_a_gpu_without_bf16_is_an_error():
