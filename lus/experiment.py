@@ -40,15 +40,21 @@ def _frame_default() -> TrainStep:
     return TrainStep(epochs=16, overrides=[
         "model.name=cnn_ce", "frame_classes=[covid, pneumonia, healthy]",
         "data.batch_size=32", "data.eval_batch_size=64",
-        "train.max_steps_per_epoch=30", "optim.lr=1e-3", "schedule.milestones=[]", "viz_frames=0",
-        "train.ema_decay=0.98"])  # ~50 steps (under two epochs)
+        "train.max_steps_per_epoch=30", "optim.lr=1e-3", "viz_frames=0",
+        # warmup + cosine per step: at constant lr the scratch model's validation accuracy
+        # still jumped by 0.12 between late epochs; the cosine's small last steps settle it
+        "schedule.name=warmup_cosine", "schedule.interval=step", "schedule.warmup=30",
+        "schedule.min_lr_ratio=0.05",
+        "train.ema_decay=0.98",   # ~50 steps (under two epochs)
+        "train.bf16=native"])     # AMX CPUs and bf16 GPUs: a step 2-3x faster than fp32
 
 
 def _pretrain_default() -> TrainStep:
     # 4 epochs: over 10, the kNN accuracy peaked at epochs 0-7 (median 3) on POCUS
     return TrainStep(config="", epochs=4, overrides=[
         "data.batch_size=64", "train.max_steps_per_epoch=30", "pretrain.knn_bank_frames=2048",
-        "schedule.warmup=20", "optim.lr=1e-3", "data.num_workers=0"])
+        "schedule.warmup=20", "optim.lr=1e-3", "data.num_workers=0",
+        "model.channels_last=true", "train.bf16=native"])
 
 
 @dataclass
@@ -70,7 +76,7 @@ class PocusExperimentConfig:
     select_on_next_fold: bool = True
     # the ablation: from scratch and from a contrastively pretrained encoder, same folds
     routes: list[str] = field(default_factory=lambda: list(ROUTES))
-    seeds: list[int] = field(default_factory=lambda: [0])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])   # the ablation's mean +- std
     pretrain: TrainStep = field(default_factory=_pretrain_default)
     # the CNN-LSTM's frame features: frame_cnn = its route's frame CNN, frozen (Barros et al.'s
     # two stages); own = its own encoder, end to end (scratch) or from the pretrained one

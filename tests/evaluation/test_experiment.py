@@ -43,7 +43,8 @@ def test_plan_runs_both_routes_per_fold_with_pretraining_first(tmp_path):
     assert [j.name for j in jobs[:5]] == [
         "scratch/frame/seed0/fold0", "scratch/cnnlstm/seed0/fold0", "pretrain/seed0/fold0",
         "pretrained/frame/seed0/fold0", "pretrained/cnnlstm/seed0/fold0"]
-    assert len(jobs) == 15
+    assert len(jobs) == 3 * 15 and cfg.seeds == [0, 1, 2]   # the default ablation: 3 seeds
+    assert {j.seed for j in jobs[-5:]} == {2} and "seed=2" in jobs[-1].cmd
     pre, frame, lstm = jobs[-3:]
     assert "data.test_folds=[2]" in frame.cmd and "model.name=cnn_ce" in frame.cmd
     assert "data.val_folds=[0]" in frame.cmd    # best epoch picked on the next fold
@@ -63,7 +64,7 @@ def test_plan_runs_both_routes_per_fold_with_pretraining_first(tmp_path):
     assert f"model.kwargs.encoder_weights={own[2].run_dir / 'encoder.pt'}" in pre_lstm.cmd
     assert pre_lstm.after == [own[2].name] and "features=cached" in pre_lstm.cmd
     picked_on_test = plan_jobs(PocusExperimentConfig(folds=3, select_on_next_fold=False,
-                                                     routes=["scratch"]),
+                                                     routes=["scratch"], seeds=[0]),
                                tmp_path, tmp_path / "shards", cv=True)
     assert len(picked_on_test) == 6
     assert not any(c.startswith("data.val_folds") for c in picked_on_test[-1].cmd)
@@ -148,7 +149,7 @@ def test_pocus_experiment_end_to_end_on_the_phantom_clips(phantom, tmp_path, lus
     out = tmp_path / "exp"
     proc = lus_ok("experiment", "pocus", "--data", str(phantom / "raw" / "pocus"), "--out",
                   str(out), "--folds", "3", "size=32", "max_frames=6", "cnnlstm.epochs=1",
-                  "frame.epochs=2", "aggregator.epochs=5", "pretrain.epochs=2",
+                  "frame.epochs=2", "aggregator.epochs=5", "pretrain.epochs=2", "seeds=[0, 1]",
                   "pretrain.overrides=[data.batch_size=8, pretrain.knn_bank_frames=64]")
     assert "report:" in proc.stdout
     report = (out / "report" / "report.md").read_text()
