@@ -29,7 +29,7 @@ Segmentation: `augment_with_masks(x, masks, cfg, gen)` moves each mask with its 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
@@ -61,6 +61,21 @@ class AugmentConfig:
         if not 0 <= self.flip_p <= 1 or self.gamma < 1 or self.speckle_grain < 1 or min(
                 self.rotation_deg, self.brightness, self.contrast, self.speckle) < 0:
             raise ValueError(f"bad augment settings: {self}")
+
+
+def augment_config(settings: dict, key: str) -> AugmentConfig:
+    """An AugmentConfig from a config section's dict (YAML lists become tuples); a bad field
+    or range is a ConfigError naming `key`, not a dataclass traceback."""
+    from lus_dist.config import ConfigError
+    known = [f.name for f in fields(AugmentConfig)]
+    unknown = sorted(set(settings) - set(known))
+    if unknown:
+        raise ConfigError(f"{key}: unknown field(s) {unknown}; known: {', '.join(known)}")
+    try:
+        return AugmentConfig(**{k: tuple(v) if isinstance(v, list) else v
+                                for k, v in dict(settings).items()})
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{key}: {exc}") from None
 
 
 def step_generator(seed: int, epoch: int, step: int, rank: int = 0, stream: int = 0) -> torch.Generator:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import Subset
 
-from lus_dist.augment import AugmentConfig, AugmentStream
+from lus_dist.augment import AugmentConfig, AugmentStream, augment_config
 from lus_dist.config import ConfigError
 from lus_dist.contrastive import pair_loss
 from lus_dist.engine.config import (DataConfig, ModelConfig, OptimConfig, RunConfig,
@@ -51,11 +51,7 @@ class ContrastiveConfig:
         self.augment_config()
 
     def augment_config(self) -> AugmentConfig:
-        try:
-            return AugmentConfig(**{k: tuple(v) if isinstance(v, list) else v
-                                    for k, v in self.augment.items()})
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"pretrain.augment: {exc}") from None
+        return augment_config(self.augment, "pretrain.augment")
 
 
 @dataclass

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
+from lus_dist.augment import AugmentStream, augment_batch, augment_config
 from lus_dist.config import ConfigError
 from lus_dist.engine.config import RunConfig
 from lus_dist.engine.data import validation_name, gather, open_split, stack_outputs
@@ -34,10 +36,15 @@ class RegSTNConfig(RunConfig):
     # names of the per-frame targets in the shards (one output each): the severity scores,
     # or, for data without frame scores (POCUS), the clip classes the packer stored there
     frame_classes: list[str] = field(default_factory=lambda: list(SCORE_CLASSES))
+    # the pretraining augmentations on training batches: None = off, {} = AugmentConfig's
+    # defaults, or some of its fields ({rotation_deg: 5, speckle: 0}); labels unchanged
+    augment: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if len(self.frame_classes) < 2 or len(set(self.frame_classes)) != len(self.frame_classes):
             raise ConfigError(f"frame_classes must be >= 2 distinct names, got {self.frame_classes}")
+        if self.augment is not None:
+            augment_config(self.augment, "augment")
 
 
 class RegSTN(Family):
@@ -54,6 +61,9 @@ class RegSTN(Family):
         train = open_split(self.cfg, d.train_split, mode="frame")
         val_split = validation_name(d)
         val = open_split(self.cfg, val_split, mode="frame")
+        # one generator per micro-batch, counted and checkpointed (states()): exact resume
+        self.augment = None if self.cfg.augment is None else augment_config(self.cfg.augment, "augment")
+        self.stream = AugmentStream(self.cfg.seed, session.world.rank if session else 0)
         return Splits(train, val, val_split, train.frame_scores,
                       f"{len(train)} train / {len(val)} {val_split} frames")
 
@@ -64,7 +74,15 @@ class RegSTN(Family):
                                  **self.cfg.model.kwargs)
 
     def loss(self, model, batch):
-        return frame_loss(model(batch["image"]), batch["score"], self.cfg.loss)
+        x = batch["image"]
+        if self.augment is not None:
+            x = augment_batch(x, self.augment, self.stream.next())
+            if self.cfg.model.channels_last:    # grid_sample hands back contiguous frames
+                x = x.contiguous(memory_format=torch.channels_last)
+        return frame_loss(model(x), batch["score"], self.cfg.loss)
+
+    def states(self) -> dict[str, Any]:
+        return {"augment": self.stream} if self.cfg.augment is not None else {}
 
     @torch.no_grad()
     def evaluate(self, fit, ds, session) -> dict[str, np.ndarray]:

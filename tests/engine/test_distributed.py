@@ -119,11 +119,12 @@ def _lrs(run_dir: Path) -> dict[int, float]:
 
 
 def test_warmup_cosine_per_step_preempted_mid_epoch_resumes_exactly(engine_shards, tmp_path):
-    """A per-step schedule (warmup + cosine), stopped mid-epoch: the resumed run continues
-    the same learning rates and ends with the uninterrupted run's weights."""
+    """A per-step schedule (warmup + cosine) and augmented batches, stopped mid-epoch: the
+    resumed run continues the same learning rates and augmentations and ends with the
+    uninterrupted run's weights."""
     args = [f"data.root={engine_shards}", *TINY, "checkpoint.every_steps=2",
             "schedule.name=warmup_cosine", "schedule.interval=step", "schedule.warmup=3",
-            "schedule.min_lr_ratio=0.1"]
+            "schedule.min_lr_ratio=0.1", "augment={}"]
     ref = run_train("regstn", tmp_path / "ref", args)
     assert_trained_and_ranks_agree(tmp_path / "ref", ref)
     run = tmp_path / "pre"
