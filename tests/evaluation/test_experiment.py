@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -160,8 +161,19 @@ def test_pocus_experiment_end_to_end_on_the_phantom_clips(phantom, tmp_path, lus
                  ("scratch", "pretrained") for t in ("cnnlstm_evaluation", "uninorm_evaluation",
                                                      "video_table")]):
         assert (out / "report" / f"{name}.csv").stat().st_size > 100, name
+    # a missed target brings the log of what was tried (docs/POCUS_TRIED.md) into the report
+    assert ("missed by" in report) == ("What was tried so far" in report)
     ablation = (out / "report" / "ablation.csv").read_text()
     assert "pretrained" in ablation and "scratch" in ablation
     preds = read_predictions(out / "runs" / "pretrained" / "frame" / "seed0" / "fold0" /
                              "predictions" / "test.h5")
     assert preds.class_names == tuple(VIDEO_CLASSES) and preds.probs.shape[1] == 3
+
+
+def test_the_report_quotes_what_was_tried_from_the_docs():
+    from lus.experiment_report import TRIED_LOG, tried_text
+
+    text = tried_text()
+    log = (Path(__file__).resolve().parents[2] / "docs" / TRIED_LOG).read_text()
+    assert text.startswith("**A target is missed. What was tried so far**")
+    assert "| recipe" in text and log.splitlines()[0] not in text   # its table, not its title
