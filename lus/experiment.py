@@ -46,6 +46,9 @@ def _frame_default() -> TrainStep:
         "schedule.name=warmup_cosine", "schedule.interval=step", "schedule.warmup=30",
         "schedule.min_lr_ratio=0.05",
         "train.ema_decay=0.98",   # ~50 steps (under two epochs)
+        # the pretraining augmentations: same accuracy, steadier validation (seed 0, 5 folds:
+        # frame accuracy 0.774 vs 0.782, largest last-half jump 0.066 vs 0.155)
+        "augment={}",
         "train.bf16=native"])     # AMX CPUs and bf16 GPUs: a step 2-3x faster than fp32
 
 
