@@ -155,7 +155,9 @@ def sampling_grid(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
 
 
 def apply_params(x: torch.Tensor, p: dict[str, torch.Tensor], cfg: AugmentConfig) -> torch.Tensor:
-    """Apply drawn parameters to frames x (B, C, H, W) in [0, 1], on x's device."""
+    """Apply drawn parameters to frames x (B, C, H, W) in [0, 1], on x's device, dtype and
+    memory format (grid_sample returns contiguous frames; a channels_last model wants its
+    input channels_last)."""
     b, _, h, w = x.shape
     dev = x.device
     as_x = {k: v.to(dev, torch.float32).view(b, 1, 1, 1) for k, v in p.items() if k != "noise_seed"}
@@ -167,7 +169,10 @@ def apply_params(x: torch.Tensor, p: dict[str, torch.Tensor], cfg: AugmentConfig
     if cfg.speckle > 0:
         noise = speckle_field(b, h, w, cfg.speckle_grain, int(p["noise_seed"]), dev)
         out = out * (1 + as_x["speckle"] * noise)
-    return out.clamp(0, 1).to(x.dtype)
+    out = out.clamp(0, 1).to(x.dtype)
+    if x.is_contiguous(memory_format=torch.channels_last):
+        out = out.contiguous(memory_format=torch.channels_last)   # no copy when C == 1
+    return out
 
 
 def augment_batch(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:

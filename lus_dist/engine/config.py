@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from hpc.device_plan import BF16_MODES
 from lus_dist.config import ConfigError
 
 DEEPSPEED_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "deepspeed"
@@ -177,8 +178,8 @@ class TrainConfig:
         if self.stop_check_every < 0:
             raise ConfigError(f"train.stop_check_every must be >= 0 (0: auto), got "
                               f"{self.stop_check_every}")
-        if str(self.bf16).lower() not in ("auto", "native", "true", "false"):
-            raise ConfigError(f"train.bf16 must be auto|native|true|false, got {self.bf16!r}")
+        if str(self.bf16).lower() not in BF16_MODES:
+            raise ConfigError(f"train.bf16 must be {'|'.join(BF16_MODES)}, got {self.bf16!r}")
 
 
 @dataclass

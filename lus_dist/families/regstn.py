@@ -77,8 +77,6 @@ class RegSTN(Family):
         x = batch["image"]
         if self.augment is not None:
             x = augment_batch(x, self.augment, self.stream.next())
-            if self.cfg.model.channels_last:    # grid_sample hands back contiguous frames
-                x = x.contiguous(memory_format=torch.channels_last)
         return frame_loss(model(x), batch["score"], self.cfg.loss)
 
     def states(self) -> dict[str, Any]:

@@ -91,6 +91,15 @@ def test_reproducible_per_step_and_independent_per_sample():
     assert a.min() >= 0 and a.max() <= 1 and a.shape == x.shape
 
 
+def test_keeps_the_memory_format_with_the_same_values():
+    x = torch.rand(3, 3, 16, 20)                 # RGB: channels_last is a real layout here
+    last = x.contiguous(memory_format=torch.channels_last)
+    a = augment_batch(x, AugmentConfig(), torch.Generator().manual_seed(1))
+    b = augment_batch(last, AugmentConfig(), torch.Generator().manual_seed(1))
+    assert a.is_contiguous() and not a.is_contiguous(memory_format=torch.channels_last)
+    assert b.is_contiguous(memory_format=torch.channels_last) and torch.equal(a, b)
+
+
 def test_keeps_dtype_and_device_and_checks_input():
     x = frames(b=2).to(torch.bfloat16)
     out = augment_batch(x, AugmentConfig(), torch.Generator().manual_seed(0))
