@@ -65,6 +65,24 @@ def train_cmd(family: str, step: TrainStep, run_dir: Path, shards: Path, fold: i
     return cmd + list(step.overrides) + list(extra)
 
 
+def frame_model_name(step: TrainStep) -> str:
+    """The frame CNN's `model.name` as `lus train regstn` will resolve it (family defaults,
+    then the step's YAML, then its overrides)."""
+    from lus_dist.config import load_config
+    from lus_dist.families.regstn import RegSTNConfig
+
+    return load_config(RegSTNConfig, step.config or None, list(step.overrides)).model.name
+
+
+def frame_encoder(step: TrainStep) -> str:
+    """The encoder architecture the frame CNN exports (`small_cnn`, `resnet18`): the CNN-LSTM
+    on its frozen features must be built with the same one."""
+    from lus_dist.models.encoder import encoder_slot
+    from lus_dist.models.registry import build_frame_model
+
+    return encoder_slot(build_frame_model(frame_model_name(step), 1, 3))[0]
+
+
 def plan_jobs(cfg, out: Path, shards: Path, cv: bool) -> list[Job]:
     """Every run of the experiment, each after the runs whose encoder it reads."""
     folds: list[int | None] = list(range(cfg.folds)) if cv else [None]
@@ -92,6 +110,7 @@ def route_jobs(cfg, out: Path, shards: Path, route: str, tag: str, fold: int | N
         "regstn", cfg.frame, frame_dir, shards, fold, seed, val, frame_extra), route, seed, frame_after)
     if cfg.cnnlstm_features == "frame_cnn":    # Barros et al.'s two stages, our frame CNN frozen
         lstm_after, lstm_extra = [frame.name], (f"{ENCODER_KEY}={frame_dir / ENCODER_FILE}",
+                                                f"model.kwargs.encoder={frame_encoder(cfg.frame)}",
                                                 "features=cached")
     elif route == "pretrained":                # the pretrained encoder, frozen or fine-tuned
         lstm_after, lstm_extra = frame_after, frame_extra + (f"features={cfg.pretrained_cnnlstm}",)

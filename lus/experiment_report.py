@@ -10,6 +10,8 @@ import numpy as np
 
 from lus_dist.shards.format import VIDEO_CLASSES
 
+from .experiment_jobs import frame_model_name
+
 # Barros et al. 2021 (Sensors 21:5486): Xception (ImageNet) + LSTM, 185 POCUS clips, 5-fold CV.
 PUBLISHED = {"accuracy": 0.93, "covid_recall": 0.97}
 PUBLISHED_SOURCE = ("Barros et al. 2021: ImageNet-pretrained Xception + LSTM, 185 clips, "
@@ -268,8 +270,9 @@ def route_tables(rep, name: str, r: dict, cfg, cv: bool) -> None:
     oofs = {seed: merge_predictions(tested) for seed, parts in r["parts"].items()
             if (tested := [p for p in parts if (p.split == "test").all()])}
     if oofs:
-        rep.table(frame_table([frame_scores_of(f"{cfg_frame_name(cfg)}, {name} (out-of-fold, seed "
-                                               f"{seed})", oof) for seed, oof in oofs.items()],
+        model = frame_model_name(cfg.frame)
+        rep.table(frame_table([frame_scores_of(f"{model}, {name} (out-of-fold, seed {seed})", oof)
+                               for seed, oof in oofs.items()],
                               note="frame target = the clip's class, constant within a clip, so "
                                    "Setting 2 equals Setting 1 here"), f"frame_table_{name}")
         confusion_and_roc(rep, f"frame_{name}", np.concatenate([o.frame_score for o in oofs.values()]),
@@ -330,8 +333,3 @@ def tried_text() -> str:
         return f"A target is missed; what was tried is logged in lus-dist's `docs/{TRIED_LOG}`."
     body = log.read_text().split("\n", 1)[1].strip()   # without its own title
     return f"**A target is missed. What was tried so far** (`docs/{TRIED_LOG}`):\n\n{body}"
-
-
-def cfg_frame_name(cfg) -> str:
-    names = [o.split("=", 1)[1] for o in cfg.frame.overrides if o.startswith("model.name=")]
-    return names[-1] if names else "frame model"

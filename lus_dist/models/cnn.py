@@ -112,10 +112,12 @@ class RandomCropCNN(nn.Module):
 
 
 class ResNet18Frame(nn.Module):
-    """ResNet-18 + SORD (Table 1), randomly initialised: nothing is downloaded."""
+    """ResNet-18 + SORD (Table 1) or + CE (unordered classes, e.g. POCUS's video classes),
+    randomly initialised: nothing is downloaded."""
 
-    def __init__(self, in_channels: int, num_classes: int):
+    def __init__(self, in_channels: int, num_classes: int, loss: str = "sord"):
         super().__init__()
+        self.loss = loss
         from torchvision.models import resnet18
         net = resnet18(weights=None, num_classes=num_classes)
         if in_channels != 3:
@@ -123,4 +125,4 @@ class ResNet18Frame(nn.Module):
         self.net = net
 
     def forward(self, x: torch.Tensor) -> FrameOutput:
-        return FrameOutput(self.net(x), {}, "sord")
+        return FrameOutput(self.net(x), {}, self.loss)

@@ -15,6 +15,7 @@ FRAME_MODELS: dict[str, Callable[..., nn.Module]] = {
     "cnn_ce": lambda c, k, **kw: PlainCNN(c, k, loss="ce", **kw),
     "cnn_sord": lambda c, k, **kw: PlainCNN(c, k, loss="sord", **kw),
     "resnet18_sord": lambda c, k, **kw: ResNet18Frame(c, k, **kw),
+    "resnet18_ce": lambda c, k, **kw: ResNet18Frame(c, k, loss="ce", **kw),
     "cnn_stn": lambda c, k, **kw: RegSTN(c, k, mode="affine", **kw),
     "cnn_randcrop_sord": lambda c, k, **kw: RandomCropCNN(c, k, **kw),
 }

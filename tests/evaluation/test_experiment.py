@@ -75,6 +75,22 @@ def test_plan_runs_both_routes_per_fold_with_pretraining_first(tmp_path):
     assert not any(c.startswith(("data.test_folds", "data.val_folds")) for c in held[0].cmd)
 
 
+
+@pytest.mark.parametrize("frame_model,encoder", [("cnn_ce", "small_cnn"), ("resnet18_ce", "resnet18")])
+def test_the_cnnlstm_is_built_with_the_encoder_its_frame_cnn_exports(tmp_path, frame_model, encoder):
+    """Changing the frame model (e.g. `model.name=resnet18_ce`) must not leave the CNN-LSTM
+    on the frozen features expecting the default small CNN's encoder file."""
+    from lus_dist.config import load_config
+    from lus_dist.families.cnnlstm import CNNLSTMConfig
+
+    cfg = PocusExperimentConfig(folds=3, routes=["scratch"], seeds=[0])
+    cfg.frame.overrides.append(f"model.name={frame_model}")
+    frame, lstm = plan_jobs(cfg, tmp_path, tmp_path / "shards", cv=True)[:2]
+    assert f"model.name={frame_model}" in frame.cmd
+    resolved = load_config(CNNLSTMConfig, None, lstm.cmd[lstm.cmd.index("--run-dir") + 2:])
+    assert resolved.model.kwargs["encoder"] == encoder
+    assert resolved.model.kwargs["lstm_units"] == 64      # the rest of the model kept
+
 def test_a_failed_run_skips_the_runs_that_read_it(tmp_path, capsys):
     py = sys.executable
     write = f"import pathlib; pathlib.Path({str(tmp_path / 'ok')!r}).mkdir(); " \

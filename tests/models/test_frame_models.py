@@ -109,6 +109,21 @@ def test_ce_and_sord_baselines_differ_only_by_loss():
     assert "sord" in parts
 
 
+
+@pytest.mark.parametrize("ce,sord", [("cnn_ce", "cnn_sord"), ("resnet18_ce", "resnet18_sord")])
+def test_ce_twin_has_the_same_weights_and_only_another_loss(ce, sord):
+    """POCUS's classes (covid, pneumonia, healthy) have no order, so each SORD baseline has a
+    CE twin: same network, same parameters, cross-entropy instead of the ordinal targets."""
+    torch.manual_seed(0)
+    a = build_frame_model(ce, 1, 3)
+    b = build_frame_model(sord, 1, 3)
+    b.load_state_dict(a.state_dict())
+    a.eval(), b.eval()
+    x = torch.rand(2, 1, 64, 64)
+    out_a, out_b = a(x), b(x)
+    assert (out_a.loss, out_b.loss) == ("ce", "sord")
+    assert torch.equal(out_a.logits, out_b.logits)
+
 def test_224px_and_channels_last_and_bf16():
     model = build_frame_model("regstn_fixed", image_size=224).eval()
     x = torch.rand(1, 1, 224, 224).to(memory_format=torch.channels_last)
