@@ -103,7 +103,8 @@ def route_jobs(cfg, out: Path, shards: Path, route: str, tag: str, fold: int | N
     if route == "pretrained":
         pre = out / "runs" / "pretrain" / tag
         jobs.append(Job(f"pretrain/{tag}", "pretrain", pre, train_cmd(
-            "pretrain", cfg.pretrain, pre, shards, fold, seed, val), route, seed))
+            "pretrain", cfg.pretrain, pre, shards, fold, seed, val,
+            (f"model.kwargs.encoder={frame_encoder(cfg.frame)}",)), route, seed))
         frame_after, frame_extra = [jobs[-1].name], (f"{ENCODER_KEY}={pre / ENCODER_FILE}",)
     frame_dir = out / "runs" / route / "frame" / tag
     frame = Job(f"{route}/frame/{tag}", "regstn", frame_dir, train_cmd(

@@ -77,19 +77,27 @@ def test_plan_runs_both_routes_per_fold_with_pretraining_first(tmp_path):
 
 
 @pytest.mark.parametrize("frame_model,encoder", [("cnn_ce", "small_cnn"), ("resnet18_ce", "resnet18")])
-def test_the_cnnlstm_is_built_with_the_encoder_its_frame_cnn_exports(tmp_path, frame_model, encoder):
-    """Changing the frame model (e.g. `model.name=resnet18_ce`) must not leave the CNN-LSTM
-    on the frozen features expecting the default small CNN's encoder file."""
+def test_pretraining_and_the_cnnlstm_use_the_frame_cnns_encoder(tmp_path, frame_model, encoder):
+    """Changing the frame model (e.g. `model.name=resnet18_ce`) must not leave pretraining
+    and the CNN-LSTM on the default small CNN's encoder: the frame CNN could not load the
+    first's file, and the second could not load the frame CNN's."""
     from lus_dist.config import load_config
     from lus_dist.families.cnnlstm import CNNLSTMConfig
 
-    cfg = PocusExperimentConfig(folds=3, routes=["scratch"], seeds=[0])
+    from lus_dist.families.pretrain import PretrainConfig
+
+    cfg = PocusExperimentConfig(folds=3, routes=["pretrained"], seeds=[0])
     cfg.frame.overrides.append(f"model.name={frame_model}")
-    frame, lstm = plan_jobs(cfg, tmp_path, tmp_path / "shards", cv=True)[:2]
+    pre, frame, lstm = plan_jobs(cfg, tmp_path, tmp_path / "shards", cv=True)[:3]
     assert f"model.name={frame_model}" in frame.cmd
-    resolved = load_config(CNNLSTMConfig, None, lstm.cmd[lstm.cmd.index("--run-dir") + 2:])
-    assert resolved.model.kwargs["encoder"] == encoder
-    assert resolved.model.kwargs["lstm_units"] == 64      # the rest of the model kept
+
+    def resolved(job, cls):
+        return load_config(cls, None, job.cmd[job.cmd.index("--run-dir") + 2:]).model.kwargs
+
+    assert resolved(pre, PretrainConfig)["encoder"] == encoder     # what the frame CNN loads
+    assert resolved(lstm, CNNLSTMConfig)["encoder"] == encoder     # what the frame CNN exports
+    assert resolved(lstm, CNNLSTMConfig)["lstm_units"] == 64       # the rest of the model kept
+    assert resolved(pre, PretrainConfig)["proj_dim"] == 128
 
 def test_a_failed_run_skips_the_runs_that_read_it(tmp_path, capsys):
     py = sys.executable
