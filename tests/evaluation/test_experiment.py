@@ -47,7 +47,7 @@ def test_plan_runs_both_routes_per_fold_with_pretraining_first(tmp_path):
     assert len(jobs) == 3 * 15 and cfg.seeds == [0, 1, 2]   # the default ablation: 3 seeds
     assert {j.seed for j in jobs[-5:]} == {2} and "seed=2" in jobs[-1].cmd
     pre, frame, lstm = jobs[-3:]
-    assert "data.test_folds=[2]" in frame.cmd and "model.name=cnn_ce" in frame.cmd
+    assert "data.test_folds=[2]" in frame.cmd and "model.name=resnet18_ce" in frame.cmd
     assert "data.val_folds=[0]" in frame.cmd    # best epoch picked on the next fold
     # pretraining reads the same training folds: never the test fold
     assert pre.family == "pretrain" and "data.test_folds=[2]" in pre.cmd
