@@ -307,8 +307,9 @@ def write_report(cfg, res: dict, out: Path, command: str, wall: str, manifest,
              "\n\nCaveats: the uninorm's "
              "folds are drawn over the pooled out-of-fold frame predictions (stratified by "
              "class), not the pack folds. Barros et al.'s figures come from ImageNet-pretrained "
-             "Xception at 224 px on 185 clips; ours from a small CNN at "
-             f"{cfg.size} px, from scratch or contrastively pretrained on these clips only.")
+             f"Xception at 224 px on 185 clips; ours from `{frame_model_name(cfg.frame)}` at "
+             f"{cfg.size} px, from random weights or contrastively pretrained on these clips "
+             "only.")
     if res["missing"]:
         rep.text("**Missing results**:\n\n" + "\n".join(f"- {m}" for m in res["missing"]))
     ours = {f"{label} ({name})": {k: mean_std([f.get(k) for f in r[model]]) for k in KEYS}
