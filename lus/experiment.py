@@ -89,6 +89,9 @@ class PocusExperimentConfig:
     # two stages); own = its own encoder, end to end (scratch) or from the pretrained one
     cnnlstm_features: str = "frame_cnn"
     pretrained_cnnlstm: str = "cached"   # with `own`: cached = pretrained encoder frozen | frames: fine-tuned
+    # finished runs' resumable checkpoints (RUN_DIR/checkpoints) are deleted unless true;
+    # best.pt and encoder.pt stay
+    keep_checkpoints: bool = False
 
     def __post_init__(self) -> None:
         if not self.routes or set(self.routes) - set(ROUTES):
@@ -194,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{time.time() - t0:.0f} s", flush=True)
     jobs = plan_jobs(cfg, out, out / "shards", cv=test_data is None)
     reused = sum(j.done() for j in jobs)
-    codes = run_jobs(jobs, cfg.parallel, out / "logs")
+    codes = run_jobs(jobs, cfg.parallel, out / "logs", cfg.keep_checkpoints)
     res = collect(cfg, jobs, out, cv=test_data is None)
     wall = f"{(time.time() - t0) / 60:.1f} min" + (
         f" ({reused} of {len(jobs)} training runs were finished by an earlier invocation and "

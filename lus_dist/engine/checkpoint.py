@@ -28,6 +28,8 @@ import torch.distributed as dist
 
 from hpc.dist import barrier, collective_device, is_distributed
 
+CHECKPOINT_DIR = "checkpoints"   # RUN_DIR/checkpoints/step-N: what `--resume` reads
+
 STEP_RE = re.compile(r"^step-(\d{9})$")
 COMMIT = "COMMIT"
 

@@ -18,7 +18,8 @@ from hpc import REQUEUE_EXIT_CODE, PreemptionFlag, destroy_distributed
 from lus_dist.config import to_dict
 
 from .cadence import StopCadence
-from .checkpoint import Checkpointer, Progress, RNGState, find_resume, load_best, save_best
+from .checkpoint import (CHECKPOINT_DIR, Checkpointer, Progress, RNGState, find_resume, load_best,
+                         save_best)
 from .data import describe, epoch_batches, selection, steps_per_epoch, to_device, train_loader
 from .family import Family
 from .fit import all_digests, build_fit, sync_buffers
@@ -73,7 +74,7 @@ class Trainer:
                                                  cfg, world, self.session.device)
         self.steps = steps_per_epoch(self.loader, cfg)
         self.fit = build_fit(model, cfg, self.session, self.steps)
-        self.ckpt = Checkpointer(run_dir / "checkpoints", world.rank, world.world_size,
+        self.ckpt = Checkpointer(run_dir / CHECKPOINT_DIR, world.rank, world.world_size,
                                  cfg.checkpoint.keep)
         self.progress, resumed = self.restore(resume)
         self.log = RunLogger(run_dir, world.rank, cfg.logging,

@@ -112,6 +112,24 @@ def test_a_failed_run_skips_the_runs_that_read_it(tmp_path, capsys):
     assert "[skipped] child: bad failed" in capsys.readouterr().out
 
 
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_a_finished_run_drops_its_resumable_checkpoints_unless_kept(tmp_path, keep):
+    """A default POCUS experiment on ResNet-18 wrote 18 GB, 12 of them step checkpoints
+    that nothing reads once the run has its summary; a failed run keeps them to resume."""
+    def run(name: str, code: int) -> Job:
+        d = tmp_path / name
+        body = (f"import pathlib; d = pathlib.Path({str(d)!r}); "
+                "(d / 'checkpoints' / 'step-000000010').mkdir(parents=True); "
+                "(d / 'best.pt').write_text('w'); (d / 'summary.json').write_text('{}'); "
+                f"raise SystemExit({code})")
+        return Job(name, "regstn", d, [sys.executable, "-c", body])
+
+    codes = run_jobs([run("ok", 0), run("failed", 2)], 2, tmp_path / "logs", keep_checkpoints=keep)
+    assert codes == {"ok": 0, "failed": 2}
+    assert (tmp_path / "ok" / "checkpoints").exists() == keep
+    assert (tmp_path / "ok" / "best.pt").is_file() and (tmp_path / "failed" / "checkpoints").is_dir()
+
 def test_frame_predictions_become_video_class_probabilities():
     p = np.array([[0.2, 0.2, 0.1, 0.5], [0.6, 0.2, 0.2, 0.0]])
     preds = FramePredictions.from_arrays(p, np.array(["a", "a"]), np.array(["p", "p"]),
@@ -189,8 +207,9 @@ def test_pocus_experiment_end_to_end_on_the_phantom_clips(phantom, tmp_path, lus
     assert ("missed by" in report) == ("What was tried so far" in report)
     ablation = (out / "report" / "ablation.csv").read_text()
     assert "pretrained" in ablation and "scratch" in ablation
-    preds = read_predictions(out / "runs" / "pretrained" / "frame" / "seed0" / "fold0" /
-                             "predictions" / "test.h5")
+    run = out / "runs" / "pretrained" / "frame" / "seed0" / "fold0"
+    assert (run / "best.pt").is_file() and not (run / "checkpoints").exists()   # pruned when done
+    preds = read_predictions(run / "predictions" / "test.h5")
     assert preds.class_names == tuple(VIDEO_CLASSES) and preds.probs.shape[1] == 3
 
 
