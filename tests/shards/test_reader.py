@@ -125,6 +125,7 @@ import json, os, sys
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 from hpc import world_from_env
+from hpc.dist import exit_worker
 from lus_dist.shards.reader import ShardDataset
 from lus_dist.shards.sampler import DistributedShardSampler
 world = world_from_env(os.environ)
@@ -138,6 +139,7 @@ dist.all_gather_object(out, {"rank": world.rank, "pid": os.getpid(), "pairs": pa
 if world.rank == 0:
     json.dump(out, open(sys.argv[2], "w"))
 dist.destroy_process_group()
+sys.exit(exit_worker(0))   # no interpreter teardown: gloo threads can abort there
 """
 
 
