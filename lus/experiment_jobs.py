@@ -88,35 +88,38 @@ def frame_encoder(step: TrainStep) -> str:
 def plan_jobs(cfg, out: Path, shards: Path, cv: bool) -> list[Job]:
     """Every run of the experiment, each after the runs whose encoder it reads."""
     folds: list[int | None] = list(range(cfg.folds)) if cv else [None]
+    # every encoder file of the experiment has the frame CNN's architecture
+    arch = f"model.kwargs.encoder={frame_encoder(cfg.frame)}"
     jobs = []
     for seed in cfg.seeds:
         for fold in folds:
             tag = f"seed{seed}/" + (f"fold{fold}" if fold is not None else "heldout")
             val = (fold + 1) % cfg.folds if fold is not None and cfg.select_on_next_fold else None
             for route in cfg.routes:
-                jobs += route_jobs(cfg, out, shards, route, tag, fold, seed, val)
+                jobs += route_jobs(cfg, out, shards, route, tag, fold, seed, val, arch)
     return jobs
 
 
 def route_jobs(cfg, out: Path, shards: Path, route: str, tag: str, fold: int | None,
-               seed: int, val: int | None) -> list[Job]:
-    """One route's runs for one seed and fold: [pretraining,] the frame CNN, the CNN-LSTM."""
+               seed: int, val: int | None, arch: str) -> list[Job]:
+    """One route's runs for one seed and fold: [pretraining,] the frame CNN, the CNN-LSTM.
+    `arch` (`model.kwargs.encoder=...`) builds pretraining and any CNN-LSTM that reads an
+    encoder file with the frame CNN's encoder."""
     jobs, frame_after, frame_extra = [], [], ()
     if route == "pretrained":
         pre = out / "runs" / "pretrain" / tag
         jobs.append(Job(f"pretrain/{tag}", "pretrain", pre, train_cmd(
-            "pretrain", cfg.pretrain, pre, shards, fold, seed, val,
-            (f"model.kwargs.encoder={frame_encoder(cfg.frame)}",)), route, seed))
+            "pretrain", cfg.pretrain, pre, shards, fold, seed, val, (arch,)), route, seed))
         frame_after, frame_extra = [jobs[-1].name], (f"{ENCODER_KEY}={pre / ENCODER_FILE}",)
     frame_dir = out / "runs" / route / "frame" / tag
     frame = Job(f"{route}/frame/{tag}", "regstn", frame_dir, train_cmd(
         "regstn", cfg.frame, frame_dir, shards, fold, seed, val, frame_extra), route, seed, frame_after)
     if cfg.cnnlstm_features == "frame_cnn":    # Barros et al.'s two stages, our frame CNN frozen
-        lstm_after, lstm_extra = [frame.name], (f"{ENCODER_KEY}={frame_dir / ENCODER_FILE}",
-                                                f"model.kwargs.encoder={frame_encoder(cfg.frame)}",
+        lstm_after, lstm_extra = [frame.name], (f"{ENCODER_KEY}={frame_dir / ENCODER_FILE}", arch,
                                                 "features=cached")
     elif route == "pretrained":                # the pretrained encoder, frozen or fine-tuned
-        lstm_after, lstm_extra = frame_after, frame_extra + (f"features={cfg.pretrained_cnnlstm}",)
+        lstm_after = frame_after
+        lstm_extra = frame_extra + (arch, f"features={cfg.pretrained_cnnlstm}")
     else:                                      # end to end from random weights
         lstm_after, lstm_extra = [], ()
     lstm_dir = out / "runs" / route / "cnnlstm" / tag

@@ -75,29 +75,29 @@ def test_plan_runs_both_routes_per_fold_with_pretraining_first(tmp_path):
     assert not any(c.startswith(("data.test_folds", "data.val_folds")) for c in held[0].cmd)
 
 
-
 @pytest.mark.parametrize("frame_model,encoder", [("cnn_ce", "small_cnn"), ("resnet18_ce", "resnet18")])
 def test_pretraining_and_the_cnnlstm_use_the_frame_cnns_encoder(tmp_path, frame_model, encoder):
     """Changing the frame model (e.g. `model.name=resnet18_ce`) must not leave pretraining
     and the CNN-LSTM on the default small CNN's encoder: the frame CNN could not load the
-    first's file, and the second could not load the frame CNN's."""
+    first's file, and the CNN-LSTM could not load the frame CNN's or the pretrained one."""
     from lus_dist.config import load_config
     from lus_dist.families.cnnlstm import CNNLSTMConfig
-
     from lus_dist.families.pretrain import PretrainConfig
-
-    cfg = PocusExperimentConfig(folds=3, routes=["pretrained"], seeds=[0])
-    cfg.frame.overrides.append(f"model.name={frame_model}")
-    pre, frame, lstm = plan_jobs(cfg, tmp_path, tmp_path / "shards", cv=True)[:3]
-    assert f"model.name={frame_model}" in frame.cmd
 
     def resolved(job, cls):
         return load_config(cls, None, job.cmd[job.cmd.index("--run-dir") + 2:]).model.kwargs
 
-    assert resolved(pre, PretrainConfig)["encoder"] == encoder     # what the frame CNN loads
-    assert resolved(lstm, CNNLSTMConfig)["encoder"] == encoder     # what the frame CNN exports
-    assert resolved(lstm, CNNLSTMConfig)["lstm_units"] == 64       # the rest of the model kept
-    assert resolved(pre, PretrainConfig)["proj_dim"] == 128
+    for features in ("frame_cnn", "own"):     # the frame CNN's file, or pretraining's
+        cfg = PocusExperimentConfig(folds=3, routes=["pretrained"], seeds=[0],
+                                    cnnlstm_features=features)
+        cfg.frame.overrides.append(f"model.name={frame_model}")
+        pre, frame, lstm = plan_jobs(cfg, tmp_path, tmp_path / "shards", cv=True)[:3]
+        assert f"model.name={frame_model}" in frame.cmd
+        assert resolved(pre, PretrainConfig)["encoder"] == encoder    # what the frame CNN loads
+        assert resolved(lstm, CNNLSTMConfig)["encoder"] == encoder    # the file it reads
+        assert resolved(lstm, CNNLSTMConfig)["lstm_units"] == 64      # the rest of the model kept
+        assert resolved(pre, PretrainConfig)["proj_dim"] == 128
+
 
 def test_a_failed_run_skips_the_runs_that_read_it(tmp_path, capsys):
     py = sys.executable
@@ -110,7 +110,6 @@ def test_a_failed_run_skips_the_runs_that_read_it(tmp_path, capsys):
     codes = run_jobs(jobs, 2, tmp_path / "logs")
     assert codes == {"bad": 3, "child": 1, "ok": 0, "after-ok": 0}
     assert "[skipped] child: bad failed" in capsys.readouterr().out
-
 
 
 @pytest.mark.parametrize("keep", [False, True])
@@ -129,6 +128,7 @@ def test_a_finished_run_drops_its_resumable_checkpoints_unless_kept(tmp_path, ke
     assert codes == {"ok": 0, "failed": 2}
     assert (tmp_path / "ok" / "checkpoints").exists() == keep
     assert (tmp_path / "ok" / "best.pt").is_file() and (tmp_path / "failed" / "checkpoints").is_dir()
+
 
 def test_frame_predictions_become_video_class_probabilities():
     p = np.array([[0.2, 0.2, 0.1, 0.5], [0.6, 0.2, 0.2, 0.0]])

@@ -109,7 +109,6 @@ def test_ce_and_sord_baselines_differ_only_by_loss():
     assert "sord" in parts
 
 
-
 @pytest.mark.parametrize("ce,sord", [("cnn_ce", "cnn_sord"), ("resnet18_ce", "resnet18_sord")])
 def test_ce_twin_has_the_same_weights_and_only_another_loss(ce, sord):
     """POCUS's classes (covid, pneumonia, healthy) have no order, so each SORD baseline has a
@@ -123,6 +122,7 @@ def test_ce_twin_has_the_same_weights_and_only_another_loss(ce, sord):
     out_a, out_b = a(x), b(x)
     assert (out_a.loss, out_b.loss) == ("ce", "sord")
     assert torch.equal(out_a.logits, out_b.logits)
+
 
 def test_224px_and_channels_last_and_bf16():
     model = build_frame_model("regstn_fixed", image_size=224).eval()
