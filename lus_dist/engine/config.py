@@ -17,6 +17,9 @@ import torch
 from hpc.device_plan import BF16_MODES
 from lus_dist.config import ConfigError
 
+# forkserver first: a rank forks its loader workers while gloo and queue-feeder threads run,
+# and CPython before 3.11.10 can deadlock such a child (see lus_dist.engine.data.worker_context)
+WORKER_STARTS = ("forkserver", "spawn", "fork")
 DEEPSPEED_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "deepspeed"
 
 
@@ -41,6 +44,7 @@ class DataConfig:
     batch_size: int = 32          # per rank
     eval_batch_size: int = 64
     num_workers: int = 0
+    worker_start: str = "forkserver"   # how loader workers start: forkserver | spawn | fork
     balanced: bool = True         # class-balanced distributed draw (frame families)
     clip_len: int = 10            # CNN-LSTM
     clip_sampling: str = "uniform"
@@ -61,6 +65,9 @@ class DataConfig:
             if self.val_split in (self.train_split, self.test_split):
                 raise ConfigError(f"data.val_split {self.val_split!r} must differ from the train "
                                   "and test split names when data.val_folds is set")
+        if self.worker_start not in WORKER_STARTS:
+            raise ConfigError(f"data.worker_start must be {'|'.join(WORKER_STARTS)}, got "
+                              f"{self.worker_start!r}")
         if self.clip_sampling not in ("uniform", "random"):
             raise ConfigError(f"data.clip_sampling must be uniform|random, got {self.clip_sampling!r}")
 

@@ -2,6 +2,7 @@
 loader, evaluation blocks and gathering them back in dataset order."""
 from __future__ import annotations
 
+import multiprocessing
 from typing import Any, Iterator
 
 import numpy as np
@@ -125,10 +126,32 @@ def train_loader(ds, labels: np.ndarray | None, cfg: RunConfig, world: World,
 
 def worker_options(cfg: RunConfig, device: torch.device, epoch_dependent: bool = False) -> dict:
     """Loader workers that live across epochs (no re-fork, no reopening every shard each
-    epoch) unless items depend on the epoch, and pinned host memory when feeding a GPU."""
+    epoch) unless items depend on the epoch, started as `data.worker_start` says, and pinned
+    host memory when feeding a GPU."""
     n = cfg.data.num_workers
     return {"num_workers": n, "pin_memory": device.type == "cuda",
-            "persistent_workers": n > 0 and not epoch_dependent}
+            "persistent_workers": n > 0 and not epoch_dependent,
+            "multiprocessing_context": worker_context(cfg.data.worker_start) if n > 0 else None}
+
+
+# what a loader worker unpickles its dataset from: the forkserver imports them (and torch) once
+WORKER_PRELOAD = ["lus_dist.shards.reader", "lus_dist.engine.features", "lus_dist.pretrain_data"]
+
+
+def worker_context(method: str) -> multiprocessing.context.BaseContext:
+    """The multiprocessing context loader workers start from.
+
+    A rank is multithreaded by the time it makes a loader (gloo's threads, the queue feeders
+    of the loaders before), and a plain fork then may copy a lock another thread holds: on
+    CPython < 3.11.10 the child can hang in its after-fork hook on the interpreter's thread-
+    list lock (python/cpython#112275); this repo's CI saw a 2-rank CNN-LSTM run wait forever
+    on such an evaluation worker. `forkserver` (Python 3.14's default) forks workers from a
+    single-threaded server that imports WORKER_PRELOAD once per rank; `fork` stays available.
+    """
+    ctx = multiprocessing.get_context(method)
+    if method == "forkserver":
+        ctx.set_forkserver_preload(WORKER_PRELOAD)
+    return ctx
 
 
 def steps_per_epoch(loader: DataLoader, cfg: RunConfig) -> int:

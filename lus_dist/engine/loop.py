@@ -8,6 +8,7 @@ supplies only what differs; extension points arrive as `RunHooks`, never patched
 """
 from __future__ import annotations
 
+import gc
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -238,6 +239,11 @@ class Trainer:
         if message:
             self.log.info(message)
         self.log.close()
+        # the loader's persistent workers end here: torchrun ranks leave by os._exit
+        # (hpc.exit_worker), which skips the finalizers that unlink their queues' named
+        # semaphores (forkserver), and the resource tracker would warn of leaks
+        self.loader = None
+        gc.collect()
         destroy_distributed()
         return code
 

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "configs"
@@ -101,3 +102,14 @@ def preempt_mid_run(family: str, run_dir: Path, overrides: list[str], at_step: i
     out, err = proc.communicate(timeout=240)
     assert proc.returncode == REQUEUE_EXIT_CODE, f"exit {proc.returncode}\n{out[-3000:]}\n{err[-3000:]}"
     return out
+
+
+class ParentPids(torch.utils.data.Dataset):
+    """Item i is the pid of the process that started the loader worker reading it (here,
+    not in a test module, so a forkserver child can import it by name)."""
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, i: int) -> int:
+        return os.getppid()

@@ -48,6 +48,7 @@ def test_regstn_schedule_is_the_papers():
     ("optim.lr=fast", "expected float"),
     ("checkpoint.keep=1", "checkpoint.keep must be >= 2"),
     ("data.bacth_size=4", "unknown key"),
+    ("data.worker_start=thread", "data.worker_start must be forkserver|spawn|fork"),
 ])
 def test_bad_overrides_are_clear_errors(override, msg):
     with pytest.raises(ConfigError, match=msg):

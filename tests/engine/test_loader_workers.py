@@ -1,0 +1,30 @@
+"""Loader workers start as `data.worker_start` says. The default, forkserver, forks them from
+a single-threaded server rather than from the rank, which runs gloo's and the previous
+loaders' threads by then: CI saw an evaluation worker forked from a 2-rank CNN-LSTM run hang
+forever in CPython's after-fork hook (python/cpython#112275, fixed only from 3.11.10)."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from engine_helpers import ParentPids
+from lus_dist.engine.data import worker_options
+from lus_dist.families import load_run_config
+
+
+@pytest.mark.parametrize("start, forked_by_us", [(None, False), ("forkserver", False),
+                                                 ("fork", True)])
+def test_workers_start_where_the_config_says(start, forked_by_us):
+    overrides = ["data.num_workers=2"] + ([f"data.worker_start={start}"] if start else [])
+    cfg = load_run_config("cnnlstm", None, overrides)
+    opts = worker_options(cfg, torch.device("cpu"))
+    parents = {int(p) for p in DataLoader(ParentPids(), batch_size=1, **opts)}
+    assert len(parents) == 1 and (parents == {os.getpid()}) == forked_by_us
+
+
+def test_no_workers_no_context():
+    cfg = load_run_config("cnnlstm", None, ["data.num_workers=0"])
+    assert worker_options(cfg, torch.device("cpu"))["multiprocessing_context"] is None
