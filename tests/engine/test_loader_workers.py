@@ -1,7 +1,7 @@
 """Loader workers start as `data.worker_start` says. The default, forkserver, forks them from
 a single-threaded server rather than from the rank, which runs gloo's and the previous
 loaders' threads by then: CI saw an evaluation worker forked from a 2-rank CNN-LSTM run hang
-forever in CPython's after-fork hook (python/cpython#112275, fixed only from 3.11.10)."""
+forever in CPython 3.11.7's after-fork hook (python/cpython#112275)."""
 from __future__ import annotations
 
 import os
