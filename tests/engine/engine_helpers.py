@@ -5,6 +5,7 @@ requeue exit code) with gloo on CPU, one thread per rank.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -39,9 +40,34 @@ def launch_cmd(family: str, run_dir: Path, overrides: list[str], nproc: int = 2,
 
 
 def run_train(*args, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
+    """A timeout kills the whole run (launcher, ranks, loader workers: nothing left behind
+    for the rest of the suite) and fails with all the run printed, not its first lines."""
     cmd = launch_cmd(*args, **kw)
-    return subprocess.run(cmd, env=child_env(), capture_output=True, text=True, timeout=timeout,
-                          cwd=ROOT)
+    proc = subprocess.Popen(cmd, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=ROOT)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_tree(proc.pid)
+        out, err = proc.communicate()
+        pytest.fail(f"no exit after {timeout:.0f} s: {' '.join(cmd[2:])}\n--- stdout ---\n"
+                    f"{out[-4000:]}\n--- stderr ---\n{err[-4000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a launcher and every process under it. torchrun starts each rank in a session
+    of its own, so killing the launcher (or its process group) alone orphans the ranks."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [*root.children(recursive=True), root]
+    except psutil.NoSuchProcess:
+        return
+    for p in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
 
 
 def explain(proc) -> str:
@@ -75,7 +101,7 @@ def wait_for(predicate, proc: subprocess.Popen, timeout: float, what: str) -> No
             out, err = proc.communicate()
             pytest.fail(f"run ended (exit {proc.returncode}) before {what}\n{out[-3000:]}\n{err[-3000:]}")
         if time.time() > deadline:
-            proc.kill()
+            kill_tree(proc.pid)
             pytest.fail(f"timed out waiting for {what}")
         time.sleep(0.05)
 
