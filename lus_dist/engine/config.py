@@ -17,8 +17,7 @@ import torch
 from hpc.device_plan import BF16_MODES
 from lus_dist.config import ConfigError
 
-# forkserver first: a rank forks its loader workers while gloo and queue-feeder threads run,
-# and CPython 3.11.7 (python/cpython#112275) can deadlock such a child (see lus_dist.engine.data.worker_context)
+# forkserver first: why, in lus_dist.engine.data.worker_context
 WORKER_STARTS = ("forkserver", "spawn", "fork")
 DEEPSPEED_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "deepspeed"
 

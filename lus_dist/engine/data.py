@@ -144,9 +144,10 @@ def worker_context(method: str) -> multiprocessing.context.BaseContext:
     A rank is multithreaded by the time it makes a loader (gloo's threads, the queue feeders
     of the loaders before), and a plain fork then may copy a lock another thread holds: on
     CPython 3.8-3.11 before its fix the child can hang in its after-fork hook on the
-    interpreter's thread-list lock (python/cpython#112275); this repo's CI (3.11.7) saw a 2-rank CNN-LSTM run wait forever
-    on such an evaluation worker. `forkserver` (Python 3.14's default) forks workers from a
-    single-threaded server that imports WORKER_PRELOAD once per rank; `fork` stays available.
+    interpreter's thread-list lock (python/cpython#112275); this repo's CI (3.11.7) saw a
+    2-rank CNN-LSTM run wait forever on such an evaluation worker. `forkserver` (Python
+    3.14's default) forks workers from a single-threaded server that imports WORKER_PRELOAD
+    once per rank; `fork` stays available.
     """
     ctx = multiprocessing.get_context(method)
     if method == "forkserver":
