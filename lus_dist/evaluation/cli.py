@@ -39,7 +39,8 @@ def evaluate(run_paths: list[str], out: str | None, aggregate: str | None = None
     runs = [load_run(p) for p in run_paths]
     out_dir = Path(out) if out else runs[0].path / "report"
     rep = Report("lus-dist report", out_dir)
-    rep.text("Runs: " + ", ".join(f"`{r.path}` ({r.family})" for r in runs))
+    rep.text("Runs: " + ", ".join(f"`{r.path}` ({r.family}; best epoch picked on "
+                                  f"`{r.summary.get('best_selected_on', '?')}`)" for r in runs))
     options = {"aggregate": aggregate, "stn_examples": n_stn}
     for name in families.names():
         families.get(name).report_section(rep, [r for r in runs if r.family == name], options)

@@ -26,6 +26,9 @@ def test_report_has_every_table_filled(regstn_run, seg_run, cnnlstm_run, tmp_pat
     for needle in ("Table 1 shape", "Table 2 shape", "Dice b_line", "covid_specificity",
                    "uninorm (product", "argmax_mean", "Localisation"):
         assert needle in text
+    for run in (regstn_run, seg_run, cnnlstm_run):   # what picked each model, never the test split
+        picked = json.loads((Path(run) / "summary.json").read_text())["best_selected_on"]
+        assert picked != "test" and f"`{run}` (" in text and f"picked on `{picked}`" in text
     pngs = {p.name for p in (tmp_path / "r").glob("*.png")}
     assert {"frame_regstn_confusion.png", "frame_regstn_roc.png", "stn_regstn.png",
             "cnnlstm_confusion.png", "cnnlstm_roc.png"} <= pngs
