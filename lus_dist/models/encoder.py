@@ -11,6 +11,8 @@ where each model keeps its encoder, and the file's keys and shapes must match ex
 """
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import torch
@@ -112,8 +114,11 @@ def export_encoder(model: nn.Module, path: str | Path) -> Path:
 def load_encoder(model: nn.Module, path: str | Path) -> nn.Module:
     """Load encoder weights from a local file into `model`'s encoder; returns `model`.
 
-    Accepts `export_encoder` files and bare encoder state dicts. Raises FileNotFoundError
-    or ValueError naming the file and what does not match (architecture, keys, shapes).
+    Accepts `export_encoder` files (which must match exactly) and bare state dicts,
+    including whole ImageNet classifiers as torchvision and timm save them (fitted by
+    `adapt_pretrained_state`). Raises
+    FileNotFoundError or ValueError naming the file and what does not match (architecture,
+    keys, shapes).
     """
     arch, slot, ignore = encoder_slot(model)
     what = f"{arch or type(getattr(model, 'module', model)).__name__} encoder"
@@ -121,5 +126,51 @@ def load_encoder(model: nn.Module, path: str | Path) -> nn.Module:
     if arch and meta.get("encoder") and meta["encoder"] != arch:
         raise ValueError(f"{path}: holds a {meta['encoder']!r} encoder, this model's encoder "
                          f"is {arch!r}")
+    changes = []
+    if meta.get("format") != EXPORT_FORMAT:   # our own exports must match exactly
+        own = {k: v for k, v in slot.state_dict().items() if not k.startswith(ignore)}
+        state, changes = adapt_pretrained_state(state, own)
     check_and_load(slot, state, path, what, ignore)
+    if changes and os.environ.get("RANK", "0") == "0":   # said once, not once per rank
+        print(f"encoder weights {path}: " + "; ".join(changes), file=sys.stderr, flush=True)
     return model
+
+
+# classifier heads of torchvision and timm ImageNet models (resnet `fc`, efficientnet and
+# mobilenet `classifier`, xception41 `head.fc`, legacy xception `last_linear`)
+HEAD_PREFIXES = ("fc.", "classifier.", "head.fc.", "head.", "last_linear.")
+
+
+def adapt_pretrained_state(state: dict, own: dict) -> tuple[dict, list[str]]:
+    """An ImageNet file made for 3-channel RGB and 1000 classes, fitted to an encoder:
+    (state, what was changed). Pure.
+
+    Clusters often hold the torchvision or timm ImageNet files (Barros et al. started from
+    ImageNet Xception), but the frames here are grayscale and the encoder has no ImageNet
+    classifier. So a classifier head the encoder lacks is dropped, and an RGB first conv
+    goes to the encoder's channel count with timm's `adapt_input_conv` (1 channel: the RGB
+    filters summed, the response to a gray image unchanged). Anything else that differs is
+    left for `check_and_load` to refuse.
+    """
+    from timm.models import adapt_input_conv
+
+    out, changes = {}, []
+    dropped = sorted(k for k in state if k not in own and k.startswith(HEAD_PREFIXES))
+    if dropped:
+        changes.append(f"dropped the file's classifier head {dropped}")
+    for key, value in state.items():
+        if key in dropped:
+            continue
+        mine = own.get(key)
+        if _rgb_conv_for(value, mine):
+            value = adapt_input_conv(mine.shape[1], value)
+            changes.append(f"{key}: RGB filters adapted to {mine.shape[1]} input channel(s)")
+        out[key] = value
+    return out, changes
+
+
+def _rgb_conv_for(value, mine) -> bool:
+    """A conv weight that differs from the model's only by having 3 input channels."""
+    return (isinstance(value, torch.Tensor) and mine is not None and value.ndim == 4 == mine.ndim
+            and value.shape[1] == 3 != mine.shape[1] and value.shape[0] == mine.shape[0]
+            and value.shape[2:] == mine.shape[2:])

@@ -102,3 +102,64 @@ def test_mismatches_name_the_file_and_the_problem(tmp_path):
         load_encoder(build_frame_model("cnn_sord", 1, 4), tmp_path / "junk.pt")
     with pytest.raises(ValueError, match="from_features"):
         load_encoder(CNNLSTM.from_features(128), small)
+
+
+def gray_response(encoder: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    encoder.eval()
+    with torch.no_grad():
+        return encoder(x).flatten(1)
+
+
+def test_a_torchvision_imagenet_file_goes_into_every_resnet18_slot(tmp_path, capsys):
+    """A cluster's ImageNet file (torchvision's layout: RGB stem, 1000-class `fc`) starts
+    the grayscale models: the head is dropped and the stem summed over RGB, so every
+    encoder answers a gray frame exactly as the ImageNet net answers it as RGB."""
+    import torchvision
+
+    torch.manual_seed(3)
+    imagenet = torchvision.models.resnet18(weights=None, num_classes=1000)
+    for m in imagenet.modules():   # non-trivial BN statistics, so a mix-up would show
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1), m.running_var.uniform_(0.5, 1.5)
+    path = tmp_path / "resnet18-imagenet.pth"
+    torch.save(imagenet.state_dict(), path)
+    imagenet.fc = torch.nn.Identity()
+    x = torch.rand(2, 1, 64, 64)
+    expected = gray_response(imagenet, x.repeat(1, 3, 1, 1))
+
+    frame = build_frame_model("resnet18_ce", 1, 3, encoder_weights=str(path))
+    assert frame.net.fc.out_features == 3        # its own head, not ImageNet's
+    frame.net.fc = torch.nn.Identity()
+    lstm = CNNLSTM(CNNLSTMConfig(encoder="resnet18", encoder_weights=str(path), lstm_units=8))
+    for encoder in (frame.net, lstm.encoder):
+        assert torch.allclose(gray_response(encoder, x), expected, atol=1e-4)
+    unet = build_seg_model("unet", "resnet18", in_channels=1, encoder_weights=str(path))
+    assert torch.allclose(unet.encoder.conv1.weight, imagenet.conv1.weight.sum(1, keepdim=True))
+    assert torch.equal(unet.encoder.layer4[1].bn2.running_var, imagenet.layer4[1].bn2.running_var)
+    said = capsys.readouterr().err
+    assert "dropped the file's classifier head ['fc.bias', 'fc.weight']" in said
+    assert "conv1.weight: RGB filters adapted to 1 input channel(s)" in said
+
+
+def test_a_timm_imagenet_file_goes_into_a_timm_cnnlstm_encoder(tmp_path):
+    import timm
+
+    torch.manual_seed(4)
+    name = "mobilenetv3_small_050"
+    imagenet = timm.create_model(name, pretrained=False)      # RGB stem, `classifier` head
+    path = tmp_path / f"{name}.pth"
+    torch.save(imagenet.state_dict(), path)
+    lstm = CNNLSTM(CNNLSTMConfig(encoder=name, encoder_weights=str(path), lstm_units=8))
+    imagenet.reset_classifier(0)
+    x = torch.rand(2, 1, 64, 64)
+    assert torch.allclose(gray_response(lstm.encoder, x),
+                          gray_response(imagenet, x.repeat(1, 3, 1, 1)), atol=1e-4)
+
+
+def test_an_imagenet_file_of_another_architecture_is_still_refused(tmp_path):
+    import torchvision
+
+    path = tmp_path / "resnet34.pth"
+    torch.save(torchvision.models.resnet34(weights=None).state_dict(), path)
+    with pytest.raises(ValueError, match=r"resnet34\.pth: weights do not match.*unexpected.*layer"):
+        build_frame_model("resnet18_ce", 1, 3, encoder_weights=str(path))
