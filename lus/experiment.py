@@ -24,7 +24,7 @@ from pathlib import Path
 from lus_dist.aggregator.train import AggregatorConfig
 from lus_dist.config import ConfigError, load_config, save_config
 
-from .experiment_jobs import ROUTES, TrainStep, plan_jobs, run_jobs
+from .experiment_jobs import DEFAULT_ROUTES, ROUTES, TrainStep, plan_jobs, run_jobs
 from .experiment_report import (collect, frame_predictions_as_video_classes,  # noqa: F401
                                 merge_predictions, write_report)
 
@@ -81,8 +81,10 @@ class PocusExperimentConfig:
     aggregator_protocol: str = "stratified_kfold"
     # pick each fold's best epoch on the next fold (train on k-2 folds), never on the test fold
     select_on_next_fold: bool = True
-    # the ablation: from scratch and from a contrastively pretrained encoder, same folds
-    routes: list[str] = field(default_factory=lambda: list(ROUTES))
+    # the ablation: from scratch and from a contrastively pretrained encoder, same folds;
+    # `weights` starts the frame CNN from `init_weights`, a local file (never downloaded)
+    routes: list[str] = field(default_factory=lambda: list(DEFAULT_ROUTES))
+    init_weights: str | None = None
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])   # the ablation's mean +- std
     pretrain: TrainStep = field(default_factory=_pretrain_default)
     # the CNN-LSTM's frame features: frame_cnn = its route's frame CNN, frozen (Barros et al.'s
@@ -96,6 +98,15 @@ class PocusExperimentConfig:
     def __post_init__(self) -> None:
         if not self.routes or set(self.routes) - set(ROUTES):
             raise ConfigError(f"routes must be a non-empty subset of {list(ROUTES)}, got {self.routes}")
+        if ("weights" in self.routes) != bool(self.init_weights):
+            raise ConfigError("the `weights` route and init_weights go together: name a local "
+                              "encoder file (e.g. init_weights=/shared/resnet18-f37072fd.pth) and "
+                              f"add `weights` to routes, got routes={self.routes}, "
+                              f"init_weights={self.init_weights!r}")
+        if self.init_weights and not Path(self.init_weights).is_file():
+            raise ConfigError(f"init_weights {self.init_weights}: no such file")
+        if self.init_weights:   # the runs are subprocesses: a path that reads the same anywhere
+            self.init_weights = str(Path(self.init_weights).resolve())
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"seeds must be distinct and at least one, got {self.seeds}")
         if self.cnnlstm_features not in ("frame_cnn", "own"):

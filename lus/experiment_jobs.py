@@ -2,7 +2,8 @@
 
 Per seed and fold: for the `pretrained` route, contrastive pretraining on that fold's
 training clips first (never the test fold), then the frame CNN fine-tuned from its encoder;
-for the `scratch` route the frame CNN from random weights. The CNN-LSTM then trains on the
+for the `scratch` route the frame CNN from random weights; for the `weights` route from the
+local encoder file `init_weights` names (e.g. a cluster's ImageNet ResNet-18). The CNN-LSTM then trains on the
 frozen, cached features of its route's frame CNN (Barros et al.'s two stages, with our
 frame CNN, trained on the same training folds, in place of ImageNet Xception), or with
 `cnnlstm_features=own` on its own encoder (end to end, or the pretrained encoder). Every
@@ -23,7 +24,8 @@ from hpc.dist import child_env
 from lus_dist.engine.checkpoint import CHECKPOINT_DIR
 from lus_dist.models.encoder import ENCODER_FILE
 
-ROUTES = ("scratch", "pretrained")
+ROUTES = ("scratch", "pretrained", "weights")
+DEFAULT_ROUTES = ("scratch", "pretrained")   # `weights` needs a file
 ENCODER_KEY = "model.kwargs.encoder_weights"
 
 
@@ -111,13 +113,15 @@ def route_jobs(cfg, out: Path, shards: Path, route: str, tag: str, fold: int | N
         jobs.append(Job(f"pretrain/{tag}", "pretrain", pre, train_cmd(
             "pretrain", cfg.pretrain, pre, shards, fold, seed, val, (arch,)), route, seed))
         frame_after, frame_extra = [jobs[-1].name], (f"{ENCODER_KEY}={pre / ENCODER_FILE}",)
+    elif route == "weights":
+        frame_extra = (f"{ENCODER_KEY}={cfg.init_weights}",)
     frame_dir = out / "runs" / route / "frame" / tag
     frame = Job(f"{route}/frame/{tag}", "regstn", frame_dir, train_cmd(
         "regstn", cfg.frame, frame_dir, shards, fold, seed, val, frame_extra), route, seed, frame_after)
     if cfg.cnnlstm_features == "frame_cnn":    # Barros et al.'s two stages, our frame CNN frozen
         lstm_after, lstm_extra = [frame.name], (f"{ENCODER_KEY}={frame_dir / ENCODER_FILE}", arch,
                                                 "features=cached")
-    elif route == "pretrained":                # the pretrained encoder, frozen or fine-tuned
+    elif route != "scratch":                   # the pretrained encoder, frozen or fine-tuned
         lstm_after = frame_after
         lstm_extra = frame_extra + (arch, f"features={cfg.pretrained_cnnlstm}")
     else:                                      # end to end from random weights

@@ -304,12 +304,15 @@ def write_report(cfg, res: dict, out: Path, command: str, wall: str, manifest,
     rep.text(f"Model selection: {selection}. Pretraining (route `pretrained`) reads only each "
              "fold's training clips (labels unused) and picks its epoch by kNN accuracy on the "
              f"same validation clips; its encoder then starts the frame CNN (fine-tuned); {lstm}."
-             "\n\nCaveats: the uninorm's "
+             + (f" Route `weights` starts the frame CNN from the local file `{cfg.init_weights}`"
+                " (fine-tuned; what that file was trained on is outside this experiment)."
+                if "weights" in cfg.routes else "")
+             + "\n\nCaveats: the uninorm's "
              "folds are drawn over the pooled out-of-fold frame predictions (stratified by "
              "class), not the pack folds. Barros et al.'s figures come from ImageNet-pretrained "
              f"Xception at 224 px on 185 clips; ours from `{frame_model_name(cfg.frame)}` at "
              f"{cfg.size} px, from random weights or contrastively pretrained on these clips "
-             "only.")
+             "only" + (", or from the `weights` route's file." if "weights" in cfg.routes else "."))
     if res["missing"]:
         rep.text("**Missing results**:\n\n" + "\n".join(f"- {m}" for m in res["missing"]))
     ours = {f"{label} ({name})": {k: mean_std([f.get(k) for f in r[model]]) for k in KEYS}

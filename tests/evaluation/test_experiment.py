@@ -13,6 +13,7 @@ from data_prep.ingest_pocus import subsample, with_frame_labels
 from lus.experiment import (PocusExperimentConfig, frame_predictions_as_video_classes, main,
                             merge_predictions, plan_jobs)
 from lus.experiment_jobs import Job, run_jobs
+from lus_dist.config import ConfigError
 from lus_dist.evaluation.report import decisions_metrics
 from lus_dist.aggregator.data import FramePredictions
 
@@ -73,6 +74,24 @@ def test_plan_runs_both_routes_per_fold_with_pretraining_first(tmp_path):
                      tmp_path / "shards", cv=False)
     assert len(held) == 4 and "predict_splits=[train,test]" in held[0].cmd and "seed=2" in held[3].cmd
     assert not any(c.startswith(("data.test_folds", "data.val_folds")) for c in held[0].cmd)
+
+
+def test_the_weights_route_starts_the_frame_cnn_from_the_named_file(tmp_path, monkeypatch):
+    """A cluster's ImageNet file (or any local encoder file) as a third route: the frame CNN
+    starts from it, no pretraining runs, and the CNN-LSTM reads that frame CNN as usual."""
+    (tmp_path / "rn18.pth").write_bytes(b"")
+    monkeypatch.chdir(tmp_path)                       # a relative path becomes absolute
+    cfg = PocusExperimentConfig(folds=3, routes=["weights"], seeds=[0], init_weights="rn18.pth")
+    frame, lstm = plan_jobs(cfg, tmp_path, tmp_path / "shards", cv=True)[:2]
+    assert f"model.kwargs.encoder_weights={tmp_path / 'rn18.pth'}" in frame.cmd
+    assert frame.route == "weights" and not frame.after and frame.family == "regstn"
+    assert f"model.kwargs.encoder_weights={frame.run_dir / 'encoder.pt'}" in lstm.cmd
+    assert PocusExperimentConfig().routes == ["scratch", "pretrained"]   # needs a file
+    for bad, says in (({"routes": ["weights"]}, "go together"),
+                      ({"init_weights": "rn18.pth"}, "go together"),
+                      ({"routes": ["weights"], "init_weights": "nope.pth"}, "nope.pth: no such file")):
+        with pytest.raises(ConfigError, match=says):
+            PocusExperimentConfig(**bad)
 
 
 @pytest.mark.parametrize("frame_model,encoder", [("cnn_ce", "small_cnn"), ("resnet18_ce", "resnet18")])
@@ -211,6 +230,29 @@ def test_pocus_experiment_end_to_end_on_the_phantom_clips(phantom, tmp_path, lus
     assert (run / "best.pt").is_file() and not (run / "checkpoints").exists()   # pruned when done
     preds = read_predictions(run / "predictions" / "test.h5")
     assert preds.class_names == tuple(VIDEO_CLASSES) and preds.probs.shape[1] == 3
+
+
+@pytest.mark.slow
+def test_the_weights_route_on_the_phantom_clips_reads_an_imagenet_file(phantom, tmp_path, lus_ok):
+    """`routes=[weights]` end to end with a file in torchvision's ImageNet layout (random
+    weights: nothing is downloaded): every fold's frame CNN loads it, adapted to gray."""
+    import torch
+    import torchvision
+
+    weights = tmp_path / "resnet18-imagenet.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
+    out = tmp_path / "exp"
+    lus_ok("experiment", "pocus", "--data", str(phantom / "raw" / "pocus"), "--out", str(out),
+           "--folds", "3", "size=32", "max_frames=6", "cnnlstm.epochs=1", "frame.epochs=1",
+           "aggregator.epochs=5", "seeds=[0]", "routes=[weights]", f"init_weights={weights}")
+    report = (out / "report" / "report.md").read_text()
+    assert "Missing results" not in report
+    assert f"Route `weights` starts the frame CNN from the local file `{weights}`" in report
+    assert "weights" in (out / "report" / "ablation.csv").read_text()
+    for fold in range(3):
+        log = (out / "logs" / f"weights_frame_seed0_fold{fold}.log").read_text()
+        assert "conv1.weight: RGB filters adapted to 1 input channel(s)" in log, log[-2000:]
+    assert not (out / "runs" / "pretrain").exists()
 
 
 def test_the_report_quotes_what_was_tried_from_the_docs():
