@@ -3,12 +3,12 @@
 Per seed and fold: for the `pretrained` route, contrastive pretraining on that fold's
 training clips first (never the test fold), then the frame CNN fine-tuned from its encoder;
 for the `scratch` route the frame CNN from random weights; for the `weights` route from the
-local encoder file `init_weights` names (e.g. a cluster's ImageNet ResNet-18). The CNN-LSTM then trains on the
-frozen, cached features of its route's frame CNN (Barros et al.'s two stages, with our
-frame CNN, trained on the same training folds, in place of ImageNet Xception), or with
-`cnnlstm_features=own` on its own encoder (end to end, or the pretrained encoder). Every
-run is a `lus train` subprocess (the commands a cluster job runs); a run waits for the runs
-it reads (`after`).
+local encoder file `init_weights` names (e.g. a cluster's ImageNet ResNet-18). The CNN-LSTM
+then trains on the frozen, cached features of its route's frame CNN (Barros et al.'s two
+stages, with our frame CNN, trained on the same training folds, in place of ImageNet
+Xception), or with `cnnlstm_features=own` on its own encoder (end to end, or the route's
+starting encoder). Every run is a `lus train` subprocess (the commands a cluster job runs);
+a run waits for the runs it reads (`after`).
 """
 from __future__ import annotations
 
@@ -121,7 +121,7 @@ def route_jobs(cfg, out: Path, shards: Path, route: str, tag: str, fold: int | N
     if cfg.cnnlstm_features == "frame_cnn":    # Barros et al.'s two stages, our frame CNN frozen
         lstm_after, lstm_extra = [frame.name], (f"{ENCODER_KEY}={frame_dir / ENCODER_FILE}", arch,
                                                 "features=cached")
-    elif route != "scratch":                   # the pretrained encoder, frozen or fine-tuned
+    elif route != "scratch":                   # the route's starting encoder, frozen or fine-tuned
         lstm_after = frame_after
         lstm_extra = frame_extra + (arch, f"features={cfg.pretrained_cnnlstm}")
     else:                                      # end to end from random weights
