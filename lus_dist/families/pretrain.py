@@ -11,7 +11,8 @@ kNN score is reported like any family's test score.
 
 The run writes `encoder.pt` (the best epoch's encoder, no projection head): the frame CNN,
 Reg-STN's classifier, the CNN-LSTM and the segmentation encoder load it through one key,
-`model.kwargs.encoder_weights=<run dir>/encoder.pt`.
+`model.kwargs.encoder_weights=<run dir>/encoder.pt`. The same key here starts pretraining
+from an encoder file (e.g. ImageNet weights where a cluster has them) instead of random.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from lus_dist.engine.config import (DataConfig, ModelConfig, OptimConfig, RunCon
                                     ScheduleConfig)
 from lus_dist.engine.data import gather, open_split, stack_outputs, validation_name
 from lus_dist.engine.family import Family, Splits
-from lus_dist.models import ENCODER_FILE, ContrastiveModel, export_encoder
+from lus_dist.models import ENCODER_FILE, ContrastiveModel, export_encoder, load_encoder
 from lus_dist.pretrain_data import FramePairs
 from lus_dist.probe import knn_accuracy
 
@@ -100,10 +101,16 @@ class Pretrain(Family):
     def build_model(self, splits: Splits) -> torch.nn.Module:
         channels = splits.train[0]["view1"].shape[0]
         kw = dict(self.cfg.model.kwargs)
+        # continue from an encoder file (e.g. ImageNet weights: domain-adaptive pretraining)
+        start = kw.pop("encoder_weights", None)
         try:
-            return ContrastiveModel(in_channels=channels, **kw)
+            model = ContrastiveModel(in_channels=channels, **kw)
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"model.kwargs {sorted(kw)}: {exc}") from None
+        try:
+            return load_encoder(model, start) if start else model
+        except (FileNotFoundError, ValueError) as exc:   # they name the file and the mismatch
+            raise ConfigError(f"model.kwargs.encoder_weights: {exc}") from None
 
     def loss(self, model, batch):
         return pair_loss(model, batch["view1"], batch["view2"], self.augment, self.stream.next(),

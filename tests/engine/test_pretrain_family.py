@@ -73,10 +73,33 @@ def test_pretrain_resumes_exactly_and_its_encoder_feeds_the_cnnlstm(engine_shard
         assert torch.equal(best[f"encoder.{key}"], value), key
 
 
+def test_pretraining_starts_from_an_imagenet_file(engine_shards, tmp_path):
+    """`model.kwargs.encoder_weights` starts pretraining from a file, here one in
+    torchvision's ImageNet layout (random weights: nothing is downloaded). At lr 0 the
+    exported encoder's filters are the file's, its RGB stem summed to the one gray channel."""
+    import torchvision
+
+    torch.manual_seed(5)
+    imagenet = torchvision.models.resnet18(weights=None).state_dict()
+    torch.save(imagenet, tmp_path / "resnet18.pth")
+    run = tmp_path / "pre"
+    args = [f"data.root={engine_shards}", *ARGS, "train.epochs=1", "optim.lr=0",
+            "model.kwargs.encoder=resnet18",
+            f"model.kwargs.encoder_weights={tmp_path / 'resnet18.pth'}"]
+    proc = run_train("pretrain", run, args, config="pretrain.yaml", nproc=1)
+    assert proc.returncode == 0, explain(proc)
+    assert "conv1.weight: RGB filters adapted to 1 input channel(s)" in proc.stderr, explain(proc)
+    exported = encoder_state(run / "encoder.pt")
+    assert torch.allclose(exported["conv1.weight"], imagenet["conv1.weight"].sum(1, keepdim=True))
+    for key in ("layer1.0.conv1.weight", "layer4.1.conv2.weight", "layer4.1.bn2.weight"):
+        assert torch.equal(exported[key], imagenet[key]), key
+
+
 def test_bad_pretrain_settings_are_one_line(engine_shards, tmp_path):
     for bad, word in (("pretrain.temperature=0", "temperature"),
                       ("pretrain.augment={rotaton_deg: 5}", "rotaton_deg"),
-                      ("model.kwargs.encoder=nonesuch", "nonesuch")):
+                      ("model.kwargs.encoder=nonesuch", "nonesuch"),
+                      (f"model.kwargs.encoder_weights={tmp_path / 'nope.pt'}", "nope.pt")):
         proc = subprocess.run([sys.executable, "-m", "lus", "train", "pretrain", "--run-dir",
                                str(tmp_path / "bad"), f"data.root={engine_shards}", bad],
                               env=child_env(), capture_output=True, text=True, timeout=120)
