@@ -103,9 +103,10 @@ class PocusExperimentConfig:
                               "encoder file (e.g. init_weights=/shared/resnet18-f37072fd.pth) and "
                               f"add `weights` to routes, got routes={self.routes}, "
                               f"init_weights={self.init_weights!r}")
-        if self.init_weights and not Path(self.init_weights).is_file():
-            raise ConfigError(f"init_weights {self.init_weights}: no such file")
-        if self.init_weights:   # the runs are subprocesses: a path that reads the same anywhere
+        if self.init_weights:
+            if not Path(self.init_weights).is_file():
+                raise ConfigError(f"init_weights {self.init_weights}: no such file")
+            # the runs are subprocesses: a path that reads the same anywhere
             self.init_weights = str(Path(self.init_weights).resolve())
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"seeds must be distinct and at least one, got {self.seeds}")

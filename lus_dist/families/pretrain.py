@@ -31,7 +31,7 @@ from lus_dist.engine.config import (DataConfig, ModelConfig, OptimConfig, RunCon
                                     ScheduleConfig)
 from lus_dist.engine.data import gather, open_split, stack_outputs, validation_name
 from lus_dist.engine.family import Family, Splits
-from lus_dist.models import ENCODER_FILE, ContrastiveModel, export_encoder, load_encoder
+from lus_dist.models import ENCODER_FILE, ContrastiveModel, export_encoder
 from lus_dist.pretrain_data import FramePairs
 from lus_dist.probe import knn_accuracy
 
@@ -101,16 +101,10 @@ class Pretrain(Family):
     def build_model(self, splits: Splits) -> torch.nn.Module:
         channels = splits.train[0]["view1"].shape[0]
         kw = dict(self.cfg.model.kwargs)
-        # continue from an encoder file (e.g. ImageNet weights: domain-adaptive pretraining)
-        start = kw.pop("encoder_weights", None)
-        try:
-            model = ContrastiveModel(in_channels=channels, **kw)
-        except (TypeError, ValueError) as exc:
+        try:   # a bad encoder_weights file: the error names it and the mismatch
+            return ContrastiveModel(in_channels=channels, **kw)
+        except (TypeError, ValueError, FileNotFoundError) as exc:
             raise ConfigError(f"model.kwargs {sorted(kw)}: {exc}") from None
-        try:
-            return load_encoder(model, start) if start else model
-        except (FileNotFoundError, ValueError) as exc:   # they name the file and the mismatch
-            raise ConfigError(f"model.kwargs.encoder_weights: {exc}") from None
 
     def loss(self, model, batch):
         return pair_loss(model, batch["view1"], batch["view2"], self.augment, self.stream.next(),

@@ -53,7 +53,7 @@ class ContrastiveModel(nn.Module):
     """
 
     def __init__(self, encoder: str = "small_cnn", in_channels: int = 1, proj_dim: int = 128,
-                 proj_hidden: int = 512):
+                 proj_hidden: int = 512, encoder_weights: str | None = None):
         super().__init__()
         if proj_dim < 1 or proj_hidden < 1:
             raise ValueError(f"projection sizes must be >= 1, got {proj_hidden} -> {proj_dim}")
@@ -62,6 +62,8 @@ class ContrastiveModel(nn.Module):
         self.projector = nn.Sequential(nn.Linear(self.feature_dim, proj_hidden, bias=False),
                                        nn.BatchNorm1d(proj_hidden), nn.ReLU(inplace=True),
                                        nn.Linear(proj_hidden, proj_dim))
+        if encoder_weights:   # continue from a file (e.g. ImageNet: domain-adaptive pretraining)
+            load_encoder(self, encoder_weights)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """(N, F) encoder features: what kNN monitoring and downstream models see."""
@@ -116,9 +118,8 @@ def load_encoder(model: nn.Module, path: str | Path) -> nn.Module:
 
     Accepts `export_encoder` files (which must match exactly) and bare state dicts,
     including whole ImageNet classifiers as torchvision and timm save them (fitted by
-    `adapt_pretrained_state`). Raises
-    FileNotFoundError or ValueError naming the file and what does not match (architecture,
-    keys, shapes).
+    `adapt_pretrained_state`). Raises FileNotFoundError or ValueError naming the file and
+    what does not match (architecture, keys, shapes).
     """
     arch, slot, ignore = encoder_slot(model)
     what = f"{arch or type(getattr(model, 'module', model)).__name__} encoder"
