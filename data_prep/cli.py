@@ -11,6 +11,9 @@ EPILOG = """examples:
   lus prep phantom --out data/phantom_raw
   lus prep pack --layout iclus --src data/phantom_raw/iclus --out data/shards --size 64
   lus prep pack --layout pocus --src ../shared/data/pocus --out data/pocus_shards --workers 2
+  # clips + a per-video score table + a per-patient class table, named by a spec file
+  lus prep pack --layout table --src ../shared/data/covid_blues --spec configs/ingest/covid_blues.yaml \
+      --out data/blues_shards --size 64 --workers 2
   # Slurm job array: every task computes the same plan and writes only its shards
   sbatch --array=0-7 --wrap "lus prep pack --layout pocus --src RAW --out SHARDS"
   sbatch --dependency=afterok:<array job> --wrap "lus prep finalize SHARDS"
@@ -53,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     ph.add_argument("--size", type=int, default=128)
     pk = sub.add_parser("pack", help="ingest a raw layout and write HDF5 shards (+ manifest)",
                         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    pk.add_argument("--layout", choices=("iclus", "pocus"), required=True)
+    pk.add_argument("--layout", choices=("iclus", "pocus", "table"), required=True)
     pk.add_argument("--src", required=True, type=Path)
     pk.add_argument("--out", required=True, type=Path)
     pk.add_argument("--size", type=int, default=256, help="stored frames are size x size (default 256)")
@@ -73,6 +76,10 @@ def _parser() -> argparse.ArgumentParser:
     pk.add_argument("--allow-pickle", action="store_true", help="iclus: allow a pandas pickle table (runs code)")
     pk.add_argument("--viral", choices=("skip", "pneumonia"), default="skip", help="pocus: Vir_* clips")
     pk.add_argument("--no-images", action="store_true", help="pocus: skip still images")
+    pk.add_argument("--spec", type=Path, help="table: YAML/JSON file naming the clip folder, the tables "
+                    "and their columns (keys: data_prep/ingest_table.py TableSpec)")
+    pk.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="table: one spec value, over --spec (repeatable), e.g. --set max_frames=16")
     pk.add_argument("--incomplete", choices=("skip", "keep"), default="skip",
                     help="a clip that decodes fewer frames than its header announces (truncated or "
                          "corrupt part-way): skip it (default) or keep its decoded frames; both are "
@@ -88,11 +95,17 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _ingest(args):
+    """(IngestReport, layout options for the provenance beyond the common ones)."""
     if args.layout == "iclus":
         from data_prep.ingest_iclus import ingest_iclus
-        return ingest_iclus(args.src, table=args.table, allow_pickle=args.allow_pickle)
+        return ingest_iclus(args.src, table=args.table, allow_pickle=args.allow_pickle), {}
+    if args.layout == "table":
+        from data_prep.ingest_table import ingest_table, load_spec
+        from lus_dist.config import to_dict
+        spec = load_spec(args.spec, args.set)
+        return ingest_table(args.src, spec), {"spec": to_dict(spec)}
     from data_prep.ingest_pocus import ingest_pocus
-    return ingest_pocus(args.src, include_images=not args.no_images, viral=args.viral)
+    return ingest_pocus(args.src, include_images=not args.no_images, viral=args.viral), {}
 
 
 def _pack(args) -> int:
@@ -100,14 +113,14 @@ def _pack(args) -> int:
     from lus_dist.shards.format import MANIFEST_NAME, Preprocessing
     from lus_dist.shards.manifest import Manifest
     task, n_tasks = resolve_task(args.task_index, args.num_tasks, os.environ)
-    report = _ingest(args)
+    report, layout_options = _ingest(args)
     print(report.summary())
     cfg = PackConfig(preprocessing=Preprocessing(size=args.size, channels=args.channels, aspect=args.aspect),
                      compression=args.compression, shard_frames=args.shard_frames, folds=args.folds,
                      split_seed=args.split_seed, test_frac=args.test_frac, val_frac=args.val_frac,
-                     incomplete=args.incomplete)
+                     incomplete=args.incomplete, patient_classes=report.patient_classes)
     options = {"viral": args.viral, "include_images": not args.no_images,
-               "table": str(args.table) if args.table else None}
+               "table": str(args.table) if args.table else None, **layout_options}
     manifest = args.out / MANIFEST_NAME
     before = Manifest.load(args.out).version if args.append and manifest.is_file() else None
     m = pack(report.sources, args.out, cfg, provenance(args.layout, args.src, report.skipped, options),

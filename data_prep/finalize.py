@@ -85,7 +85,7 @@ def _complete(plan: Manifest, infos: dict[int, dict]) -> Manifest:
         v["offset"][rows] = np.concatenate([[0], np.cumsum(counts)[:-1]])
         for column in ("n_frames", "bytes", "sha256"):
             plan.shards[column][i] = info[column]
-    plan.patients = _patient_table(v)
+    plan.patients = _patient_table(v, plan.patients["label"])
     new = [infos[i] for i in sorted(infos)]
     plan.provenance = {**plan.provenance,
                        "pack_skipped": [s for x in new for s in x["skipped"]],

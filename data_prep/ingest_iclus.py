@@ -155,11 +155,11 @@ def read_table(path: str | Path, allow_pickle: bool = False) -> pd.DataFrame:
     return df
 
 
-def require_columns(df: pd.DataFrame, path: Path, needed: list[str]) -> None:
+def require_columns(df: pd.DataFrame, path: Path, needed: list[str],
+                    hint: str = "Set the names with ICLUSColumns if your table uses others") -> None:
     missing = [c for c in needed if c not in df.columns]
     if missing:
-        raise IngestError(f"{path}: missing column(s) {missing}; found {list(map(str, df.columns))}. "
-                          f"Set the names with ICLUSColumns if your table uses others")
+        raise IngestError(f"{path}: missing column(s) {missing}; found {list(map(str, df.columns))}. {hint}")
 
 
 def find_table(root: Path, table: str | Path | None) -> Path:

@@ -44,6 +44,7 @@ class PackConfig:
     val_frac: float = 0.0
     default_frames: int = 64          # planning estimate when a video's length is unknown
     incomplete: str = "skip"          # a clip that ends before its header's count: skip | keep
+    patient_classes: tuple[str, ...] = ()   # names of a patient-level target; folds stratify by it
 
     def __post_init__(self):
         if self.incomplete not in ("skip", "keep"):
@@ -84,7 +85,7 @@ def plan_shards(estimates: list[int], shard_frames: int) -> list[list[int]]:
     return shards if shards[0] else []
 
 
-def check_sources(sources: list[VideoSource]) -> list[VideoSource]:
+def check_sources(sources: list[VideoSource], patient_classes=()) -> list[VideoSource]:
     """Sorted by video id (the plan must not depend on listing order); duplicates are errors."""
     seen: dict[str, str] = {}
     for s in sources:
@@ -93,6 +94,9 @@ def check_sources(sources: list[VideoSource]) -> list[VideoSource]:
         seen[s.video_id] = str(s.source)
         if not -1 <= s.label < len(fmt.VIDEO_CLASSES):
             raise PackError(f"{s.source}: video label {s.label} is outside -1..{len(fmt.VIDEO_CLASSES) - 1}")
+        if s.patient_label != fmt.UNKNOWN and not 0 <= s.patient_label < len(patient_classes):
+            raise PackError(f"{s.source}: patient class {s.patient_label} is not an index into the "
+                            f"patient classes {list(patient_classes)}")
     return sorted(sources, key=lambda s: s.video_id)
 
 
@@ -100,7 +104,7 @@ def _assign(sources: list[VideoSource], cfg: PackConfig, base: Manifest | None) 
     """split, fold and patient index per source. With `base` (an append), patients already
     there keep theirs; new patients get a split by the same rule (given split, else seeded
     fractions) and a fold by the same stratified rule, continued from the existing folds."""
-    pids, labels = [s.patient_id for s in sources], [s.label for s in sources]
+    pids, labels = [s.patient_id for s in sources], fold_strata(sources, cfg)
     old_pids = base.videos["patient_id"].tolist() if base else []
     known = dict(zip(old_pids, zip(base.videos["split"].tolist(), base.videos["fold"].tolist()))) if base else {}
     new_rows = [i for i, p in enumerate(pids) if p not in known]
@@ -116,7 +120,7 @@ def _assign(sources: list[VideoSource], cfg: PackConfig, base: Manifest | None) 
     else:
         old_folds = np.concatenate([base.videos["fold"], [known.get(p, (None, -1))[1] for p in pids]])
         folds = extend_group_kfold(old_folds, old_pids + pids, cfg.folds, cfg.split_seed,
-                                   np.concatenate([base.videos["label"], labels]))[len(old_pids):]
+                                   np.concatenate([base_strata(base, cfg), labels]))[len(old_pids):]
     order = (base.patients["patient_id"].tolist() if base else []) + sorted({pids[i] for i in new_rows})
     index = {p: i for i, p in enumerate(order)}
     return {"split": split, "fold": np.asarray(folds), "patient": [index[p] for p in pids]}
@@ -138,6 +142,42 @@ def _video_table(sources: list[VideoSource], shard_of: np.ndarray, cfg: PackConf
     return new if base is None else {k: np.concatenate([base.videos[k], new[k]]) for k in new}
 
 
+# --- a patient-level target (e.g. a PCR result per patient): stored once, in the patient table ---
+def fold_strata(sources: list[VideoSource], cfg: PackConfig) -> list[int]:
+    """What folds keep even per fold: the patient class when the pack has one (each fold then
+    holds about the same share of, say, PCR-positive patients), else the video label."""
+    return [s.patient_label if cfg.patient_classes else s.label for s in sources]
+
+
+def base_strata(base: Manifest, cfg: PackConfig) -> np.ndarray:
+    """`fold_strata` of the videos an append extends, read back from their manifest."""
+    return base.video_patient_labels() if cfg.patient_classes else base.videos["label"]
+
+
+def patient_labels(videos: dict, sources: list[VideoSource], base: Manifest | None) -> np.ndarray:
+    """The patient class per patient row; `sources` are the plan's new rows, in row order.
+    A patient whose videos disagree is an error (no class is picked silently)."""
+    n_old = base.n_videos if base else 0
+    out = np.full(int(videos["patient"].max()) + 1, fmt.UNKNOWN, np.int64)
+    if base is not None:
+        out[:len(base.patients["label"])] = base.patients["label"]
+    for p, s in zip(videos["patient"][n_old:].tolist(), sources):
+        if s.patient_label != fmt.UNKNOWN and out[p] not in (fmt.UNKNOWN, s.patient_label):
+            raise PackError(f"{s.source}: patient {s.patient_id!r} has class {s.patient_label} here "
+                            f"and {int(out[p])} on another video; a patient has one class")
+        if s.patient_label != fmt.UNKNOWN:
+            out[p] = s.patient_label
+    return out
+
+
+def with_patient_classes(classes: dict, cfg: PackConfig, base: Manifest | None) -> dict:
+    """The manifest's class names plus the patient classes (an append must keep the names)."""
+    if base is not None and base.patient_classes != list(cfg.patient_classes):
+        raise PackError(f"--append must keep the patient classes: the pack has {base.patient_classes}, "
+                        f"this ingest gives {list(cfg.patient_classes)}")
+    return {**classes, "patient": list(cfg.patient_classes)} if cfg.patient_classes else classes
+
+
 class NothingToAppend(PackError):
     """`--append` found no video that the shard directory does not already hold."""
 
@@ -147,7 +187,8 @@ def _settings(cfg: PackConfig) -> tuple[dict, dict]:
     return ({**cfg.preprocessing.to_dict(), "compression": cfg.compression, "incomplete": cfg.incomplete},
             {"split": "patient-level; dataset-given split wins, else seeded fractions",
              "test_frac": cfg.test_frac, "val_frac": cfg.val_frac, "seed": cfg.split_seed,
-             "folds": cfg.folds, "fold_method": "patient-level StratifiedGroupKFold by video label"})
+             "folds": cfg.folds, "fold_method": "patient-level StratifiedGroupKFold by "
+             + ("patient class" if cfg.patient_classes else "video label")})
 
 
 def _check_base(base: Manifest, cfg: PackConfig) -> None:
@@ -164,7 +205,7 @@ def make_plan(sources: list[VideoSource], cfg: PackConfig, provenance: dict,
     """The manifest minus what only writing reveals (frame counts, offsets, checksums).
     With `base` (an append), only videos `base` does not hold are planned, into new shards
     after its own; its rows, shards and assignments are carried over unchanged."""
-    sources = check_sources(sources)
+    sources = check_sources(sources, cfg.patient_classes)
     if base is not None:
         _check_base(base, cfg)
         held = set(base.videos["video_id"].tolist())
@@ -190,7 +231,8 @@ def make_plan(sources: list[VideoSource], cfg: PackConfig, provenance: dict,
     pre, splits = _settings(cfg)
     plan = Manifest(videos=videos, patients={}, shards=shards, preprocessing=pre, splits=splits,
                     provenance=provenance, version=version)
-    plan.patients = _patient_table(plan.videos)
+    plan.patients = _patient_table(plan.videos, patient_labels(plan.videos, sources, base))
+    plan.classes = with_patient_classes(plan.classes, cfg, base)
     plan.plan_hash = _plan_hash(plan)
     plan.shards["plan_hash"][first:] = plan.plan_hash
     return plan
@@ -212,14 +254,15 @@ def _relative(source: str, root: str | None) -> str:
     return source
 
 
-def _patient_table(videos: dict) -> dict:
+def _patient_table(videos: dict, labels: np.ndarray | None = None) -> dict:
     n = int(videos["patient"].max()) + 1 if len(videos["patient"]) else 0
     _, first = np.unique(videos["patient"], return_index=True)   # every index 0..n-1 has a video
     return {"patient_id": videos["patient_id"][first], "hospital_id": videos["hospital_id"][first],
             "n_videos": np.bincount(videos["patient"], minlength=n),
             "n_frames": np.bincount(videos["patient"], weights=np.maximum(videos["n_frames"], 0),
                                     minlength=n).astype(np.int64),
-            "split": videos["split"][first]}
+            "split": videos["split"][first],
+            "label": np.full(n, fmt.UNKNOWN, np.int64) if labels is None else np.asarray(labels, np.int64)}
 
 
 # --- running a pack (one task of an array, or all of it) ------------------------------------

@@ -29,6 +29,7 @@ class VideoSource:
     source: str                        # file path(s): provenance for the manifest
     loader: Callable[[], LoadedVideo] = field(repr=False, default=None)
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. split, frame_rate
+    patient_label: int = -1            # index into IngestReport.patient_classes, -1 unknown
 
     def load(self, fit: Callable[[np.ndarray], np.ndarray] | None = None) -> LoadedVideo:
         """Decode. `fit` (the packer's per-frame resize) goes to loaders that take it, so
@@ -49,6 +50,7 @@ class Skip:
 class IngestReport:
     sources: list[VideoSource] = field(default_factory=list)
     skipped: list[Skip] = field(default_factory=list)
+    patient_classes: tuple[str, ...] = ()   # names of VideoSource.patient_label (a patient-level target)
 
     def skip(self, path: str, reason: str) -> None:
         self.skipped.append(Skip(str(path), reason))

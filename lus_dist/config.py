@@ -111,8 +111,19 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: {part!r} is not a section")
-        node[parts[-1]] = yaml.safe_load(raw) if raw != "" else ""
+        node[parts[-1]] = _scalar(raw)
     return data
+
+
+def _scalar(raw: str) -> Any:
+    """An override's value as YAML reads it; text YAML cannot parse (a glob such as *.mp4
+    reads as an alias) is the string it is, and the schema then checks its type."""
+    if raw == "":
+        return ""
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
 
 
 def load_config(cls: type[T], path: str | Path | None = None,

@@ -55,6 +55,12 @@ def test_bad_overrides_say_what_is_wrong(override, message):
         load_config(Run, None, [override])
 
 
+def test_override_text_yaml_cannot_parse_is_a_string():
+    assert load_config(Run, None, ["name=*.mp4", "root=@d"]) == Run(name="*.mp4", root="@d")
+    with pytest.raises(ConfigError, match="expected a list"):
+        load_config(Run, None, ["optim.milestones=[5,"])
+
+
 def test_missing_file_and_bad_yaml_are_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_config(Run, tmp_path / "nope.yaml")

@@ -28,7 +28,8 @@ def test_wheel_installs_a_working_lus_command(tmp_path):
         next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert "lus = lus.cli:main" in entry_points
     for data in ("lus_dist/configs/demo_regstn.yaml", "lus_dist/configs/deepspeed/zero2.json",
-                 "tune/spaces/regstn.yaml"):   # lus demo, DeepSpeed and lus tune defaults
+                 "tune/spaces/regstn.yaml",   # lus demo, DeepSpeed and lus tune defaults
+                 "lus_dist/configs/ingest/covid_blues.yaml"):   # a table-layout spec
         assert data in names, f"{data} missing from {wheel.name}"
 
     target = tmp_path / "site"

@@ -37,7 +37,11 @@ VIDEO_COLUMNS = {  # column -> numpy dtype; row v describes global video index v
     "offset": np.int64, "split": str, "fold": np.int64, "patient": np.int64,
 }
 PATIENT_COLUMNS = {"patient_id": str, "hospital_id": str, "n_videos": np.int64,
-                   "n_frames": np.int64, "split": str}
+                   "n_frames": np.int64, "split": str,
+                   "label": np.int64}   # patient-level target: index into classes["patient"], -1 unknown
+# Columns added after schema 2 first shipped, with the value older manifests read as: the
+# tables stay readable by older code (it ignores extra columns), so no schema bump.
+ADDED_COLUMNS = {"patients": {"label": -1}}
 SHARD_COLUMNS = {"name": str, "n_frames": np.int64, "n_videos": np.int64, "bytes": np.int64,
                  "sha256": str, "plan_hash": str, "version": np.int64}
 FRAME_COLUMNS = {"score": np.int8, "has_mask": bool}   # one row per stored frame, shard order
@@ -63,7 +67,9 @@ class ManifestError(ValueError):
     """A shard directory whose manifest is missing, unreadable or of another schema."""
 
 
-def _table(raw: dict[str, list], columns: dict[str, type], where: str) -> dict[str, np.ndarray]:
+def _table(raw: dict[str, list], columns: dict[str, type], where: str,
+           added: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
+    raw = _with_added(raw, added or {})
     missing = sorted(set(columns) - set(raw))
     if missing:
         raise ManifestError(f"{where}: missing column(s) {missing}")
@@ -72,6 +78,15 @@ def _table(raw: dict[str, list], columns: dict[str, type], where: str) -> dict[s
         raise ManifestError(f"{where}: columns have different lengths {sorted(lengths)}")
     return {c: np.asarray(raw[c], dtype=t) if len(raw[c]) else np.zeros(0, dtype=t)
             for c, t in columns.items()}
+
+
+def _with_added(raw: dict, added: dict[str, Any]) -> dict:
+    """A table written before `added`'s columns existed, with them filled by their defaults."""
+    absent = {c: v for c, v in added.items() if c not in raw}
+    if not absent or not raw:
+        return raw
+    n = len(next(iter(raw.values())))
+    return {**raw, **{c: [v] * n for c, v in absent.items()}}
 
 
 def _legacy_shards(raw: dict, plan_hash: str) -> dict:
@@ -145,6 +160,15 @@ class Manifest:
         """True once every shard has a checksum (finalize ran)."""
         return bool(len(self.shards["sha256"])) and all(self.shards["sha256"])
 
+    @property
+    def patient_classes(self) -> list[str]:
+        """Names of the patient-level target (e.g. a PCR result); [] when the pack has none."""
+        return list(self.classes.get("patient", []))
+
+    def video_patient_labels(self) -> np.ndarray:
+        """Each video's patient-level target (-1 unknown): the patient table is its one home."""
+        return self.patients["label"][self.videos["patient"]]
+
     def _meta(self) -> dict:
         return {"schema_version": self.schema_version, "plan_hash": self.plan_hash,
                 "version": self.version, "classes": self.classes,
@@ -177,7 +201,8 @@ class Manifest:
                     if version == LEGACY_SCHEMA else raw["shards"]
                 frames = None
             return cls(videos=_table(raw["videos"], VIDEO_COLUMNS, f"{where} videos"),
-                       patients=_table(raw["patients"], PATIENT_COLUMNS, f"{where} patients"),
+                       patients=_table(raw["patients"], PATIENT_COLUMNS, f"{where} patients",
+                                       ADDED_COLUMNS["patients"]),
                        shards=_table(raw["shards"], SHARD_COLUMNS, f"{where} shards"),
                        preprocessing=data["preprocessing"], splits=data["splits"],
                        provenance=data["provenance"], plan_hash=data.get("plan_hash", ""),
