@@ -124,8 +124,30 @@ def test_append_with_nothing_new_or_other_settings(grown, capsys):
     assert "nothing new to append: version 2 is current" in capsys.readouterr().out
     assert _shard_state(out) == state and Manifest.load(out).version == 2
     code = main([*PACK[:4], "32", *PACK[5:], "--src", str(base / "raw" / "iclus"), "--out", str(out), "--append"])
-    assert code == 2 and "--append must use the settings of the existing pack; these differ: size" \
+    assert code == 2 and ("--append must use the settings of the existing pack; these differ: size "
+                          "(existing 64, given 32: pass --size 64) (or pack into a new --out)") \
         in capsys.readouterr().err
+
+
+def test_append_names_what_differs_and_what_to_do():
+    """Each differing setting with both values and its flag; a pack that does not record a
+    setting (an older lus-dist made it) is told apart, since no flag can match it."""
+    from data_prep.pack import PackError, make_plan, provenance
+    from shard_helpers import make_sources, small_config
+    sources, prov = make_sources(), provenance("synthetic", "/synthetic", [], {})
+    base = make_plan(sources[:15], small_config(), prov)
+    with pytest.raises(PackError) as err:
+        make_plan(sources, small_config(folds=3, split_seed=2, incomplete="keep"), prov, base)
+    assert str(err.value) == ("--append must use the settings of the existing pack; these differ: folds "
+                              "(existing 4, given 3: pass --folds 4); incomplete (existing 'skip', given "
+                              "'keep': pass --incomplete skip); seed (existing 0, given 2: pass "
+                              "--split-seed 0) (or pack into a new --out)")
+    del base.preprocessing["incomplete"]
+    with pytest.raises(PackError, match=r"^--append: the existing pack does not record incomplete \(an "
+                       r"older lus-dist made it\), so no flag can match its settings; pack all clips "
+                       r"into a new --out") as err:
+        make_plan(sources, small_config(), prov, base)
+    assert "existing: {" not in str(err.value)
 
 
 def test_schema_1_sets_still_load_and_take_an_append(tmp_path):
