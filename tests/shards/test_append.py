@@ -157,7 +157,7 @@ def test_schema_1_sets_still_load_and_take_an_append(tmp_path):
     from shard_helpers import make_sources, pack_synthetic, small_config
     sources = make_sources()
     old = pack_synthetic(tmp_path, sources[:15])
-    legacy = old.to_json().replace('"schema_version": 2', '"schema_version": 1')
+    legacy = old.to_json().replace(f'"schema_version": {fmt.SCHEMA_VERSION}', '"schema_version": 1')
     for f in tmp_path.glob("manifest*"):
         f.unlink()
     (tmp_path / fmt.MANIFEST_NAME).write_text(legacy)
@@ -169,3 +169,45 @@ def test_schema_1_sets_still_load_and_take_an_append(tmp_path):
     assert len(ShardDataset(tmp_path, manifest_version=1)) == old.n_frames
     assert np.array_equal(ShardDataset(tmp_path, manifest_version=1).frame_scores, ds.frame_scores)
     assert report(tmp_path)[0] == 0
+
+
+def _as_schema_2(root):
+    """Rewrite the newest version as schema 2 wrote it: the tables' strings as numpy str."""
+    import json
+    meta = json.loads((root / fmt.MANIFEST_NAME).read_text())
+    tables = root / meta["tables"]["file"]
+    with np.load(tables) as z:
+        arrays = {k: z[k].astype(str) if z[k].dtype.kind == "S" else z[k] for k in z.files}
+    np.savez(tables, **arrays)
+    meta.update(schema_version=2, tables={**meta["tables"], "sha256": fmt.file_checksum(tables),
+                                          "bytes": tables.stat().st_size})
+    for name in (fmt.MANIFEST_NAME, f"manifest-v{meta['version']:04d}.json"):
+        (root / name).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+
+
+def test_schema_2_sets_read_as_before_and_take_an_append(tmp_path):
+    """A set whose tables hold numpy str (schema 2) reads exactly as one packed now, is held
+    as compactly, validates, and an append adds a version of the current schema."""
+    import shutil
+
+    from data_prep.pack import pack, provenance
+    from lus_dist.shards.manifest import VIDEO_COLUMNS
+    from shard_helpers import make_sources, pack_synthetic, small_config
+    sources = make_sources()
+    pack_synthetic(tmp_path / "now", sources[:15])
+    shutil.copytree(tmp_path / "now", tmp_path / "old")
+    _as_schema_2(tmp_path / "old")
+    old, now = Manifest.load(tmp_path / "old"), Manifest.load(tmp_path / "now")
+    assert (old.schema_version, now.schema_version) == (2, fmt.SCHEMA_VERSION)
+    for c in VIDEO_COLUMNS:
+        assert old.videos[c].tolist() == now.videos[c].tolist(), c
+    assert old.videos.stored()["video_id"].dtype == now.videos.stored()["video_id"].dtype == "S6"
+    a, b = ShardDataset(tmp_path / "old", split="train"), ShardDataset(tmp_path / "now", split="train")
+    assert len(a) == len(b) and np.array_equal(a.frame_scores, b.frame_scores)
+    assert np.array_equal(a[len(a) - 1]["image"].numpy(), b[len(b) - 1]["image"].numpy())
+    assert report(tmp_path / "old")[0] == 0
+    new = pack(sources, tmp_path / "old", small_config(), provenance("synthetic", "/synthetic", [], {}),
+               progress=False, append=True)
+    assert new.version == 2 and Manifest.load(tmp_path / "old").schema_version == fmt.SCHEMA_VERSION
+    assert Manifest.load(tmp_path / "old", version=1).schema_version == 2
+    assert report(tmp_path / "old")[0] == 0
