@@ -78,6 +78,7 @@ def stn_examples_png(frames: np.ndarray, boxes: np.ndarray, path: str | Path,
 
 def stn_examples_figure(frames: np.ndarray, boxes: np.ndarray, titles: Sequence[str] | None = None,
                         masks: np.ndarray | None = None, cols: int = 4, title: str = "STN crops"):
+    """The figure `stn_examples_png` saves, left open so a caller can read its parts back."""
     frames, boxes = np.asarray(frames), np.asarray(boxes)
     n = len(frames)
     cols = max(1, min(cols, n))
