@@ -295,14 +295,17 @@ def _clean_tmp(out: Path, indices) -> None:
             leftover.unlink(missing_ok=True)
 
 
-def _base(out: Path, append: bool) -> Manifest | None:
-    """The version an --append extends (its manifest must be complete)."""
+def _base(out: Path, append: bool, cfg: PackConfig) -> Manifest | None:
+    """The version an --append extends (its manifest must be complete, its settings those
+    of `cfg`: checked before a schema-1 manifest is saved anew, so a refused append leaves
+    the directory as it was)."""
     if not append:
         return None
     if not (out / fmt.MANIFEST_NAME).is_file():
         raise PackError(f"--append: {out} holds no finished pack ({fmt.MANIFEST_NAME} missing); "
                         "pack it first (or finalize it)")
     base = Manifest.load(out)
+    _check_base(base, cfg)
     if base.frames is None:   # schema 1: saved as version 1 of schema 2 so it stays loadable
         from data_prep.finalize import frame_columns
         base.frames = frame_columns(out, base)
@@ -321,7 +324,7 @@ def pack(sources: list[VideoSource], out: str | Path, cfg: PackConfig, provenanc
     With nothing new it returns the current manifest."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    base = _base(out, append)
+    base = _base(out, append, cfg)
     try:
         plan = make_plan(sources, cfg, provenance, base)
     except NothingToAppend:

@@ -150,6 +150,27 @@ def test_append_names_what_differs_and_what_to_do():
     assert "existing: {" not in str(err.value)
 
 
+def test_a_refused_append_leaves_an_old_pack_as_it_was(tmp_path):
+    """A schema-1 pack that does not record `incomplete` (packs before that setting): the
+    append is refused before anything is written (no schema-1 manifest saved anew)."""
+    import json
+
+    from data_prep.pack import PackError, pack, provenance
+    from shard_helpers import make_sources, pack_synthetic, small_config
+    sources = make_sources()
+    old = json.loads(pack_synthetic(tmp_path, sources[:15]).to_json())
+    del old["preprocessing"]["incomplete"]
+    old["schema_version"] = 1
+    for f in tmp_path.glob("manifest*"):
+        f.unlink()
+    (tmp_path / fmt.MANIFEST_NAME).write_text(json.dumps(old))
+    before = sorted((p.name, p.read_bytes()) for p in tmp_path.iterdir())
+    with pytest.raises(PackError, match="does not record incomplete"):
+        pack(sources, tmp_path, small_config(), provenance("synthetic", "/synthetic", [], {}),
+             progress=False, append=True)
+    assert sorted((p.name, p.read_bytes()) for p in tmp_path.iterdir()) == before
+
+
 def test_schema_1_sets_still_load_and_take_an_append(tmp_path):
     """A set packed before schema 2 (tables inline in manifest.json, no frame columns) reads
     as version 1, and an append keeps that version loadable."""
