@@ -7,7 +7,7 @@ preallocated full-resolution array, grayscale detected) over the very same shard
 the same number of processes, writing nothing, so pack/decode isolates what packing adds.
 Packing decodes each frame straight into the stored size (resized as it arrives, no
 full-resolution clip is held) and then compresses, writes HDF5 and checksums. Both keep
-incomplete clips (--incomplete keep) so they process the same frames. Targets (issue 3): pack <= 1.3x decode-only;
+incomplete clips (--incomplete keep) so they process the same frames. Targets: pack <= 1.3x decode-only;
 2 processes >= 1.7x faster than 1. On a shared machine wall time follows the other tenants'
 load (printed beside each number) and the 2-process speedup is bounded by the free cores,
 so CPU seconds (user + system, children included) are printed too: the CPU ratio is what

@@ -35,8 +35,10 @@ Z at its set nearest the packer's default 1024 frames per shard, with worker-aff
 batches. An epoch opens each shard once, the manifest's two files, and the <= workers - 1
 shards cut between two workers' blocks again, so the ratio is frames / (shards + 3):
 1000-frame shards stay just under 1000x (997x), 2000-frame ones about double it;
-100-frame shards cannot come close. Goals (issue 15): X <= 1, Y <= 64, Z >= 1000. --quick stops at 10^5 frames (about 5 minutes). On a shared machine
-wall times follow the other tenants' load, printed beside each row.
+100-frame shards cannot come close. Goals: X <= 1 (start-up stays flat as shards are
+added), Y <= 64 (every rank and loader worker holds the index: 64 B a frame is 640 MB per
+process at 10^7 frames), Z >= 1000. --quick stops at 10^5 frames (about 5 minutes). On a
+shared machine wall times follow the other tenants' load, printed beside each row.
 """
 from __future__ import annotations
 

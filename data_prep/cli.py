@@ -140,8 +140,9 @@ def _print_done(out: Path, m) -> None:
     skipped = m.provenance.get("pack_skipped", [])
     kept = m.provenance.get("pack_incomplete_kept", [])
     new = int((m.shards["version"] == m.version).sum())
-    print(f"{out}: version {m.version}: {len(m.shards['name'])} shards ({new} new), {m.n_videos} videos, "
-          f"{m.n_frames} frames; {len(skipped)} video(s) skipped while packing, "
+    stored = int((m.videos["n_frames"] > 0).sum())   # a skipped clip keeps its row, with no frames
+    print(f"{out}: version {m.version}: {len(m.shards['name'])} shards ({new} new), {stored} video(s), "
+          f"{m.n_frames} frames; {len(skipped)} more video(s) skipped while packing, "
           f"{len(kept)} incomplete clip(s) kept")
     for s in skipped:
         print(f"  skipped {s['path']}: {s['reason']}")

@@ -4,7 +4,8 @@ Layout: `root/videos/<probe>/<Label>_<name>.{mp4,avi,mpeg,mov,gif}` and, optiona
 `root/images/<probe>/<Label>_<name>.{jpg,png}` stills (each a one-frame video). The
 diagnosis comes from the file-name prefix, case-insensitive: Cov -> covid,
 Pne/Pneu -> pneumonia, Reg -> healthy ("regular"); Vir (other viral pneumonia) is
-skipped with a reason by default, or counted as pneumonia with viral="pneumonia".
+skipped with a reason by default, or counted as pneumonia with viral="pneumonia"
+(`lus prep pack --viral pneumonia`).
 The probe is the folder under videos/ or images/ ("unknown" for files directly there);
 anything under a `label_uncertain/` folder is reported as skipped.
 
@@ -47,7 +48,8 @@ def label_from_name(name: str, viral: str = "skip") -> tuple[int | None, str | N
                       f"before the first '_' or '-')")
     if cls == "viral":
         if viral == "skip":
-            return None, "viral pneumonia (Vir) is not one of the 3 classes; pass viral='pneumonia' to keep it"
+            return None, ("viral pneumonia (Vir) is not one of the 3 classes; keep it as pneumonia with "
+                          "`--viral pneumonia` (`viral=pneumonia` in `lus experiment pocus`)")
         cls = "pneumonia"
     return VIDEO_CLASSES.index(cls), None
 

@@ -191,13 +191,35 @@ def _settings(cfg: PackConfig) -> tuple[dict, dict]:
              + ("patient class" if cfg.patient_classes else "video label")})
 
 
+_FIXED = ("interpolation", "mask_interpolation", "dtype")   # set by the lus-dist version, no flag
+
+
+def _setting_text(key: str, have, want) -> str:
+    """One differing append setting: both values and the flag that sets it."""
+    if key in _FIXED:
+        return f"{key} (existing {have!r}, this lus-dist writes {want!r})"
+    flag = "--split-seed" if key == "seed" else f"--{key.replace('_', '-')}"
+    return f"{key} (existing {have!r}, given {want!r}: pass {flag} {have})"
+
+
 def _check_base(base: Manifest, cfg: PackConfig) -> None:
+    """An append packs by the existing pack's settings. A setting that only one side knows
+    (a pack made by another lus-dist version) cannot be matched by any flag, so such a
+    pack takes no append; the clips then go into a new pack."""
     pre, splits = _settings(cfg)
-    diff = sorted(k for k in set(pre) | set(base.preprocessing) if pre.get(k) != base.preprocessing.get(k))
-    diff += sorted(k for k in ("test_frac", "val_frac", "seed", "folds") if splits[k] != base.splits.get(k))
+    given = {**pre, **{k: splits[k] for k in ("test_frac", "val_frac", "seed", "folds")}}
+    have = {**{k: base.splits[k] for k in given if k in base.splits}, **base.preprocessing}
+    older, newer = sorted(set(given) - set(have)), sorted(set(have) - set(given))
+    if older or newer:
+        why = (f"does not record {', '.join(older)} (an older lus-dist made it)" if older else
+               f"records {', '.join(newer)}, unknown to this lus-dist (a newer one made it)")
+        raise PackError(f"--append: the existing pack {why}, so no flag can match its settings; pack "
+                        "all clips into a new --out (the existing pack stays readable as it is)")
+    diff = sorted(k for k in given if given[k] != have[k])
     if diff:
-        raise PackError(f"--append must use the settings of the existing pack; these differ: {', '.join(diff)} "
-                        f"(existing: { {k: base.preprocessing.get(k, base.splits.get(k)) for k in diff} })")
+        raise PackError("--append must use the settings of the existing pack; these differ: "
+                        + "; ".join(_setting_text(k, have[k], given[k]) for k in diff)
+                        + " (or pack into a new --out)")
 
 
 def make_plan(sources: list[VideoSource], cfg: PackConfig, provenance: dict,
@@ -316,14 +338,17 @@ def _clean_tmp(out: Path, indices) -> None:
             leftover.unlink(missing_ok=True)
 
 
-def _base(out: Path, append: bool) -> Manifest | None:
-    """The version an --append extends (its manifest must be complete)."""
+def _base(out: Path, append: bool, cfg: PackConfig) -> Manifest | None:
+    """The version an --append extends (its manifest must be complete, its settings those
+    of `cfg`: checked before a schema-1 manifest is saved anew, so a refused append leaves
+    the directory as it was)."""
     if not append:
         return None
     if not (out / fmt.MANIFEST_NAME).is_file():
         raise PackError(f"--append: {out} holds no finished pack ({fmt.MANIFEST_NAME} missing); "
                         "pack it first (or finalize it)")
     base = Manifest.load(out)
+    _check_base(base, cfg)
     if base.frames is None:   # schema 1: saved as version 1 of schema 2 so it stays loadable
         from data_prep.finalize import frame_columns
         base.frames = frame_columns(out, base)
@@ -342,7 +367,7 @@ def pack(sources: list[VideoSource], out: str | Path, cfg: PackConfig, provenanc
     With nothing new it returns the current manifest."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    base = _base(out, append)
+    base = _base(out, append, cfg)
     try:
         plan = make_plan(sources, cfg, provenance, base)
     except NothingToAppend:

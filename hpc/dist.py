@@ -8,7 +8,7 @@
 Elastic restarts (``torchrun --max-restarts``): set ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1``
 in the launching environment (slurm/common.sh does). Otherwise torchrun's rendezvous store
 survives a restart and the new group often fails with gloo "connectFullMesh ... Connection
-refused" or hangs (pytorch issues 135712, 167288); with it, 11 of 11 restarts passed here.
+refused" or hangs (pytorch/pytorch#135712, #167288); with it, 11 of 11 restarts passed here.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """An exponential moving average of a model's weights, checkpointable and exact on resume.
 
-Why: per-epoch validation scores of the raw weights swing by 0.2-0.4 on the POCUS clips
-(issue 14); the EMA weights average out the last steps' noise and are what the stable
+Why: per-epoch validation scores of the raw weights swing by 0.2-0.4 on the POCUS clips;
+the EMA weights average out the last steps' noise and are what the stable
 recipe evaluates, checkpoints and exports. It is torch's own `AveragedModel` with
 `get_ema_multi_avg_fn` (foreach updates), averaging the BatchNorm buffers too
 (`use_buffers=True`), so the EMA model is self-consistent without a BN re-estimation pass.

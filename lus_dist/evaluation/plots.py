@@ -13,9 +13,14 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from sklearn.metrics import roc_curve  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 
-BOX_COLOURS = ("#ff3030", "#30c0ff")  # crop 1 (used at inference), crop 2
+from lus_dist.models.localization import CROP_COLOURS, CROP_NAMES  # noqa: E402
+
+
+def crop_colour(k: int) -> tuple[float, ...]:
+    """Crop k's colour for matplotlib (0..1 RGB), the same as in every other picture."""
+    return tuple(c / 255 for c in CROP_COLOURS[k % len(CROP_COLOURS)])
 
 
 def confusion_png(cm: np.ndarray, classes: Sequence[str], path: str | Path,
@@ -41,6 +46,8 @@ def confusion_png(cm: np.ndarray, classes: Sequence[str], path: str | Path,
 def roc_png(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str], path: str | Path,
             aucs: Sequence[float | None] | None = None, title: str = "ROC (one vs rest)") -> Path:
     """One curve per class that has both positives and negatives (else AUC is undefined)."""
+    from sklearn.metrics import roc_curve   # sklearn only where a curve is drawn (training draws none)
+
     y_true = np.asarray(y_true)
     probs = np.asarray(probs, dtype=np.float64)
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
@@ -62,14 +69,22 @@ def roc_png(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str], path:
 
 def stn_examples_png(frames: np.ndarray, boxes: np.ndarray, path: str | Path,
                      titles: Sequence[str] | None = None, masks: np.ndarray | None = None,
-                     cols: int = 4) -> Path:
-    """Frames (N,H,W) in [0,1] with the STN crop boxes (N,K,4) x0,y0,x1,y1 in pixels;
-    marker masks, when known, are tinted so a reader sees whether the crops find them."""
-    frames = np.asarray(frames)
+                     cols: int = 4, title: str = "STN crops") -> Path:
+    """Frames (N,H,W) in [0,1] with the STN crop boxes (N,K,4) x0,y0,x1,y1 in pixels, a
+    title and a legend naming each crop's colour; marker masks, when known, are tinted so a
+    reader sees whether the crops find them."""
+    return _save(stn_examples_figure(frames, boxes, titles, masks, cols, title), path)
+
+
+def stn_examples_figure(frames: np.ndarray, boxes: np.ndarray, titles: Sequence[str] | None = None,
+                        masks: np.ndarray | None = None, cols: int = 4, title: str = "STN crops"):
+    """The figure `stn_examples_png` saves, left open so a caller can read its parts back."""
+    frames, boxes = np.asarray(frames), np.asarray(boxes)
     n = len(frames)
     cols = max(1, min(cols, n))
     nrows = int(np.ceil(n / cols))
-    fig, axes = plt.subplots(nrows, cols, figsize=(2.4 * cols, 2.5 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, cols, figsize=(2.4 * cols, 2.5 * nrows + 0.5), squeeze=False,
+                             layout="constrained")
     for i, ax in enumerate(axes.ravel()):
         ax.axis("off")
         if i >= n:
@@ -77,13 +92,17 @@ def stn_examples_png(frames: np.ndarray, boxes: np.ndarray, path: str | Path,
         ax.imshow(frames[i], cmap="gray", vmin=0, vmax=1)
         if masks is not None:
             ax.imshow(np.ma.masked_equal(masks[i], 0), cmap="autumn", alpha=0.35)
-        for k, (x0, y0, x1, y1) in enumerate(np.asarray(boxes[i])):
+        for k, (x0, y0, x1, y1) in enumerate(boxes[i]):
             ax.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=1.5,
-                                       edgecolor=BOX_COLOURS[k % len(BOX_COLOURS)]))
+                                       edgecolor=crop_colour(k)))
         if titles is not None:
             ax.set_title(titles[i], fontsize=8)
-    fig.suptitle("STN crops (red: crop 1, used at inference; blue: crop 2)", fontsize=9)
-    return _save(fig, path)
+    fig.suptitle(title, fontsize=10)
+    crops = boxes.shape[1] if boxes.ndim == 3 else 0
+    fig.legend(handles=[Patch(fill=False, lw=1.5, edgecolor=crop_colour(k), label=CROP_NAMES[k])
+                        for k in range(min(crops, len(CROP_NAMES)))],
+               loc="outside lower center", ncol=max(crops, 1), fontsize=8, frameon=False)
+    return fig
 
 
 def curves_png(curves: dict[str, Sequence[float]], path: str | Path, title: str,
@@ -100,7 +119,8 @@ def curves_png(curves: dict[str, Sequence[float]], path: str | Path, title: str,
 def _save(fig, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:
+        fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

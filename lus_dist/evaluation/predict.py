@@ -206,8 +206,10 @@ MASK_RGB = np.array([[0, 0, 0], [255, 220, 0], [0, 200, 255], [255, 60, 200]], n
 
 def annotate(frames: np.ndarray, boxes: np.ndarray | None, masks: np.ndarray | None,
              labels: list[str], upscale: int) -> np.ndarray:
-    """RGB (T, H*u, W*u, 3): mask tint, crop-1 red / crop-2 green boxes, per-frame label."""
+    """RGB (T, H*u, W*u, 3): mask tint, crop boxes in their CROP_COLOURS, per-frame label."""
     import cv2
+
+    from lus_dist.models.localization import CROP_COLOURS
     rgb = np.repeat(frames, 3, -1) if frames.shape[-1] == 1 else frames.copy()
     if masks is not None:
         tint = MASK_RGB[np.clip(masks, 0, len(MASK_RGB) - 1)]
@@ -218,8 +220,8 @@ def annotate(frames: np.ndarray, boxes: np.ndarray | None, masks: np.ndarray | N
         img = cv2.resize(img, None, fx=upscale, fy=upscale, interpolation=cv2.INTER_NEAREST)
         if boxes is not None:
             for k, (x0, y0, x1, y1) in enumerate(boxes[t] * upscale):
-                colour = (255, 40, 40) if k == 0 else (40, 220, 40)
-                cv2.rectangle(img, (int(x0), int(y0)), (int(x1) - 1, int(y1) - 1), colour, 1)
+                cv2.rectangle(img, (int(x0), int(y0)), (int(x1) - 1, int(y1) - 1),
+                              CROP_COLOURS[k % len(CROP_COLOURS)], 1)
         cv2.putText(img, labels[t], (3, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1)
         out.append(img)
     return np.stack(out)

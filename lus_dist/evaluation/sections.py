@@ -98,7 +98,8 @@ def stn_section(rep: Report, run: RunInfo, n: int, notes: list[str]) -> None:
     pick = pool[np.linspace(0, len(pool) - 1, min(n, len(pool))).astype(int)]
     titles = [f"score {items[i]['score']}" for i in pick]
     path = plots.stn_examples_png(x[pick, 0], boxes[pick], rep.out / f"stn_{run.path.name}.png",
-                                  titles, masks[pick])
+                                  titles, masks[pick], title=f"{run.name}: STN crops on test frames "
+                                  "(markers tinted)")
     rep.image(path, f"{run.name} STN crops")
     if loc.get("frames"):
         rep.text(f"Localisation ({run.name}, {loc['frames']} test frames with B-lines or "

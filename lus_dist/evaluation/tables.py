@@ -37,7 +37,7 @@ class Table:
         return str(value)
 
     def is_filled(self) -> bool:
-        """True when every cell holds a number or label: the CI acceptance check."""
+        """True when every cell holds a number or label: what CI requires of a finished table."""
         return bool(self.rows) and all(self.cell_text(v) != "n/a" for r in self.rows for v in r)
 
     def to_markdown(self) -> str:

@@ -21,8 +21,7 @@ from lus_dist.engine.family import Family, Splits
 from lus_dist.engine.results import write_frame_predictions
 from lus_dist.losses import FrameLossConfig, frame_loss
 from lus_dist.metrics import frame_metrics
-from lus_dist.models import (ENCODER_FILE, build_frame_model, draw_boxes, encoder_slot, export_encoder,
-                             stn_boxes)
+from lus_dist.models import ENCODER_FILE, build_frame_model, encoder_slot, export_encoder, stn_boxes
 from lus_dist.shards.format import SCORE_CLASSES
 
 
@@ -119,7 +118,8 @@ class RegSTN(Family):
 
     def after_epoch(self, net, splits: Splits, run_dir: Path, epoch: int) -> None:
         if self.cfg.viz_frames > 0 and hasattr(net, "transforms"):
-            stn_grid(net, splits.val, self.cfg.viz_frames, run_dir / "viz" / f"epoch-{epoch:03d}.png")
+            stn_grid(net, splits.val, self.cfg.viz_frames, run_dir / "viz" / f"epoch-{epoch:03d}.png",
+                     f"Epoch {epoch}: STN crops on {validation_name(self.cfg.data)} frames")
 
     @classmethod
     def report_section(cls, rep, runs, options) -> None:
@@ -136,17 +136,15 @@ def has_encoder(net: torch.nn.Module) -> bool:
     return True
 
 
-def stn_grid(model, ds, n: int, path: Path) -> None:
-    """n frames spread over the split (so over videos), 2 rows, with both crop boxes."""
+def stn_grid(model, ds, n: int, path: Path, title: str) -> None:
+    """n frames spread over the split (so over videos), 2 rows, with their crop boxes: the
+    report's figure, so crops keep one colour and a legend everywhere."""
+    from lus_dist.evaluation.plots import stn_examples_png   # matplotlib only when a picture is drawn
+
     picks = np.linspace(0, len(ds) - 1, min(n, len(ds))).round().astype(int)
-    x = torch.stack([ds[int(i)]["image"] for i in picks])
+    items = [ds[int(i)] for i in picks]
+    x = torch.stack([it["image"] for it in items])
     param = next(model.parameters())          # the model's device and dtype (bf16 under DeepSpeed)
     boxes = stn_boxes(model, x.to(param.device, param.dtype)).float().cpu()
-    cols = (len(x) + 1) // 2
-    c, h, w = x.shape[1:]
-    canvas = torch.zeros(c, h * 2, w * cols)
-    for i, frame in enumerate(x):
-        r, q = divmod(i, cols)
-        canvas[:, r * h:(r + 1) * h, q * w:(q + 1) * w] = frame
-        boxes[i] += torch.tensor([q * w, r * h, q * w, r * h])
-    draw_boxes(canvas, boxes.reshape(-1, 4), path, upscale=max(1, 256 // h))
+    names = [f"video {int(it['video'])}, frame {int(it['frame'])}" for it in items]
+    stn_examples_png(x.mean(1).numpy(), boxes.numpy(), path, names, cols=(len(x) + 1) // 2, title=title)

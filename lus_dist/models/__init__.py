@@ -76,13 +76,13 @@ def load_weights_file(module: torch.nn.Module, path: str, what: str) -> None:
 
 
 from .registry import FRAME_MODELS, build_frame_model  # noqa: E402
-from .localization import draw_boxes, stn_boxes  # noqa: E402
+from .localization import stn_boxes  # noqa: E402
 from .seg import SEG_ARCHS, build_seg_model  # noqa: E402
 from .cnnlstm import CNNLSTM, CNNLSTMConfig, extract_features  # noqa: E402
 from .encoder import (ENCODER_FILE, ContrastiveModel, build_encoder, encoder_slot, export_encoder,  # noqa: E402
                       load_encoder)
 
 __all__ = ["FrameOutput", "load_weights_file", "FRAME_MODELS", "build_frame_model",
-           "stn_boxes", "draw_boxes", "SEG_ARCHS", "build_seg_model", "CNNLSTM",
+           "stn_boxes", "SEG_ARCHS", "build_seg_model", "CNNLSTM",
            "CNNLSTMConfig", "extract_features", "read_state_dict", "check_and_load",
            "ENCODER_FILE", "ContrastiveModel", "build_encoder", "encoder_slot", "export_encoder", "load_encoder"]

@@ -5,14 +5,13 @@ the identity transform covers (0, 0, W, H). Rotated crops give their axis-aligne
 """
 from __future__ import annotations
 
-from pathlib import Path
-
-import numpy as np
 import torch
 from torch import nn
 
-# crop 1 (prediction) red, crop 2 (consistency view) green, in BGR for OpenCV
-BOX_COLOURS = ((0, 0, 255), (0, 200, 0))
+# The one colour (RGB) and name of each crop, in every picture: the per-epoch grid, the
+# report's figure and `lus predict`'s annotated clip.
+CROP_COLOURS = ((255, 48, 48), (48, 192, 255))
+CROP_NAMES = ("crop 1 (prediction)", "crop 2 (consistency view)")
 _CORNERS = torch.tensor([[-1.0, -1.0, 1.0], [1.0, -1.0, 1.0], [-1.0, 1.0, 1.0], [1.0, 1.0, 1.0]])
 
 
@@ -48,41 +47,3 @@ def stn_boxes(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     finally:
         net.train(was_training)
     return theta_to_boxes(thetas, x.shape[-2], x.shape[-1])
-
-
-def _to_bgr_uint8(frame: np.ndarray | torch.Tensor) -> np.ndarray:
-    img = frame.detach().cpu().float().numpy() if isinstance(frame, torch.Tensor) else \
-        np.asarray(frame)
-    if img.ndim == 3 and img.shape[0] in (1, 3) and img.shape[-1] not in (1, 3):
-        img = np.moveaxis(img, 0, -1)  # CHW -> HWC
-    if img.ndim == 3 and img.shape[-1] == 1:
-        img = img[..., 0]
-    if img.ndim not in (2, 3):
-        raise ValueError(f"draw_boxes: expected a (H,W), (C,H,W) or (H,W,C) frame, "
-                         f"got shape {img.shape}")
-    if img.dtype != np.uint8:
-        img = (np.clip(img.astype(np.float32), 0.0, 1.0) * 255).round().astype(np.uint8)
-    if img.ndim == 2:
-        img = np.repeat(img[..., None], 3, axis=-1)
-    return np.ascontiguousarray(img[..., ::-1] if img.shape[-1] == 3 else img)
-
-
-def draw_boxes(frame: np.ndarray | torch.Tensor, boxes: np.ndarray | torch.Tensor,
-               path: str | Path, upscale: int = 1) -> Path:
-    """Write `frame` with its crop boxes (n, 4) as a PNG; `upscale` enlarges small frames."""
-    import cv2
-
-    img = _to_bgr_uint8(frame)
-    if upscale > 1:
-        img = cv2.resize(img, None, fx=upscale, fy=upscale, interpolation=cv2.INTER_NEAREST)
-    b = np.asarray(boxes.detach().cpu() if isinstance(boxes, torch.Tensor) else boxes,
-                   dtype=np.float64).reshape(-1, 4) * upscale
-    for i, (x0, y0, x1, y1) in enumerate(b):
-        cv2.rectangle(img, (int(round(x0)), int(round(y0))),
-                      (int(round(x1)) - 1, int(round(y1)) - 1),
-                      BOX_COLOURS[i % len(BOX_COLOURS)], 1)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), img):
-        raise OSError(f"{path}: could not write PNG")
-    return path

@@ -16,7 +16,8 @@ MASK_CLASSES: tuple[str, ...] = ("background", "pleural_line", "b_line", "consol
 UNKNOWN = -1  # label / score not annotated
 
 # --- files -----------------------------------------------------------------------------
-SCHEMA_VERSION = 2                # 2: tables in a binary sidecar, versions (manifest.py)
+SCHEMA_VERSION = 3                # 2: tables in a binary sidecar, versions; 3: their strings
+                                  # as UTF-8 bytes (manifest.py)
 MANIFEST_NAME = "manifest.json"   # written last, atomically: its presence means "complete"
 PLAN_NAME = "plan.json"           # the manifest minus checksums; every pack task writes it
 SHARD_GLOB = "shard-*.h5"

@@ -1,13 +1,17 @@
 """`manifest.json`: what a shard directory holds, written last and atomically.
 
-Tables are column-oriented (a dict of equal-length arrays). Schema 2 (this version) keeps
-only the small metadata in JSON and the tables in a binary sidecar, `manifest-vNNNN.npz`
+Tables are column-oriented (equal-length arrays by column name). Schema 2 and 3 keep only
+the small metadata in JSON and the tables in a binary sidecar, `manifest-vNNNN.npz`
 (per-video, per-patient and per-shard columns plus per-frame score/has-mask columns), so
 a 10^6-frame set starts up from two file reads instead of parsing 10^5 JSON rows and
-opening every shard. Each pack or `--append` writes a new *version* N:
-`manifest-vNNNN.json` + `.npz`, then `manifest.json` (a copy of the newest) last; older
-versions stay, so a run can name the version it trained on. Schema 1 directories (tables
-inline in manifest.json, no frame columns) still load as version 1.
+opening every shard. Schema 3 (this version) stores the per-video and per-patient strings
+as UTF-8 bytes and keeps them so in memory (`Table`): numpy's str dtype spends 4 bytes a
+character, so the ids and paths of a set of short clips cost more per frame than the
+frame index itself in every rank and loader worker. Each pack or `--append` writes a new
+*version* N: `manifest-vNNNN.json` + `.npz`, then `manifest.json` (a copy of the newest)
+last; older versions stay, so a run can name the version it trained on. Schema 2
+directories (str columns) load unchanged; schema 1 ones (tables inline in manifest.json,
+no frame columns) load as version 1.
 The plan (`plan.json`, the manifest minus what only writing reveals) keeps its tables
 inline: every Slurm array task writes it identically and `finalize` completes it.
 """
@@ -20,6 +24,7 @@ import os
 import re
 import socket
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +35,7 @@ from lus_dist.shards.format import (MANIFEST_NAME, MASK_CLASSES, SCHEMA_VERSION,
                                     TMP_SUFFIX, VIDEO_CLASSES)
 
 LEGACY_SCHEMA = 1                      # tables inline in manifest.json, read as version 1
+READABLE_SCHEMAS = (LEGACY_SCHEMA, 2, SCHEMA_VERSION)   # 2: str columns in the sidecar
 
 VIDEO_COLUMNS = {  # column -> numpy dtype; row v describes global video index v
     "video_id": str, "patient_id": str, "hospital_id": str, "probe": str, "source": str,
@@ -67,7 +73,52 @@ class ManifestError(ValueError):
     """A shard directory whose manifest is missing, unreadable or of another schema."""
 
 
-def _table(raw: dict[str, list], columns: dict[str, type], where: str,
+def _utf8(column: np.ndarray) -> np.ndarray:
+    """str -> UTF-8 bytes ('S'), through numpy's fast ASCII cast where it applies."""
+    try:
+        return column.astype("S")
+    except UnicodeEncodeError:
+        return np.strings.encode(column, "utf-8")
+
+
+def _text(column: np.ndarray) -> np.ndarray:
+    """UTF-8 bytes ('S') -> str, read-only (a write into the copy would be lost)."""
+    try:
+        out = column.astype(str)
+    except UnicodeDecodeError:
+        out = np.strings.decode(column, "utf-8")
+    out.flags.writeable = False
+    return out
+
+
+class Table(Mapping):
+    """Equal-length columns by name whose str columns are held as UTF-8 bytes: a byte an
+    ASCII character instead of numpy's four. Reading a column gives a str array, so code
+    that compares, filters or writes ids sees str; other columns are the stored arrays."""
+
+    def __init__(self, columns: Mapping[str, np.ndarray]):
+        arrays = {c: np.asarray(v) for c, v in columns.items()}   # int columns: the very arrays
+        self._columns = {c: _utf8(v) if v.dtype.kind == "U" else v for c, v in arrays.items()}
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        column = self._columns[name]
+        return _text(column) if column.dtype.kind == "S" else column
+
+    def __iter__(self):
+        return iter(self._columns)
+
+    def __len__(self) -> int:
+        return len(self._columns)
+
+    def stored(self) -> dict[str, np.ndarray]:
+        """The columns as held (str columns as bytes): what the sidecar stores."""
+        return dict(self._columns)
+
+    def __repr__(self) -> str:
+        return f"Table({ {c: str(v.dtype) for c, v in self._columns.items()} })"
+
+
+def _table(raw: Mapping[str, list], columns: dict[str, type], where: str,
            added: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
     raw = _with_added(raw, added or {})
     missing = sorted(set(columns) - set(raw))
@@ -76,8 +127,16 @@ def _table(raw: dict[str, list], columns: dict[str, type], where: str,
     lengths = {len(raw[c]) for c in columns}
     if len(lengths) > 1:
         raise ManifestError(f"{where}: columns have different lengths {sorted(lengths)}")
-    return {c: np.asarray(raw[c], dtype=t) if len(raw[c]) else np.zeros(0, dtype=t)
-            for c, t in columns.items()}
+    return {c: _column(raw[c], t) for c, t in columns.items()}
+
+
+def _column(values, dtype: type) -> np.ndarray:
+    """A stored column as its declared type; stored UTF-8 bytes stay bytes (Table reads them)."""
+    if not len(values):
+        return np.zeros(0, dtype=dtype)
+    if dtype is str and isinstance(values, np.ndarray) and values.dtype.kind == "S":
+        return values
+    return np.asarray(values, dtype=dtype)
 
 
 def _with_added(raw: dict, added: dict[str, Any]) -> dict:
@@ -134,8 +193,8 @@ def _plain(table: dict[str, np.ndarray]) -> dict[str, list]:
 
 @dataclass
 class Manifest:
-    videos: dict[str, np.ndarray]
-    patients: dict[str, np.ndarray]
+    videos: Table                      # any mapping of columns given becomes a Table
+    patients: Table
     shards: dict[str, np.ndarray]
     preprocessing: dict[str, Any]
     splits: dict[str, Any]             # how split/fold were assigned (method, k, seed, ...)
@@ -147,13 +206,18 @@ class Manifest:
     version: int = 1                   # 1 for a fresh pack, +1 per `lus prep pack --append`
     frames: dict[str, np.ndarray] | None = None   # FRAME_COLUMNS; None in plans and schema 1
 
+    def __setattr__(self, name: str, value) -> None:
+        if name in ("videos", "patients") and not isinstance(value, Table):
+            value = Table(value)
+        super().__setattr__(name, value)
+
     @property
     def n_frames(self) -> int:
         return int(self.shards["n_frames"].sum())
 
     @property
     def n_videos(self) -> int:
-        return len(self.videos["video_id"])
+        return len(self.videos["label"])
 
     @property
     def complete(self) -> bool:
@@ -188,9 +252,9 @@ class Manifest:
         except json.JSONDecodeError as exc:
             raise ManifestError(f"{where}: not valid JSON ({exc})") from None
         version = data.get("schema_version")
-        if version not in (SCHEMA_VERSION, LEGACY_SCHEMA):
+        if version not in READABLE_SCHEMAS:
             raise ManifestError(f"{where}: schema version {version!r}, this reader knows "
-                                f"{LEGACY_SCHEMA} and {SCHEMA_VERSION}; re-pack with this version of lus-dist")
+                                f"{', '.join(map(str, READABLE_SCHEMAS))}; re-pack with this version of lus-dist")
         try:
             if "tables" in data:
                 raw = _read_npz((root or Path(where).parent) / data["tables"]["file"])
@@ -225,8 +289,8 @@ class Manifest:
             raise ManifestError(f"{root}: version {self.version} has no frame columns to save")
         self.schema_version = SCHEMA_VERSION
         arrays = {f"{t}.{c}": np.asarray(v) for t, table in (
-            ("videos", self.videos), ("patients", self.patients), ("shards", self.shards),
-            ("frames", self.frames)) for c, v in table.items()}
+            ("videos", self.videos.stored()), ("patients", self.patients.stored()),
+            ("shards", self.shards), ("frames", self.frames)) for c, v in table.items()}
         tables = root / tables_file(self.version)
         _atomic_write(tables, lambda fh: _write_npz(fh, arrays))
         digest = hashlib.sha256(tables.read_bytes()).hexdigest()

@@ -133,7 +133,8 @@ class ShardDataset(Dataset):
 
     def _build_index(self, v: dict) -> None:
         """Compact per-item numpy arrays (int32 positions, int8 classes: 18 bytes per frame),
-        then the manifest's frame columns are dropped: each loader worker holds only these."""
+        then the manifest's frame columns are dropped: each loader worker holds these and the
+        per-video tables (their strings as bytes, manifest.Table)."""
         rows = self.video_rows
         shard, offset, n = v["shard"][rows], v["offset"][rows], v["n_frames"][rows]
         frame = ranges(np.zeros(len(n), np.int64), n)

@@ -58,6 +58,8 @@ def test_pack_skips_and_reports_a_truncated_clip_by_default(clips, tmp_path, cap
     root, _, cut = clips
     assert _pack(root, tmp_path / "skip") == 0
     out = capsys.readouterr().out
+    # the skipped clip keeps a frameless row in the manifest: not counted among the packed ones
+    assert f"1 video(s), {N_FRAMES} frames; 1 more video(s) skipped while packing" in out
     line = next(x for x in out.splitlines() if "skipped" in x and "Reg_cut.avi" in x)
     decoded = int(line.split("decoded ")[1].split()[0])
     assert 0 < decoded < N_FRAMES and f"of the {N_FRAMES} frames" in line and "--incomplete keep" in line

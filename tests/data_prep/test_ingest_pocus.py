@@ -27,7 +27,7 @@ def test_label_from_prefix(name, label):
 
 def test_viral_and_unknown_prefixes():
     label, reason = label_from_name("Vir_whitelung_h1n1.mp4")
-    assert label is None and "viral" in reason and "viral='pneumonia'" in reason
+    assert label is None and "viral" in reason and "`--viral pneumonia`" in reason
     assert label_from_name("Vir_whitelung_h1n1.mp4", viral="pneumonia") == (PNEUMONIA, None)
     label, reason = label_from_name("Tb_case.mp4")
     assert label is None and "unknown label prefix 'tb'" in reason

@@ -262,3 +262,18 @@ def test_the_report_quotes_what_was_tried_from_the_docs():
     log = (Path(__file__).resolve().parents[2] / "docs" / TRIED_LOG).read_text()
     assert text.startswith("**A target is missed. What was tried so far**")
     assert "| recipe" in text and log.splitlines()[0] not in text   # its table, not its title
+
+
+def test_the_targets_table_says_what_the_targets_are():
+    """The report names its targets as this experiment's, with their values, and quotes no
+    tracker (neither in the table nor in the log of what was tried)."""
+    from lus.experiment_report import TARGETS, targets_table, tried_text
+    from lus_dist.evaluation.tables import mean_std
+    from test_wording import TRACKER
+
+    ours = {"frame CNN + uninorm (scratch)": {"accuracy": mean_std([0.9, 0.8]), "covid_recall": mean_std([0.9])},
+            "CNN-LSTM (scratch)": {"accuracy": mean_std([0.7]), "covid_recall": mean_std([0.6])}}
+    table = targets_table(ours)
+    assert table.title == "Targets of this experiment (mean over folds)"
+    assert [row[3] for row in table.rows] == [v for bar in TARGETS.values() for v in bar.values()]
+    assert not TRACKER.search(table.to_markdown() + tried_text())

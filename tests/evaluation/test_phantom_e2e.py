@@ -1,4 +1,4 @@
-"""Issue 8 acceptance on the phantom: real engine runs -> `lus eval` / `lus predict`.
+"""Evaluation end to end on the phantom: real engine runs -> `lus eval` / `lus predict`.
 
 The runs (Reg-STN, U-Net, CNN-LSTM) are trained once per session by tests/evaluation/
 conftest.py through `lus train`, CI-sized; these tests assert outcomes, not file presence.

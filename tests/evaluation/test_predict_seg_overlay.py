@@ -1,4 +1,4 @@
-"""`lus predict --seg-checkpoint` when the two runs were packed differently (issue 13).
+"""`lus predict --seg-checkpoint` when the two runs were packed differently.
 
 The segmentation run is the session's 64 px grayscale U-Net (tests/evaluation/conftest.py);
 the frame run here is a Reg-STN trained by `lus train regstn` for a few steps on the same

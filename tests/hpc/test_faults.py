@@ -1,4 +1,5 @@
-"""The fault matrix of issue 12 on the real local two-node Slurm cluster (`slurm2`), each with
+"""The faults a cluster job meets (preemption, a killed trainer, a full disk, the time limit,
+requeues past the cap) on the real local two-node Slurm cluster (`slurm2`), each with
 the real `slurm/train_regstn.sh` -> srun -> hpc.launch (torchrun) -> `lus train regstn` on
 phantom shards, each checking that nothing was lost: the run finishes, no checkpoint is torn,
 and the final weights equal an uninterrupted two-node run's (`baseline`, deterministic).
@@ -89,7 +90,7 @@ def late_exit_python(tmp_path: Path) -> Path:
 
 
 def test_two_node_usr1_requeues_whichever_node_exits_first(slurm2, hpc_phantom, baseline, tmp_path):
-    """The race of issue 12, forced both ways: one node's launcher exits 75 first, srun kills
+    """The two-node requeue race, forced both ways: one node's launcher exits 75 first, srun kills
     the other and reports its own code; the job must still requeue, resume and finish with
     the uninterrupted run's weights."""
     python = late_exit_python(tmp_path)

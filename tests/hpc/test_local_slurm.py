@@ -81,7 +81,7 @@ def test_prep_array_failed_task_then_rerun_packs_only_the_missing_shard(slurm2, 
         now = (out / f"shard-0000{i}.h5").stat()
         assert (now.st_ino, now.st_mtime_ns) == (st.st_ino, st.st_mtime_ns)
     assert (out / "shard-00001.h5").is_file()
-    manifest = json.loads((out / "manifest.json").read_text())   # schema 2: metadata + sidecar
+    manifest = json.loads((out / "manifest.json").read_text())   # metadata + tables sidecar
     assert manifest["n_shards"] == 3 and manifest["n_videos"] == 12
 
 

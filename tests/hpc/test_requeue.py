@@ -43,7 +43,7 @@ def test_decision_invariants(o):
 
 @pytest.mark.parametrize("exit_code", [143, 137, 1])
 def test_srun_code_hidden_by_kill_on_bad_exit_still_requeues(exit_code):
-    """The race of issue 12: node1 exited 75, node2 was terminated, srun said 143."""
+    """The two-node requeue race: node1 exited 75, node2 was terminated, srun said 143."""
     for o in (StepOutcome(exit_code, usr1_forwarded=True), StepOutcome(exit_code, markers=("node1",))):
         d = requeue_decision(o)
         assert d.requeue, d

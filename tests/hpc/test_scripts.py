@@ -157,7 +157,7 @@ def _shellcheck() -> str:
 @pytest.mark.parametrize("script", OURS + ["tune.sh"])
 def test_shellcheck(script):
     """Clean at every severity for the sourced helper's callers (-x follows `source`); the
-    issue's bar, `shellcheck -S warning slurm/*.sh`, is the weaker of the two."""
+    project's floor, `shellcheck -S warning slurm/*.sh` (next test), is the weaker of the two."""
     r = subprocess.run([_shellcheck(), "-x", f"slurm/{script}"], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout
 

@@ -1,12 +1,11 @@
-"""Crop boxes in input pixels for known transforms, and the PNG they are drawn into."""
+"""Crop boxes in input pixels for known transforms (the pictures: tests/evaluation/test_plots.py)."""
 from __future__ import annotations
 
-import cv2
 import numpy as np
 import pytest
 import torch
 
-from lus_dist.models import build_frame_model, draw_boxes, stn_boxes
+from lus_dist.models import build_frame_model, stn_boxes
 from lus_dist.models.localization import theta_to_boxes
 
 
@@ -51,16 +50,3 @@ def test_stn_boxes_restores_mode_and_rejects_plain_cnn():
     assert model.training and torch.equal(before, model.localiser.body[1].running_mean)
     with pytest.raises(TypeError, match="no spatial transformer"):
         stn_boxes(build_frame_model("cnn_sord"), torch.rand(1, 1, 64, 64))
-
-
-def test_draw_boxes_png(tmp_path):
-    frame = torch.full((1, 32, 32), 0.5)
-    path = draw_boxes(frame, torch.tensor([[8, 8, 24, 24], [0, 0, 32, 32]]),
-                      tmp_path / "viz" / "f.png")
-    img = cv2.imread(str(path))
-    assert img.shape == (32, 32, 3)
-    assert tuple(img[8, 16]) == (0, 0, 255) and tuple(img[16, 23]) == (0, 0, 255)  # red box
-    assert tuple(img[0, 5]) == (0, 200, 0) and tuple(img[31, 31]) == (0, 200, 0)  # green box
-    assert tuple(img[16, 16]) == (128, 128, 128)  # inside untouched
-    with pytest.raises(ValueError, match="frame"):
-        draw_boxes(np.zeros((2, 3, 4, 5)), np.zeros((1, 4)), tmp_path / "x.png")

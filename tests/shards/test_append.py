@@ -124,8 +124,51 @@ def test_append_with_nothing_new_or_other_settings(grown, capsys):
     assert "nothing new to append: version 2 is current" in capsys.readouterr().out
     assert _shard_state(out) == state and Manifest.load(out).version == 2
     code = main([*PACK[:4], "32", *PACK[5:], "--src", str(base / "raw" / "iclus"), "--out", str(out), "--append"])
-    assert code == 2 and "--append must use the settings of the existing pack; these differ: size" \
+    assert code == 2 and ("--append must use the settings of the existing pack; these differ: size "
+                          "(existing 64, given 32: pass --size 64) (or pack into a new --out)") \
         in capsys.readouterr().err
+
+
+def test_append_names_what_differs_and_what_to_do():
+    """Each differing setting with both values and its flag; a pack that does not record a
+    setting (an older lus-dist made it) is told apart, since no flag can match it."""
+    from data_prep.pack import PackError, make_plan, provenance
+    from shard_helpers import make_sources, small_config
+    sources, prov = make_sources(), provenance("synthetic", "/synthetic", [], {})
+    base = make_plan(sources[:15], small_config(), prov)
+    with pytest.raises(PackError) as err:
+        make_plan(sources, small_config(folds=3, split_seed=2, incomplete="keep"), prov, base)
+    assert str(err.value) == ("--append must use the settings of the existing pack; these differ: folds "
+                              "(existing 4, given 3: pass --folds 4); incomplete (existing 'skip', given "
+                              "'keep': pass --incomplete skip); seed (existing 0, given 2: pass "
+                              "--split-seed 0) (or pack into a new --out)")
+    del base.preprocessing["incomplete"]
+    with pytest.raises(PackError, match=r"^--append: the existing pack does not record incomplete \(an "
+                       r"older lus-dist made it\), so no flag can match its settings; pack all clips "
+                       r"into a new --out") as err:
+        make_plan(sources, small_config(), prov, base)
+    assert "existing: {" not in str(err.value)
+
+
+def test_a_refused_append_leaves_an_old_pack_as_it_was(tmp_path):
+    """A schema-1 pack that does not record `incomplete` (packs before that setting): the
+    append is refused before anything is written (no schema-1 manifest saved anew)."""
+    import json
+
+    from data_prep.pack import PackError, pack, provenance
+    from shard_helpers import make_sources, pack_synthetic, small_config
+    sources = make_sources()
+    old = json.loads(pack_synthetic(tmp_path, sources[:15]).to_json())
+    del old["preprocessing"]["incomplete"]
+    old["schema_version"] = 1
+    for f in tmp_path.glob("manifest*"):
+        f.unlink()
+    (tmp_path / fmt.MANIFEST_NAME).write_text(json.dumps(old))
+    before = sorted((p.name, p.read_bytes()) for p in tmp_path.iterdir())
+    with pytest.raises(PackError, match="does not record incomplete"):
+        pack(sources, tmp_path, small_config(), provenance("synthetic", "/synthetic", [], {}),
+             progress=False, append=True)
+    assert sorted((p.name, p.read_bytes()) for p in tmp_path.iterdir()) == before
 
 
 def test_schema_1_sets_still_load_and_take_an_append(tmp_path):
@@ -135,7 +178,7 @@ def test_schema_1_sets_still_load_and_take_an_append(tmp_path):
     from shard_helpers import make_sources, pack_synthetic, small_config
     sources = make_sources()
     old = pack_synthetic(tmp_path, sources[:15])
-    legacy = old.to_json().replace('"schema_version": 2', '"schema_version": 1')
+    legacy = old.to_json().replace(f'"schema_version": {fmt.SCHEMA_VERSION}', '"schema_version": 1')
     for f in tmp_path.glob("manifest*"):
         f.unlink()
     (tmp_path / fmt.MANIFEST_NAME).write_text(legacy)
@@ -147,3 +190,45 @@ def test_schema_1_sets_still_load_and_take_an_append(tmp_path):
     assert len(ShardDataset(tmp_path, manifest_version=1)) == old.n_frames
     assert np.array_equal(ShardDataset(tmp_path, manifest_version=1).frame_scores, ds.frame_scores)
     assert report(tmp_path)[0] == 0
+
+
+def _as_schema_2(root):
+    """Rewrite the newest version as schema 2 wrote it: the tables' strings as numpy str."""
+    import json
+    meta = json.loads((root / fmt.MANIFEST_NAME).read_text())
+    tables = root / meta["tables"]["file"]
+    with np.load(tables) as z:
+        arrays = {k: z[k].astype(str) if z[k].dtype.kind == "S" else z[k] for k in z.files}
+    np.savez(tables, **arrays)
+    meta.update(schema_version=2, tables={**meta["tables"], "sha256": fmt.file_checksum(tables),
+                                          "bytes": tables.stat().st_size})
+    for name in (fmt.MANIFEST_NAME, f"manifest-v{meta['version']:04d}.json"):
+        (root / name).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+
+
+def test_schema_2_sets_read_as_before_and_take_an_append(tmp_path):
+    """A set whose tables hold numpy str (schema 2) reads exactly as one packed now, is held
+    as compactly, validates, and an append adds a version of the current schema."""
+    import shutil
+
+    from data_prep.pack import pack, provenance
+    from lus_dist.shards.manifest import VIDEO_COLUMNS
+    from shard_helpers import make_sources, pack_synthetic, small_config
+    sources = make_sources()
+    pack_synthetic(tmp_path / "now", sources[:15])
+    shutil.copytree(tmp_path / "now", tmp_path / "old")
+    _as_schema_2(tmp_path / "old")
+    old, now = Manifest.load(tmp_path / "old"), Manifest.load(tmp_path / "now")
+    assert (old.schema_version, now.schema_version) == (2, fmt.SCHEMA_VERSION)
+    for c in VIDEO_COLUMNS:
+        assert old.videos[c].tolist() == now.videos[c].tolist(), c
+    assert old.videos.stored()["video_id"].dtype == now.videos.stored()["video_id"].dtype == "S6"
+    a, b = ShardDataset(tmp_path / "old", split="train"), ShardDataset(tmp_path / "now", split="train")
+    assert len(a) == len(b) and np.array_equal(a.frame_scores, b.frame_scores)
+    assert np.array_equal(a[len(a) - 1]["image"].numpy(), b[len(b) - 1]["image"].numpy())
+    assert report(tmp_path / "old")[0] == 0
+    new = pack(sources, tmp_path / "old", small_config(), provenance("synthetic", "/synthetic", [], {}),
+               progress=False, append=True)
+    assert new.version == 2 and Manifest.load(tmp_path / "old").schema_version == fmt.SCHEMA_VERSION
+    assert Manifest.load(tmp_path / "old", version=1).schema_version == 2
+    assert report(tmp_path / "old")[0] == 0

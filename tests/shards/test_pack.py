@@ -13,7 +13,7 @@ from data_prep.records import LoadedVideo, VideoSource
 from data_prep.validate import report, validate
 from lus_dist.shards import format as fmt
 from lus_dist.shards.format import Preprocessing, preprocess_frame, preprocess_mask
-from lus_dist.shards.manifest import Manifest
+from lus_dist.shards.manifest import Manifest, Table
 from shard_helpers import make_sources, pack_synthetic, small_config, synth_frames
 
 
@@ -175,3 +175,18 @@ def test_validate_checks_the_readers_frame_columns_and_the_tables_checksum(tmp_p
     data[-100] ^= 0xFF
     tables.write_bytes(bytes(data))
     assert any(tables.name in str(p) for p in validate(out))      # named, whichever check trips
+
+
+def test_tables_hold_strings_as_utf8_bytes_and_give_str():
+    """A byte an ASCII character (numpy's str dtype spends four), any text round-trips, and
+    readers see str: comparisons and filters work as on str columns."""
+    ids = np.array(["h00-p0000001-v00000001", "Cov-Atlas+(44)", "Reg_Lunge_Ödem"])
+    n = np.array([10, 20, 30])
+    t = Table({"video_id": ids, "n_frames": n})
+    assert t.stored()["video_id"].dtype == "S22" and t.stored()["video_id"].nbytes == 66
+    assert t["video_id"].dtype.kind == "U" and t["video_id"].tolist() == ids.tolist()
+    assert np.isin(t["video_id"], ["Reg_Lunge_Ödem"]).tolist() == [False, False, True]
+    assert (t["video_id"] == "Cov-Atlas+(44)").sum() == 1
+    assert t["n_frames"] is n and sorted(t) == ["n_frames", "video_id"]
+    with pytest.raises(ValueError, match="read-only"):
+        t["video_id"][0] = "renamed"   # a write into a decoded copy would be lost: refused

@@ -177,3 +177,18 @@ def test_open_files_are_bounded_and_reads_unchanged(packed):
         assert torch.equal(ds[int(i)]["image"], few[int(i)]["image"])
         assert len(few._files) <= 2
     assert len(ds._files) > 2
+
+
+def test_index_of_short_clips_stays_within_64_bytes_a_frame(tmp_path):
+    """10-frame clips, one shard each (index only: no pixels needed): the whole dataset a rank
+    and each loader worker holds, ids and paths included, is <= 64 B a frame."""
+    import tracemalloc
+
+    from data_prep.synth import write_index_only
+    write_index_only(tmp_path, 10_000, 1_000)
+    tracemalloc.start()
+    ds = ShardDataset(tmp_path)
+    held = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    assert len(ds) == 10_000 and held / len(ds) <= 64, held / len(ds)
+    assert ds.manifest.videos["video_id"][0].startswith("h00-p")
