@@ -80,9 +80,11 @@ from .localization import draw_boxes, stn_boxes  # noqa: E402
 from .seg import SEG_ARCHS, build_seg_model  # noqa: E402
 from .cnnlstm import CNNLSTM, CNNLSTMConfig, extract_features  # noqa: E402
 from .encoder import (ENCODER_FILE, ContrastiveModel, build_encoder, encoder_slot, export_encoder,  # noqa: E402
-                      load_encoder)
+                      load_encoder, restore_input_norms)
+from .imagenet import IMAGENET  # noqa: E402
 
 __all__ = ["FrameOutput", "load_weights_file", "FRAME_MODELS", "build_frame_model",
            "stn_boxes", "draw_boxes", "SEG_ARCHS", "build_seg_model", "CNNLSTM",
            "CNNLSTMConfig", "extract_features", "read_state_dict", "check_and_load",
-           "ENCODER_FILE", "ContrastiveModel", "build_encoder", "encoder_slot", "export_encoder", "load_encoder"]
+           "ENCODER_FILE", "ContrastiveModel", "build_encoder", "encoder_slot", "export_encoder", "load_encoder",
+           "restore_input_norms", "IMAGENET"]
