@@ -71,7 +71,10 @@ def check_and_load(module: torch.nn.Module, state: dict, file, what: str,
 
 def load_weights_file(module: torch.nn.Module, path: str, what: str) -> None:
     """Load a local state dict into `module`; the error names the file and the mismatch."""
+    from .encoder import restore_input_norms
+
     state, _ = read_state_dict(path, what)
+    restore_input_norms(module, state)        # e.g. an ImageNet-initialised encoder's input
     check_and_load(module, state, path, what)
 
 

@@ -222,8 +222,11 @@ def restore_input_norms(model: nn.Module, state: dict) -> None:
     for key in state:
         if key == "input_norm.mean" or key.endswith(".input_norm.mean"):
             where = key[:-len("input_norm.mean")]
-            install_input_norm(model.get_submodule(where.rstrip(".")), state[key],
-                               state[where + "input_norm.std"])
+            try:
+                slot = model.get_submodule(where.rstrip("."))
+            except AttributeError:
+                continue      # not this model's: the key check that follows names it
+            install_input_norm(slot, state[key], state.get(where + "input_norm.std", 1.0))
 
 
 def channel_stat(values, channels: int) -> tuple[float, ...]:

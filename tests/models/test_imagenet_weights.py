@@ -116,6 +116,10 @@ def test_the_normalisation_travels_with_exports_and_checkpoints(tmp_path):
     restore_input_norms(rebuilt, state)
     rebuilt.load_state_dict(state)
     assert torch.equal(rebuilt(x).logits, trained(x).logits)
+    unet = build_seg_model("unet", "tu-" + LITE0, in_channels=1, encoder_weights="imagenet").eval()
+    torch.save(unet.state_dict(), tmp_path / "unet.pt")         # a whole network's weights file
+    again = build_seg_model("unet", "tu-" + LITE0, in_channels=1, weights_path=str(tmp_path / "unet.pt"))
+    assert torch.equal(again.eval()(x), unet(x))
 
 
 def test_missing_weights_are_one_line_naming_what_to_install_or_give(tmp_path, monkeypatch):
