@@ -68,6 +68,14 @@ def init_distributed(world: World, backend: str = "auto", timeout_s: float = DEF
     return chosen
 
 
+def init_one_rank_group(backend: str = "gloo") -> None:
+    """A process group of this process alone, over an in-memory store (no port): for a
+    library whose collectives need a group even in one process (DeepSpeed)."""
+    import torch.distributed as dist
+
+    dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+
+
 def is_distributed() -> bool:
     """A default process group exists (the one spelling of this check)."""
     import torch.distributed as dist

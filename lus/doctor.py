@@ -1,12 +1,14 @@
 """`lus doctor FAMILY --config X.yaml key=value`: what a run will use, per rank, before it runs.
 
 Prints one rank-prefixed block per process: world, the device plan (device, process-group
-backend, precision, TF32, DeepSpeed accelerator and precision), loader workers against the
-CPUs this rank has, NCCL/GLOO/torch distributed environment, torch / CUDA / driver /
-DeepSpeed versions. Exits 2 with the reason when the plan is broken (more ranks than GPUs
-with train.device=cuda, unusable GPUs, nccl on CPU, a bad config). Under torchrun or srun
-each rank also joins the process group and runs one all-reduce, so a job log shows that
-the backend really connects before hours of training are queued behind it.
+backend, precision, TF32, DeepSpeed stage, accelerator and precision, the memory format the
+convolutions will compute in), loader workers against the CPUs this rank has,
+NCCL/GLOO/torch distributed environment, torch / CUDA / driver / DeepSpeed versions. Exits
+2 with the reason when the plan is broken (more ranks than GPUs with train.device=cuda,
+unusable GPUs, nccl on CPU, a bad config, or any combination the engine refuses at
+start-up: the doctor asks lus_dist.engine.fit.runnable, as `lus train` does). Under
+torchrun or srun each rank also joins the process group and runs one all-reduce, so a job
+log shows that the backend really connects before hours of training are queued behind it.
 """
 from __future__ import annotations
 
@@ -90,20 +92,23 @@ def loader_line(cfg, world) -> tuple[str, str | None]:
     return line, warn
 
 
-def deepspeed_line(cfg, plan) -> str:
-    import json
+def engine_lines(cfg, world, plan) -> list[str]:
+    """What the engine will hand DDP or DeepSpeed, after the refusals `lus train` makes at
+    start-up (the same function: a combination the engine cannot run is a ConfigError)."""
+    from pathlib import Path
 
-    from hpc.device_plan import deepspeed_bf16
-    path = cfg.dist.deepspeed_json()
-    try:
-        ds = json.loads(path.read_text())
-    except ValueError as exc:
-        from lus_dist.config import ConfigError
-        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
-    bf16 = deepspeed_bf16(ds, plan, str(path))
-    stage = ds.get("zero_optimization", {}).get("stage", cfg.dist.zero_stage)
-    return (f"deepspeed: {path.name}, ZeRO-{stage}, {'bf16' if bf16 else 'fp32'}, "
-            f"accelerator {plan.ds_accelerator}")
+    from lus_dist.engine.fit import runnable
+    from lus_dist.engine.layout import planned_format
+    from lus_dist.engine.session import Session
+
+    session = Session(world, plan.torch_device(), Path("."), plan.bf16, plan)
+    ds = runnable(cfg, session)
+    lines = []
+    if ds is not None:
+        lines.append(f"deepspeed: {cfg.dist.deepspeed_json().name}, "
+                     f"ZeRO-{ds['zero_optimization']['stage']}, "
+                     f"{'bf16' if session.bf16 else 'fp32'}, accelerator {plan.ds_accelerator}")
+    return [*lines, f"memory format: {planned_format(cfg.model.channels_last, ds is not None)}"]
 
 
 def env_line() -> str:
@@ -127,8 +132,7 @@ def report(cfg, world, facts) -> tuple[list[str], list[str], object]:
         f"{pg}, precision {plan.precision}, TF32 {'on' if plan.tf32 else 'off'}, "
         f"dist.backend {plan.dist_backend}",
     ]
-    if plan.dist_backend == "deepspeed":
-        lines.append(deepspeed_line(cfg, plan))
+    lines += engine_lines(cfg, world, plan)
     loader, warn = loader_line(cfg, world)
     lines += [loader, gpu_line(facts), versions(facts), env_line()]
     warnings = list(plan.warnings) + ([warn] if warn else [])

@@ -3,9 +3,10 @@
 Cells per family (regstn, seg, cnnlstm; the production configs, loader workers included):
 1 GPU (bf16), 2 ranks DDP with nccl + bf16, 2 ranks DeepSpeed ZeRO-2 bf16. Each cell is
 the real `lus train` command line under torchrun on phantom shards made by `lus prep
-phantom` + `lus prep pack`; the table shows samples/s (the run's summary.json) and the
-peak GPU memory of the busiest rank (torch.cuda.max_memory_allocated, recorded by a thin
-per-rank wrapper around `lus train`). Without a usable GPU it prints why and exits 0
+phantom` + `lus prep pack`; the table shows samples/s and the memory format the
+convolutions computed in (the run's summary.json: channels_last where the config asks for
+it, DeepSpeed included) and the peak GPU memory of the busiest rank
+(torch.cuda.max_memory_allocated, recorded by a thin per-rank wrapper around `lus train`). Without a usable GPU it prints why and exits 0
 (a skip); with one GPU the 2-rank cells are skipped (NCCL needs a GPU per rank).
 """
 from __future__ import annotations
@@ -110,22 +111,23 @@ def record_worker(record_dir: Path, lus_argv: list[str]) -> int:
 def cell_result(cell: Cell, out: Path, code: int, seconds: float) -> dict:
     run = cell.run_dir(out)
     summary = run / "summary.json"
-    sps = json.loads(summary.read_text()).get("train_samples_per_s") if summary.is_file() else None
+    s = json.loads(summary.read_text()) if summary.is_file() else {}
     peaks = [json.loads(p.read_text())["peak_bytes"] for p in (run / "gpu_memory").glob("rank*.json")]
     return {"family": cell.family, "cell": cell.name, "ranks": cell.nproc, "exit": code,
-            "samples_per_s": sps, "peak_gpu_mib": max(peaks) / 2**20 if peaks else None,
-            "seconds": round(seconds, 1)}
+            "samples_per_s": s.get("train_samples_per_s"),
+            "peak_gpu_mib": max(peaks) / 2**20 if peaks else None,
+            "memory_format": s.get("memory_format"), "seconds": round(seconds, 1)}
 
 
 def format_table(rows: list[dict]) -> str:
     lines = [f"{'family':<8} {'cell':<6} {'ranks':>5} {'samples/s':>10} {'peak GPU MiB':>13} "
-             f"{'s':>6}  status"]
+             f"{'layout':<13} {'s':>6}  status"]
     for r in rows:
         sps = f"{r['samples_per_s']:.1f}" if r["samples_per_s"] is not None else "-"
         mem = f"{r['peak_gpu_mib']:.0f}" if r["peak_gpu_mib"] is not None else "-"
         status = "ok" if r["exit"] == 0 else f"FAILED (exit {r['exit']})"
         lines.append(f"{r['family']:<8} {r['cell']:<6} {r['ranks']:>5} {sps:>10} {mem:>13} "
-                     f"{r['seconds']:>6}  {status}")
+                     f"{r.get('memory_format') or '-':<13} {r['seconds']:>6}  {status}")
     return "\n".join(lines)
 
 

@@ -111,3 +111,45 @@ def test_report_warns_when_an_inherited_deepspeed_accelerator_disagrees(monkeypa
     _, warnings, plan = report(cfg, _torchrun_world(0, 2), _gpus(2))
     assert plan.ds_accelerator == "cuda"
     assert "DS_ACCELERATOR=cpu in the environment; the run sets cuda" in warnings[-1]
+
+
+def test_report_says_how_channels_last_runs_on_each_backend():
+    regstn = DEMO.parent / "regstn.yaml"
+    for backend, says in (("ddp", "memory format: channels_last: weights and inputs"),
+                          ("deepspeed", "memory format: channels_last: DeepSpeed holds the "
+                                        "weights contiguous, every convolution takes its input "
+                                        "channels_last")):
+        lines, _, _ = report(load_run_config("regstn", regstn, [f"dist.backend={backend}"]),
+                             _torchrun_world(0, 2), _gpus(2))
+        assert says in lines
+    lines, _, _ = report(load_run_config("regstn", DEMO, []), _torchrun_world(0, 2), CudaFacts())
+    assert "memory format: contiguous (model.channels_last=false)" in lines
+
+
+@pytest.mark.parametrize("json_text, overrides, reason", [
+    ('{"zero_optimization": {"stage": 3}}', [], "zero_optimization.stage 3: the engine runs ZeRO 0, 1 or 2"),
+    ('{"fp16": {"enabled": true}}', [], "fp16.enabled: the engine trains in fp32 or bf16"),
+    ('{"zero_optimization": {"stage": 2}}', ["optim.name=sgd"], "optim.name=sgd under ZeRO-2"),
+    ('{"bf16": {"enabled": true}}', ["train.ema_decay=0.9"], "train.ema_decay with DeepSpeed bf16"),
+    ('{"optimizer": {"type": "AdamW"}}', [], "remove 'optimizer'/'scheduler'"),
+])
+def test_a_combination_the_engine_refuses_is_a_broken_plan(tmp_path, json_text, overrides, reason):
+    """The doctor asks the engine's own start-up check (lus_dist.engine.fit.runnable), so it
+    reports exactly what `lus train` would refuse before a job queues."""
+    from lus_dist.config import ConfigError
+
+    ds = tmp_path / "ds.json"
+    ds.write_text(json_text)
+    args = ["dist.backend=deepspeed", f"dist.deepspeed_config={ds}", *overrides]
+    with pytest.raises(ConfigError, match=reason.replace("(", r"\(")):
+        report(load_run_config("regstn", DEMO, args), _torchrun_world(0, 2), CudaFacts())
+
+
+def test_the_cli_exits_2_on_a_combination_the_engine_refuses(tmp_path):
+    ds = tmp_path / "ds.json"
+    ds.write_text('{"zero_optimization": {"stage": 3}}')
+    proc = doctor("regstn", "--config", str(DEMO), "dist.backend=deepspeed",
+                  f"dist.deepspeed_config={ds}")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"plan broken: {ds}: zero_optimization.stage 3" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -17,6 +17,7 @@ from lus_dist.engine.cli import parser as train_parser
 from lus_dist.families import load_run_config
 
 HAS_GPU = torch.cuda.is_available() and torch.cuda.device_count() > 0
+CONFIGS_DIR = Path(__file__).resolve().parents[1] / "lus_dist" / "configs"
 
 
 def lus(*args: str, launch: tuple[str, ...] = (), timeout: float = 300):
@@ -90,15 +91,18 @@ def test_results_table_reads_summary_and_the_busiest_rank(tmp_path):
     cell = cells(tmp_path, gpus=2)[1]
     run = cell.run_dir(tmp_path)
     (run / "gpu_memory").mkdir(parents=True)
-    (run / "summary.json").write_text(json.dumps({"train_samples_per_s": 812.5}))
+    (run / "summary.json").write_text(json.dumps({"train_samples_per_s": 812.5,
+                                                  "memory_format": "channels_last"}))
     for rank, mib in ((0, 300), (1, 512)):
         (run / "gpu_memory" / f"rank{rank}.json").write_text(
             json.dumps({"rank": rank, "peak_bytes": mib * 2**20, "exit": 0}))
     row = cell_result(cell, tmp_path, 0, 12.34)
     assert (row["samples_per_s"], row["peak_gpu_mib"], row["seconds"]) == (812.5, 512.0, 12.3)
+    assert row["memory_format"] == "channels_last"
     failed = cell_result(cells(tmp_path, gpus=2)[2], tmp_path, 1, 3.0)
     table = format_table([row, failed])
     assert "812.5" in table and "512" in table and "FAILED (exit 1)" in table
+    assert "channels_last" in table.splitlines()[1] and failed["memory_format"] is None
 
 
 @pytest.mark.gpu
@@ -110,6 +114,10 @@ def test_gpu_smoke_every_family_trains_on_gpus(tmp_path):
     rows = json.loads((tmp_path / "results.json").read_text())
     assert {r["family"] for r in rows} == set(FAMILIES)
     assert all(r["samples_per_s"] > 0 and r["peak_gpu_mib"] > 0 for r in rows), rows
+    for r in rows:                  # what the shipped configs ask for, on every backend
+        wanted = "channels_last" if load_run_config(
+            r["family"], CONFIGS_DIR / f"{r['family']}.yaml", []).model.channels_last else "contiguous"
+        assert r["memory_format"] == wanted, r
 
 
 @pytest.mark.gpu

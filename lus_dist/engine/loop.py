@@ -244,6 +244,7 @@ class Trainer:
         # semaphores (forkserver), and the resource tracker would warn of leaks
         self.loader = None
         gc.collect()
+        self.fit.release()
         destroy_distributed()
         return code
 

@@ -28,6 +28,18 @@ def child_env() -> dict[str, str]:
     return env
 
 
+def one_process_session(run_dir: Path, backend: str, bf16: str = "false"):
+    """The Session a plain CPU process starts with (a real plan, injected facts: no GPU)."""
+    from hpc import World
+    from hpc.device_plan import CudaFacts, plan_run
+    from lus_dist.engine.session import Session
+
+    world = World(rank=0, local_rank=0, world_size=1, local_world_size=1, node_rank=0,
+                  num_nodes=1, master_addr="127.0.0.1", master_port=29500, launcher="single")
+    plan = plan_run(world, CudaFacts(), device="cpu", bf16=bf16, dist_backend=backend)
+    return Session(world, torch.device("cpu"), run_dir, plan.bf16, plan)
+
+
 def launch_cmd(family: str, run_dir: Path, overrides: list[str], nproc: int = 2,
                config: str | None = None, max_restarts: int = 0, resume: str | None = None) -> list[str]:
     cmd = [sys.executable, "-m", "hpc.launch", "--standalone", f"--nproc-per-node={nproc}",
@@ -40,10 +52,26 @@ def launch_cmd(family: str, run_dir: Path, overrides: list[str], nproc: int = 2,
 
 
 def run_train(*args, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
+    return run_launch(launch_cmd(*args, **kw), timeout)
+
+
+def run_cells(cells: list[list[str]], work: Path, nproc: int = 2,
+              timeout: float = 300) -> subprocess.CompletedProcess:
+    """Several `lus` command lines, one after another in the same torchrun ranks
+    (train_cells.py): one launch's start-up for all of them."""
+    spec = work / "cells.json"
+    spec.write_text(json.dumps(cells))
+    return run_launch([sys.executable, "-m", "hpc.launch", "--standalone",
+                       f"--nproc-per-node={nproc}", "--max-restarts=0",
+                       str(Path(__file__).with_name("train_cells.py")), str(spec)], timeout)
+
+
+def run_launch(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
     """A timeout kills the whole run (launcher, ranks, loader workers: nothing left behind
     for the rest of the suite) and fails with all the run printed, not its first lines."""
-    cmd = launch_cmd(*args, **kw)
-    proc = subprocess.Popen(cmd, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    env = {**child_env(), "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT),
+                                                                      os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, cwd=ROOT)
     try:
         out, err = proc.communicate(timeout=timeout)

@@ -57,20 +57,20 @@ def test_ema_weights_are_what_validation_scores_and_best_pt_holds(engine_shards,
     assert any(not torch.equal(best[k], trained[k]) for k in best if best[k].is_floating_point())
 
 
-def test_ema_is_refused_under_deepspeed_bf16_and_off_by_default():
+def test_ema_is_refused_under_deepspeed_bf16_and_off_by_default(tmp_path):
     """A bf16 average would drop its updates: one clear error instead (injected facts)."""
-    from types import SimpleNamespace
-
     import torch
 
     from lus_dist.config import ConfigError
-    from lus_dist.engine.fit import build_ema
+    from lus_dist.engine.fit import build_ema, runnable
+    from engine_helpers import one_process_session
 
     net = torch.nn.Linear(2, 2)
     ds = load_run_config("regstn", None, ["dist.backend=deepspeed", "train.ema_decay=0.99"])
     with pytest.raises(ConfigError, match="DeepSpeed bf16"):
-        build_ema(net, ds, SimpleNamespace(bf16=True))
-    assert build_ema(net, ds, SimpleNamespace(bf16=False)).decay == 0.99
-    assert build_ema(net, load_run_config("regstn", None, []), SimpleNamespace(bf16=True)) is None
+        runnable(ds, one_process_session(tmp_path, "deepspeed", bf16="true"))
+    assert runnable(ds, one_process_session(tmp_path, "deepspeed"))["zero_optimization"]["stage"] == 2
+    assert build_ema(net, ds).decay == 0.99
+    assert build_ema(net, load_run_config("regstn", None, [])) is None
     with pytest.raises(ConfigError, match="ema_decay"):
         load_run_config("regstn", None, ["train.ema_decay=1.0"])

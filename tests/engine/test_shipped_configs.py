@@ -1,0 +1,122 @@
+"""Every shipped config (configs/*.yaml) trains on both backends in both precisions: DDP and
+DeepSpeed ZeRO-2 (the README's configs/deepspeed/zero2.json) x fp32 and bf16, 2 ranks
+under real torchrun, each run through the real `lus train` CLI.
+
+A config runs as written but for the data (the phantom shards), the step count and the
+cell's backend and precision: the run's saved config is checked against the file, so
+model, memory format, loader workers and batch sizes are the shipped ones. All cells run
+in one torchrun launch (tests/engine/train_cells.py), one after another in the same ranks.
+Each run must record the memory format its convolutions really computed in (channels_last
+where the config asks for it, under DeepSpeed too), and its ranks must end with bitwise
+identical weights."""
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from engine_helpers import CONFIGS, child_env, explain, run_cells, summary
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
+
+SHIPPED = sorted(p.stem for p in CONFIGS.glob("*.yaml"))
+BACKENDS = {"ddp": ["dist.backend=ddp"],
+            "zero2": ["dist.backend=deepspeed",
+                      f"dist.deepspeed_config={CONFIGS / 'deepspeed' / 'zero2.json'}"]}
+PRECISIONS = {"fp32": ["train.bf16=false"], "bf16": ["train.bf16=true"]}
+STEPS = 2
+# what a cell may set besides data.root: the step count, and the cell's backend and precision
+ALLOWED = {"data.root", "data.manifest_version", "train.epochs", "train.max_steps_per_epoch",
+           "train.bf16", "dist.backend", "dist.deepspeed_config"}
+CELLS = [(c, b, p) for c in SHIPPED for b in BACKENDS for p in PRECISIONS]
+
+
+def shipped(config: str) -> dict:
+    return yaml.safe_load((CONFIGS / f"{config}.yaml").read_text())
+
+
+def family_of(config: str) -> str:
+    return {"demo_regstn": "regstn"}.get(config, config)
+
+
+def cell_argv(config: str, backend: str, precision: str, shards: Path, run_dir: Path) -> list[str]:
+    return ["train", family_of(config), "--config", str(CONFIGS / f"{config}.yaml"),
+            "--run-dir", str(run_dir), f"data.root={shards}", "train.epochs=1",
+            f"train.max_steps_per_epoch={STEPS}", *BACKENDS[backend], *PRECISIONS[precision]]
+
+
+@pytest.fixture(scope="module")
+def small_shards(tmp_path_factory) -> Path:
+    """The phantom, as small as every shipped config allows: 14-frame clips (504 frames; the
+    shipped batch sizes still make STEPS steps per rank: pretrain 64 frames, cnnlstm 4
+    clips) packed at 32 px. Evaluation in bf16 is the costly part of a cell on a CPU
+    without native bf16 (15-30x slower than fp32), so the cells read as little as they can."""
+    from data_prep.phantom import make_phantom
+
+    base = tmp_path_factory.mktemp("shipped_phantom")
+    make_phantom(base / "raw", seed=0, frames_per_video=(14, 14), size=64)
+    proc = subprocess.run([sys.executable, "-m", "lus", "prep", "pack", "--layout", "iclus",
+                           "--src", str(base / "raw" / "iclus"), "--out", str(base / "shards"),
+                           "--size", "32", "--workers", "1"], env=child_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return base / "shards"
+
+
+@pytest.fixture(scope="module")
+def matrix(small_shards, tmp_path_factory):
+    """(runs dir, the launch's result): every cell, one launch."""
+    base = tmp_path_factory.mktemp("shipped")
+    argvs = [cell_argv(*cell, small_shards, base / "-".join(cell)) for cell in CELLS]
+    return base, run_cells(argvs, base, timeout=1700)
+
+
+def differences(config: str, saved: dict) -> list[str]:
+    """Keys of the shipped file whose value the run did not keep, beyond ALLOWED."""
+    out = []
+    for section, values in shipped(config).items():
+        if not isinstance(values, dict):
+            if saved.get(section) != values:
+                out.append(section)
+            continue
+        out += [f"{section}.{k}" for k, v in values.items()
+                if f"{section}.{k}" not in ALLOWED and saved.get(section, {}).get(k) != v]
+    return out
+
+
+def test_every_shipped_config_is_in_the_matrix():
+    from lus_dist import families
+
+    assert {"regstn", "seg", "cnnlstm", "pretrain", "demo_regstn"} <= set(SHIPPED)
+    assert all(family_of(c) in families.names() for c in SHIPPED)
+    assert any(shipped(c).get("model", {}).get("channels_last") for c in SHIPPED)
+
+
+@pytest.mark.parametrize("config, backend, precision", CELLS)
+def test_shipped_config_trains(matrix, config, backend, precision):
+    base, launch = matrix
+    run = base / f"{config}-{backend}-{precision}"
+    assert (run / "summary.json").is_file(), f"{run.name} did not finish\n{explain(launch)}"
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert differences(config, saved) == [], "the run changed more than data and steps"
+    s = summary(run)
+    assert s["world_size"] == 2 and s["global_step"] == STEPS
+    assert s["backend"] == ("deepspeed" if backend == "zero2" else "ddp")
+    assert s["zero_stage"] == (2 if backend == "zero2" else None)
+    assert s["precision"] == precision
+    wanted = "channels_last" if shipped(config).get("model", {}).get("channels_last") else "contiguous"
+    assert s["memory_format"] == wanted
+    assert len(set(s["param_digests"])) == 1, "ranks ended with different weights"
+    assert s["best_selected_on"] != s.get("test_split", "test")
+    assert all(math.isfinite(v) for v in s["last_epoch_val"].values())
+    best = torch.load(run / "best.pt", map_location="cpu", weights_only=True)
+    assert all(bool(t.isfinite().all()) for t in best.values() if t.is_floating_point())
+
+
+def test_the_launch_ended_cleanly(matrix):
+    assert matrix[1].returncode == 0, explain(matrix[1])
