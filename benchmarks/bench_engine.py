@@ -87,7 +87,7 @@ def engine_launched(shards: Path, run_dir: Path, nproc: int, batch: int, steps: 
 
 def bare_sps(shards: Path, batch: int, steps: int) -> float:
     """The 20-line loop: same model, loss, optimizer and data, nothing else."""
-    from lus_dist.losses import FrameLossConfig, frame_loss
+    from lus_dist.training.losses import FrameLossConfig, frame_loss
     from lus_dist.models import build_frame_model
     from lus_dist.shards.reader import ShardDataset
 

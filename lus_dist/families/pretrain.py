@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import Subset
 
-from lus_dist.augment import AugmentConfig, AugmentStream, augment_config
+from lus_dist.training.augment import AugmentConfig, AugmentStream, augment_config
 from lus_dist.config import ConfigError
 from lus_dist.contrastive import pair_loss
 from lus_dist.engine.config import (DataConfig, ModelConfig, OptimConfig, RunConfig,

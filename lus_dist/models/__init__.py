@@ -1,7 +1,7 @@
 """Frame, segmentation and CNN-LSTM models (Roy et al. 2020; Barros et al. 2021).
 
 Every frame model returns a `FrameOutput`, so the training loop has one forward line and
-one loss line (`lus_dist.losses.frame_loss`) whatever the model: the loss reads what the
+one loss line (`lus_dist.training.losses.frame_loss`) whatever the model: the loss reads what the
 model put in `aux` (crop-2 logits, scales and their prior) and which loss it was built for.
 """
 from __future__ import annotations

@@ -18,7 +18,7 @@ import yaml
 
 from lus_dist.engine import Family, RunConfig, Splits
 from lus_dist.engine.data import gather, open_split, stack_outputs, validation_name
-from lus_dist.metrics import frame_metrics
+from lus_dist.training.metrics import frame_metrics
 
 from engine_helpers import ROOT, child_env, explain, preempt_mid_run, run_train, summary
 

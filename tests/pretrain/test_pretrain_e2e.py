@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from lus_dist.augment import AugmentConfig, step_generator
+from lus_dist.training.augment import AugmentConfig, step_generator
 from lus_dist.contrastive import pair_loss
 from lus_dist.models import ContrastiveModel, build_frame_model, export_encoder
 from lus_dist.pretrain_data import FramePairs
