@@ -135,7 +135,7 @@ def worker_options(cfg: RunConfig, device: torch.device, epoch_dependent: bool =
 
 
 # what a loader worker unpickles its dataset from: the forkserver imports them (and torch) once
-WORKER_PRELOAD = ["lus_dist.shards.reader", "lus_dist.engine.features", "lus_dist.pretrain_data"]
+WORKER_PRELOAD = ["lus_dist.shards.reader", "lus_dist.engine.features", "lus_dist.pretraining.pairs"]
 
 
 def worker_context(method: str) -> multiprocessing.context.BaseContext:
