@@ -171,7 +171,7 @@ class TrainConfig:
     # 0 (auto): N from the measured step time, so agreements are ~stop_check_s apart
     stop_check_every: int = 0
     stop_check_s: float = 2.0
-    # >0: an exponential moving average of the weights (lus_dist.ema) is what validation
+    # >0: an exponential moving average of the weights (lus_dist.engine.ema) is what validation
     # scores, best.pt holds and the exports use; checkpointed, exact on resume. Per
     # optimizer step: 0.999 averages over about the last 1000 steps
     ema_decay: float = 0.0

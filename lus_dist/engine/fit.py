@@ -34,7 +34,7 @@ class Fit:
     bf16: bool
     device: torch.device
     engine: Any = None              # the DeepSpeed engine when dist.backend=deepspeed
-    ema: Any = None                 # lus_dist.ema.EMA when train.ema_decay > 0
+    ema: Any = None                 # lus_dist.engine.ema.EMA when train.ema_decay > 0
 
     @property
     def net(self) -> torch.nn.Module:
@@ -125,7 +125,7 @@ def build_ema(model: torch.nn.Module, cfg: RunConfig, session: Session):
         raise ConfigError("train.ema_decay with DeepSpeed bf16: the average would be held in "
                           "bf16 and lose its updates; use dist.backend=ddp (bf16 autocast, fp32 "
                           "weights) or fp32 DeepSpeed")
-    from lus_dist.ema import EMA
+    from lus_dist.engine.ema import EMA
 
     return EMA(unwrap(model), cfg.train.ema_decay)
 
