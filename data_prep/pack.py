@@ -61,7 +61,7 @@ def estimate_frames(src: VideoSource, default: int) -> int:
     n = src.extra.get("n_frames")
     if isinstance(n, (int, np.integer)) and n > 0:
         return int(n)
-    from lus_dist.video import MediaError, is_video_file, video_info
+    from lus_dist.io.video import MediaError, is_video_file, video_info
     path = Path(str(src.source))
     if is_video_file(path) and path.is_file():
         try:

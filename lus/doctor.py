@@ -98,7 +98,7 @@ def deepspeed_line(cfg, plan) -> str:
     try:
         ds = json.loads(path.read_text())
     except ValueError as exc:
-        from lus_dist.config import ConfigError
+        from lus_dist.io.config import ConfigError
         raise ConfigError(f"{path}: not valid JSON ({exc})") from None
     bf16 = deepspeed_bf16(ds, plan, str(path))
     stage = ds.get("zero_optimization", {}).get("stage", cfg.dist.zero_stage)
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_intermixed_args(argv)
     from hpc import WorldError, current_world
     from hpc.device_plan import probe_cuda
-    from lus_dist.config import ConfigError
+    from lus_dist.io.config import ConfigError
     from lus_dist.families import load_run_config
 
     tag = "lus doctor"

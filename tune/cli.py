@@ -11,7 +11,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from lus_dist.config import ConfigError, load_config, to_dict
+from lus_dist.io.config import ConfigError, load_config, to_dict
 
 SPACES_DIR = Path(__file__).resolve().parent / "spaces"
 

@@ -14,7 +14,7 @@ A space file looks like::
       model.lstm_units: {qrandint: [32, 1024, 32]}
 
 The trial's config is: family defaults <- `--config` file <- overrides <- `base` <- the
-sampled params, built with `lus_dist.config` so an unknown key fails before any trial
+sampled params, built with `lus_dist.io.config` so an unknown key fails before any trial
 runs, and the best trial is saved in exactly the form `lus train --config` reads.
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from lus_dist.config import ConfigError, from_dict, to_dict
+from lus_dist.io.config import ConfigError, from_dict, to_dict
 
 
 

@@ -146,7 +146,7 @@ def _train_worker(loop_config: dict[str, Any]) -> None:
     which the engine's init_distributed then reuses."""
     import ray.train
 
-    from lus_dist.config import from_dict
+    from lus_dist.io.config import from_dict
 
     family = loop_config["family"]
     cfg = from_dict(engine_config_cls(family), loop_config["config"], "trial config")
@@ -168,7 +168,7 @@ def distributed_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from lus_dist.config import to_dict
+    from lus_dist.io.config import to_dict
 
     cfg = build_config(engine_config_cls(ctx.family), ctx.base, config)
     run_dir = _trial_run_dir(ctx)
@@ -274,7 +274,7 @@ def gpus_per_trial(requested: float | None, cluster_gpus: float) -> float:
     if requested is None:
         return 1.0 if cluster_gpus >= 1 else 0.0
     if requested < 0 or requested > cluster_gpus:
-        from lus_dist.config import ConfigError
+        from lus_dist.io.config import ConfigError
         raise ConfigError(f"--gpus-per-trial {requested:g}: the Ray cluster has {cluster_gpus:g} GPU(s)")
     return float(requested)
 

@@ -51,7 +51,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     """Errors that mean bad input (config, data dir, checkpoint, launch env), not a bug:
     reported as one line naming the file and the problem, exit 2."""
     from hpc import WorldError
-    from lus_dist.config import ConfigError
+    from lus_dist.io.config import ConfigError
     from lus_dist.shards.manifest import ManifestError
 
     from .checkpoint import CheckpointError
@@ -60,7 +60,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_intermixed_args(argv)
-    from lus_dist.config import ConfigError
+    from lus_dist.io.config import ConfigError
     try:
         cfg = families.load_run_config(args.family, args.config, args.overrides)
     except ConfigError as exc:

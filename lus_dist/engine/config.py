@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from hpc.device_plan import BF16_MODES
-from lus_dist.config import ConfigError
+from lus_dist.io.config import ConfigError
 
 # forkserver first: why, in lus_dist.engine.data.worker_context
 WORKER_STARTS = ("forkserver", "spawn", "fork")

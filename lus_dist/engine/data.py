@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, Subset
 
 from hpc import World
 from hpc.dist import is_distributed
-from lus_dist.config import ConfigError
+from lus_dist.io.config import ConfigError
 from lus_dist.shards.partition import class_balanced_weights, split_even
 from lus_dist.shards.sampler import DistributedShardSampler
 

@@ -16,7 +16,7 @@ import torch.distributed as dist
 
 from hpc.device_plan import with_deepspeed_precision
 from hpc.dist import is_distributed
-from lus_dist.config import ConfigError
+from lus_dist.io.config import ConfigError
 
 from .checkpoint import unwrap
 from .config import RunConfig

@@ -17,7 +17,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lus_dist.config import ConfigError, load_config
+from lus_dist.io.config import ConfigError, load_config
 
 if TYPE_CHECKING:
     from lus_dist.engine.config import RunConfig

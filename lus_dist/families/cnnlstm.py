@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lus_dist.config import ConfigError
+from lus_dist.io.config import ConfigError
 from lus_dist.engine.config import DataConfig, ModelConfig, RunConfig, ScheduleConfig
 from lus_dist.engine.data import validation_name, gather, open_split, stack_outputs
 from lus_dist.engine.family import Family, Splits

@@ -25,7 +25,7 @@ import torch
 from torch.utils.data import Subset
 
 from lus_dist.training.augment import AugmentConfig, AugmentStream, augment_config
-from lus_dist.config import ConfigError
+from lus_dist.io.config import ConfigError
 from lus_dist.pretraining.contrastive import pair_loss
 from lus_dist.engine.config import (DataConfig, ModelConfig, OptimConfig, RunConfig,
                                     ScheduleConfig)

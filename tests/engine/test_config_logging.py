@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from hpc import World
-from lus_dist.config import ConfigError
+from lus_dist.io.config import ConfigError
 from lus_dist.engine.cli import main as train_main
 from lus_dist import families
 from lus_dist.engine.fit import deepspeed_json

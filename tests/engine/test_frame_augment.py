@@ -11,7 +11,7 @@ import torch
 
 from engine_helpers import step_losses
 from lus_dist import families
-from lus_dist.config import ConfigError
+from lus_dist.io.config import ConfigError
 from lus_dist.engine import run
 from lus_dist.families import load_run_config
 

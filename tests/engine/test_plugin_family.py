@@ -157,7 +157,7 @@ def test_trials_ask_ray_for_gpus_two_logical_gpus_run_two_trials_at_once(engine_
 
 
 def test_gpus_per_trial_rule():
-    from lus_dist.config import ConfigError
+    from lus_dist.io.config import ConfigError
     from tune.trainables import TrialContext, gpus_per_trial, trial_resources, worker_resources
 
     assert gpus_per_trial(None, 0) == 0 and gpus_per_trial(None, 4) == 1 and gpus_per_trial(0.5, 1) == 0.5

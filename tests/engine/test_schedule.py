@@ -8,7 +8,7 @@ import pytest
 import torch
 from hypothesis import given, strategies as st
 
-from lus_dist.config import ConfigError
+from lus_dist.io.config import ConfigError
 from lus_dist.engine.checkpoint import _load
 from lus_dist.engine.config import ScheduleConfig, warmup_cosine_factor
 

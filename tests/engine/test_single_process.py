@@ -63,7 +63,7 @@ def test_ema_is_refused_under_deepspeed_bf16_and_off_by_default():
 
     import torch
 
-    from lus_dist.config import ConfigError
+    from lus_dist.io.config import ConfigError
     from lus_dist.engine.fit import build_ema
 
     net = torch.nn.Linear(2, 2)
