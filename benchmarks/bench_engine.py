@@ -65,9 +65,9 @@ def engine_in_process(shards: Path, run_dir: Path, batch: int, steps: int) -> fl
     import contextlib
     import io
 
-    from lus_dist import families
+    from lus_dist.engine import registry as families
     from lus_dist.engine import run
-    from lus_dist.families import load_run_config
+    from lus_dist.engine.registry import load_run_config
 
     cfg = load_run_config("regstn", None, overrides(shards, batch, steps))
     with contextlib.redirect_stdout(io.StringIO()):

@@ -12,7 +12,7 @@ import pytest
 from hpc.device_plan import CudaFacts, PlanError
 from hpc.world import world_from_env
 from lus.doctor import report
-from lus_dist.families import load_run_config
+from lus_dist.engine.registry import load_run_config
 
 DEMO = Path(__file__).resolve().parents[1] / "lus_dist" / "configs" / "demo_regstn.yaml"
 NO_GPU = not __import__("torch").cuda.is_available()

@@ -2,7 +2,7 @@
 
 A space file looks like::
 
-    family: aggregator          # aggregator or a registered family (lus_dist.families)
+    family: aggregator          # aggregator or a registered family (lus_dist.engine.registry)
     metric: mean_weighted_f1    # what the trial reports; the sweep optimises it
     mode: max
     max_t: 1                    # reports per trial; default: train.epochs of the base config
@@ -32,7 +32,7 @@ from lus_dist.io.config import ConfigError, from_dict, to_dict
 
 def space_families() -> tuple[str, ...]:
     """What a space can sweep: the aggregator and every registered engine family."""
-    from lus_dist import families
+    from lus_dist.engine import registry as families
 
     return ("aggregator", *families.names())
 

@@ -74,14 +74,14 @@ def aggregator_metrics(result: Any) -> dict[str, float]:
 
 # ---------------------------------------------------------------- engine families
 def engine_config_cls(family: str) -> type:
-    from lus_dist import families
+    from lus_dist.engine import registry as families
 
     return families.get(family).config_cls
 
 
 def is_ray_train(family: str) -> bool:
     """Whether a trial of this family is a Ray Train group (several ranks) or one process."""
-    from lus_dist import families
+    from lus_dist.engine import registry as families
 
     return family != "aggregator" and families.get(family).ray_train
 
@@ -105,7 +105,7 @@ def run_engine(family: str, cfg: Any, run_dir: Path,
     """One training run of the engine, resuming its own checkpoints after a restart; every
     epoch's validation metrics go to `report` on every rank (Ray Train needs all ranks to
     report, and raises from it when a scheduler stops the trial, which ends the run)."""
-    from lus_dist import families
+    from lus_dist.engine import registry as families
     from lus_dist.engine import RunHooks, run
 
     hooks = RunHooks(on_epoch_end=lambda epoch, metrics: report(
@@ -245,8 +245,8 @@ class Family:
 
 
 def families() -> dict[str, Family]:
-    """The aggregator plus every engine family of the registry (lus_dist.families)."""
-    from lus_dist import families as registry
+    """The aggregator plus every engine family of the registry (lus_dist.engine.registry)."""
+    from lus_dist.engine import registry
 
     out = {"aggregator": Family("aggregator", aggregator_config_cls, aggregator_trial,
                                 "lus aggregate --predictions {predictions} --config {best} "

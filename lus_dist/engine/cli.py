@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from hpc import exit_worker
-from lus_dist import families
+from lus_dist.engine import registry as families
 
 from .loop import run
 
@@ -38,7 +38,7 @@ def parser() -> argparse.ArgumentParser:
         + ") on HDF5 shards with DDP or DeepSpeed; resumable to the step.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("family", choices=families.names(),
-                   help="model family (lus_dist.families; plug-ins via LUS_FAMILIES)")
+                   help="model family (lus_dist.engine.registry; plug-ins via LUS_FAMILIES)")
     p.add_argument("--config", default=None, help="YAML config (defaults of the family if omitted)")
     p.add_argument("--run-dir", default=None, help="run directory (default: runs/<name>)")
     p.add_argument("--resume", default=None,

@@ -3,7 +3,7 @@
 A family says how to build its data and model, what one micro-batch's loss is, how to
 evaluate and score a split, and what to export. The loop owns everything else: epochs,
 accumulation, the schedule, logging, preemption, checkpoints, resume and summary.json.
-Register a family in `lus_dist/families/__init__.py` (or, outside this package, with the
+Register a family in `lus_dist/engine/registry.py` (or, outside this package, with the
 `lus_dist.families` entry-point group or `LUS_FAMILIES=name=module:Class`); the CLI,
 `lus tune`, `lus eval` and the reports read that registry.
 """

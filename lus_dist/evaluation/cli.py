@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from lus_dist import families
+from lus_dist.engine import registry as families
 
 from .report import Report, ReportError, load_run
 

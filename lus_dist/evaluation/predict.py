@@ -44,7 +44,7 @@ def find_run_dir(path: str | Path) -> Path:
 
 def run_family(run_dir: Path) -> str:
     """From summary.json when finished, else by which family's schema the config fits."""
-    from lus_dist import families
+    from lus_dist.engine import registry as families
     from lus_dist.io.config import ConfigError
 
     summary = run_dir / "summary.json"
@@ -114,7 +114,7 @@ def build_model(family: str, cfg, pre) -> torch.nn.Module:
 def load_run(path: str | Path, expect: str, size: int | None = None,
              channels: int | None = None, device: str = "cpu") -> LoadedRun:
     """A trained model from its run dir; `expect` is the family the caller needs."""
-    from lus_dist.families import load_run_config
+    from lus_dist.engine.registry import load_run_config
 
     run_dir = find_run_dir(path)
     family = run_family(run_dir)

@@ -30,7 +30,7 @@ class ReportError(ValueError):
 @dataclass
 class RunInfo:
     path: Path
-    family: str                    # a registered family (lus_dist.families)
+    family: str                    # a registered family (lus_dist.engine.registry)
     name: str
     summary: dict = field(default_factory=dict)
 
@@ -55,7 +55,7 @@ def load_run(path: str | Path) -> RunInfo:
                           "resume it with `lus train ... --run-dir {path} --resume auto`)")
     summary = read_json(summary_path)
     family = summary.get("family")
-    from lus_dist import families
+    from lus_dist.engine import registry as families
     if family not in families.names():
         raise ReportError(f"{summary_path}: unknown family {family!r} (registered: "
                           f"{', '.join(families.names())})")

@@ -16,7 +16,7 @@ SHORT = ["train.epochs=2", "train.max_steps_per_epoch=2", "logging.tensorboard=f
 @pytest.mark.parametrize("family, extra", [("regstn", []), ("seg", []),
                                            ("cnnlstm", ["data.clip_len=4"])])
 def test_production_config_trains_with_loader_workers(engine_shards, tmp_path, family, extra):
-    from lus_dist.families import load_run_config
+    from lus_dist.engine.registry import load_run_config
 
     overrides = [f"data.root={engine_shards}", *SHORT, *extra]
     if family != "regstn":

@@ -7,9 +7,9 @@ import math
 import pytest
 
 from engine_helpers import step_losses, summary
-from lus_dist import families
+from lus_dist.engine import registry as families
 from lus_dist.engine import run
-from lus_dist.families import load_run_config
+from lus_dist.engine.registry import load_run_config
 
 
 @pytest.mark.slow
