@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from lus.gpu_smoke import FAMILIES, cell_result, cells, format_table, prep_commands
-from lus_dist.engine.cli import parser as train_parser
+from lus.train import parser as train_parser
 from lus_dist.engine.registry import load_run_config
 
 HAS_GPU = torch.cuda.is_available() and torch.cuda.device_count() > 0

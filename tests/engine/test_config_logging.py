@@ -10,7 +10,7 @@ import torch
 
 from hpc import World
 from lus_dist.io.config import ConfigError
-from lus_dist.engine.cli import main as train_main
+from lus.train import main as train_main
 from lus_dist.engine import registry as families
 from lus_dist.engine.fit import deepspeed_json
 from lus_dist.engine.session import Session

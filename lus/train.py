@@ -13,8 +13,7 @@ from pathlib import Path
 
 from hpc import exit_worker
 from lus_dist.engine import registry as families
-
-from .loop import run
+from lus_dist.engine.loop import run
 
 EPILOG = """examples:
   lus train regstn --config configs/demo_regstn.yaml data.root=data/shards train.epochs=5
@@ -51,10 +50,9 @@ def user_errors() -> tuple[type[BaseException], ...]:
     """Errors that mean bad input (config, data dir, checkpoint, launch env), not a bug:
     reported as one line naming the file and the problem, exit 2."""
     from hpc import WorldError
+    from lus_dist.engine.checkpoint import CheckpointError
     from lus_dist.io.config import ConfigError
     from lus_dist.shards.manifest import ManifestError
-
-    from .checkpoint import CheckpointError
     return ConfigError, ManifestError, CheckpointError, WorldError, FileNotFoundError
 
 
