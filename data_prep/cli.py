@@ -138,7 +138,7 @@ def _print_done(out: Path, m) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from data_prep.pack import PackError
+    from data_prep.records import PackError
     from lus_dist.shards.manifest import ManifestError
     args = _parser().parse_args(argv)
     try:
