@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import check_and_load, read_state_dict
+from .weights import check_and_load, read_state_dict
 from .cnn import ScoreClassifier
 
 EXPORT_FORMAT = "lus-dist-encoder/1"

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from . import load_weights_file
+from .weights import load_weights_file
 from .encoder import load_encoder
 
 SEG_ARCHS: dict[str, str] = {"unet": "Unet", "unetplusplus": "UnetPlusPlus",
