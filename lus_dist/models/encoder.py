@@ -80,15 +80,12 @@ def encoder_slot(model: nn.Module) -> tuple[str | None, nn.Module, tuple[str, ..
     Loading into the returned module writes into `model` (the slot shares its submodules).
     """
     from .cnn import ResNet18Frame
-    from .cnnlstm import CNNLSTM
 
     net = getattr(model, "module", model)  # DDP / DeepSpeed wrappers
-    if isinstance(net, ContrastiveModel):
-        return net.encoder_name, net.encoder, ()
-    if isinstance(net, CNNLSTM):
+    if hasattr(net, "encoder_name"):   # built on build_encoder: ContrastiveModel, CNNLSTM
         if net.encoder is None:
             raise ValueError("this CNN-LSTM was built from_features: it has no encoder to load")
-        return net.cfg.encoder, net.encoder, ()
+        return net.encoder_name, net.encoder, ()
     if isinstance(getattr(net, "classifier", None), ScoreClassifier):
         # frame CNN, random-crop CNN, Reg-STN (its classifier; the localiser stays random):
         # wrapped like build_encoder's small_cnn so the keys read "0.<layer>..."
