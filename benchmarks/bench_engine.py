@@ -65,9 +65,9 @@ def engine_in_process(shards: Path, run_dir: Path, batch: int, steps: int) -> fl
     import contextlib
     import io
 
-    from lus_dist import families
+    from lus_dist.engine import registry as families
     from lus_dist.engine import run
-    from lus_dist.families import load_run_config
+    from lus_dist.engine.registry import load_run_config
 
     cfg = load_run_config("regstn", None, overrides(shards, batch, steps))
     with contextlib.redirect_stdout(io.StringIO()):
@@ -87,7 +87,7 @@ def engine_launched(shards: Path, run_dir: Path, nproc: int, batch: int, steps: 
 
 def bare_sps(shards: Path, batch: int, steps: int) -> float:
     """The 20-line loop: same model, loss, optimizer and data, nothing else."""
-    from lus_dist.losses import FrameLossConfig, frame_loss
+    from lus_dist.training.losses import FrameLossConfig, frame_loss
     from lus_dist.models import build_frame_model
     from lus_dist.shards.reader import ShardDataset
 

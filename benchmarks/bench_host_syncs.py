@@ -56,7 +56,7 @@ class CountSyncs(TorchFunctionMode):
 
 def measure(shards: Path, steps: int, every: int, out: Path) -> tuple[float, float]:
     """(host syncs per optimizer step, seconds per step) of one single-process run."""
-    from lus_dist import families
+    from lus_dist.engine import registry as families
     from lus_dist.engine.loop import Trainer, RunHooks
 
     cfg = families.load_run_config("regstn", None, [

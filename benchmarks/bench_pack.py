@@ -28,7 +28,7 @@ import numpy as np
 from data_prep.ingest_pocus import ingest_pocus
 from data_prep.pack import PackConfig, check_sources, make_plan, pack, provenance
 from lus_dist.shards.format import Preprocessing
-from lus_dist.video import keep_incomplete
+from lus_dist.io.video import keep_incomplete
 
 _SOURCES = None  # inherited by forked decode workers
 

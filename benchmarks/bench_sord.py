@@ -16,7 +16,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from lus_dist.losses import FrameLossConfig, frame_loss
+from lus_dist.training.losses import FrameLossConfig, frame_loss
 from lus_dist.models import FrameOutput, build_frame_model
 
 

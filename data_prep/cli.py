@@ -101,7 +101,7 @@ def _ingest(args):
         return ingest_iclus(args.src, table=args.table, allow_pickle=args.allow_pickle), {}
     if args.layout == "table":
         from data_prep.ingest_table import ingest_table, load_spec
-        from lus_dist.config import to_dict
+        from lus_dist.io.config import to_dict
         spec = load_spec(args.spec, args.set)
         return ingest_table(args.src, spec), {"spec": to_dict(spec)}
     from data_prep.ingest_pocus import ingest_pocus
@@ -152,7 +152,7 @@ def _print_done(out: Path, m) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from data_prep.pack import PackError
+    from data_prep.records import PackError
     from lus_dist.shards.manifest import ManifestError
     args = _parser().parse_args(argv)
     try:

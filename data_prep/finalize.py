@@ -14,7 +14,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from data_prep.pack import PackError, _patient_table
+from data_prep.records import PackError
 from data_prep.shard_writer import shard_status
 from lus_dist.shards import format as fmt
 from lus_dist.shards.manifest import FRAME_COLUMNS, Manifest
@@ -26,6 +26,17 @@ def shard_frame_columns(path: Path) -> dict[str, np.ndarray]:
         scores = f[fmt.DS_SCORES][:] if fmt.DS_SCORES in f else np.zeros(0, np.int16)
         has = f[fmt.DS_HAS_MASK][:].astype(bool) if fmt.DS_HAS_MASK in f else np.zeros(len(scores), bool)
     return {"score": scores.astype(FRAME_COLUMNS["score"]), "has_mask": has}
+
+
+def patient_table(videos: dict, labels: np.ndarray | None = None) -> dict:
+    n = int(videos["patient"].max()) + 1 if len(videos["patient"]) else 0
+    _, first = np.unique(videos["patient"], return_index=True)   # every index 0..n-1 has a video
+    return {"patient_id": videos["patient_id"][first], "hospital_id": videos["hospital_id"][first],
+            "n_videos": np.bincount(videos["patient"], minlength=n),
+            "n_frames": np.bincount(videos["patient"], weights=np.maximum(videos["n_frames"], 0),
+                                    minlength=n).astype(np.int64),
+            "split": videos["split"][first],
+            "label": np.full(n, fmt.UNKNOWN, np.int64) if labels is None else np.asarray(labels, np.int64)}
 
 
 def _old_shard_problem(out: Path, plan: Manifest, i: int) -> str | None:
@@ -85,7 +96,7 @@ def _complete(plan: Manifest, infos: dict[int, dict]) -> Manifest:
         v["offset"][rows] = np.concatenate([[0], np.cumsum(counts)[:-1]])
         for column in ("n_frames", "bytes", "sha256"):
             plan.shards[column][i] = info[column]
-    plan.patients = _patient_table(v, plan.patients["label"])
+    plan.patients = patient_table(v, plan.patients["label"])
     new = [infos[i] for i in sorted(infos)]
     plan.provenance = {**plan.provenance,
                        "pack_skipped": [s for x in new for s in x["skipped"]],

@@ -30,9 +30,9 @@ import numpy as np
 import pandas as pd
 
 from data_prep.records import IngestError, IngestReport, LoadedVideo, VideoSource
-from lus_dist.video import (MediaError, natural_key, image_shape, is_video_file, read_image,
+from lus_dist.io.video import (MediaError, natural_key, image_shape, is_video_file, read_image,
                                 read_video, to_gray_if_monochrome)
-from lus_dist.config import load_config
+from lus_dist.io.config import load_config
 from lus_dist.shards.format import MASK_CLASSES, SCORE_CLASSES, UNKNOWN, VIDEO_CLASSES
 
 TABLE_NAMES = ("dataset.csv", "dataset.parquet", "dataset.xlsx", "dataset.pkl")
@@ -397,6 +397,6 @@ def ingest_iclus(root, table=None, columns: ICLUSColumns | None = None,
 
 
 def load_columns(path=None, overrides: list[str] | None = None) -> ICLUSColumns:
-    """ICLUSColumns from a YAML file and/or `key=value` overrides (the lus_dist.config
+    """ICLUSColumns from a YAML file and/or `key=value` overrides (the lus_dist.io.config
     rules: unknown keys are errors), e.g. `score=[a1,a2,a3]` for three annotators."""
     return load_config(ICLUSColumns, path, overrides)

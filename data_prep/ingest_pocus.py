@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from data_prep.records import IngestError, IngestReport, LoadedVideo, VideoSource
-from lus_dist.video import MediaError, image_shape, is_image_file, is_video_file, read_video, video_info
+from lus_dist.io.video import MediaError, image_shape, is_image_file, is_video_file, read_video, video_info
 from lus_dist.shards.format import UNKNOWN, VIDEO_CLASSES
 
 PREFIX_CLASS = {"cov": "covid", "covid": "covid", "pne": "pneumonia", "pneu": "pneumonia",

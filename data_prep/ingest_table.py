@@ -33,9 +33,9 @@ import numpy as np
 from data_prep.ingest_iclus import parse_score, read_table, require_columns
 from data_prep.ingest_pocus import subsample
 from data_prep.records import IngestError, IngestReport, LoadedVideo, VideoSource
-from lus_dist.config import load_config
+from lus_dist.io.config import load_config
 from lus_dist.shards.format import SCORE_CLASSES, UNKNOWN
-from lus_dist.video import MediaError, is_video_file, natural_key, read_video, video_info
+from lus_dist.io.video import MediaError, is_video_file, natural_key, read_video, video_info
 
 FRAME_SCORES = ("none", "video")
 HINT = "Name the columns in the table spec (--spec FILE or --set KEY=VALUE)"

@@ -21,16 +21,13 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from data_prep.records import VideoSource
+from data_prep.finalize import patient_table
+from data_prep.records import PackError, VideoSource
 from data_prep.shard_writer import shard_status, write_shard
 from lus_dist.shards import format as fmt
 from lus_dist.shards.manifest import Manifest
 from lus_dist.shards.partition import task_items
 from lus_dist.shards.splits import extend_group_kfold, group_kfold, patient_split
-
-
-class PackError(RuntimeError):
-    """Input or output problem the user must fix; the message names files and reasons."""
 
 
 @dataclass
@@ -62,7 +59,7 @@ def estimate_frames(src: VideoSource, default: int) -> int:
     n = src.extra.get("n_frames")
     if isinstance(n, (int, np.integer)) and n > 0:
         return int(n)
-    from lus_dist.video import MediaError, is_video_file, video_info
+    from lus_dist.io.video import MediaError, is_video_file, video_info
     path = Path(str(src.source))
     if is_video_file(path) and path.is_file():
         try:
@@ -253,7 +250,7 @@ def make_plan(sources: list[VideoSource], cfg: PackConfig, provenance: dict,
     pre, splits = _settings(cfg)
     plan = Manifest(videos=videos, patients={}, shards=shards, preprocessing=pre, splits=splits,
                     provenance=provenance, version=version)
-    plan.patients = _patient_table(plan.videos, patient_labels(plan.videos, sources, base))
+    plan.patients = patient_table(plan.videos, patient_labels(plan.videos, sources, base))
     plan.classes = with_patient_classes(plan.classes, cfg, base)
     plan.plan_hash = _plan_hash(plan)
     plan.shards["plan_hash"][first:] = plan.plan_hash
@@ -274,17 +271,6 @@ def _relative(source: str, root: str | None) -> str:
         if root and candidate.startswith(prefix):
             return candidate[len(prefix):]
     return source
-
-
-def _patient_table(videos: dict, labels: np.ndarray | None = None) -> dict:
-    n = int(videos["patient"].max()) + 1 if len(videos["patient"]) else 0
-    _, first = np.unique(videos["patient"], return_index=True)   # every index 0..n-1 has a video
-    return {"patient_id": videos["patient_id"][first], "hospital_id": videos["hospital_id"][first],
-            "n_videos": np.bincount(videos["patient"], minlength=n),
-            "n_frames": np.bincount(videos["patient"], weights=np.maximum(videos["n_frames"], 0),
-                                    minlength=n).astype(np.int64),
-            "split": videos["split"][first],
-            "label": np.full(n, fmt.UNKNOWN, np.int64) if labels is None else np.asarray(labels, np.int64)}
 
 
 # --- running a pack (one task of an array, or all of it) ------------------------------------

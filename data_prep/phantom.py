@@ -34,7 +34,7 @@ import pandas as pd
 
 from data_prep.phantom_render import (COVID, HEALTHY, PNEUMONIA, PROBES, geometry, render, render_clip,
                                       render_frame, sample_scene, sample_video_params)
-from lus_dist.video import write_video
+from lus_dist.io.video import write_video
 from lus_dist.shards.format import VIDEO_CLASSES
 
 __all__ = ["make_phantom", "make_videos", "PhantomVideo", "sample_frame_scores", "video_score_of",

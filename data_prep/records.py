@@ -1,4 +1,5 @@
-"""What an ingester hands the packer: lazily-decoded videos plus a skip report.
+"""What an ingester hands the packer (lazily-decoded videos plus a skip report), and the errors
+of both steps that name the file and the problem.
 
 Decoding happens in `VideoSource.load()`, called inside pack workers, so ingest
 itself is a cheap directory/table scan and packing parallelises over videos.
@@ -63,3 +64,7 @@ class IngestReport:
 
 class IngestError(ValueError):
     """Input that cannot be ingested at all; the message names the file and the problem."""
+
+
+class PackError(RuntimeError):
+    """Input or output problem the user must fix; the message names files and reasons."""

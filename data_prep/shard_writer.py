@@ -19,7 +19,7 @@ import numpy as np
 from data_prep.records import LoadedVideo, VideoSource
 from lus_dist.shards import format as fmt
 from lus_dist.shards.manifest import Manifest
-from lus_dist.video import keep_incomplete
+from lus_dist.io.video import keep_incomplete
 
 
 def _problem(src: VideoSource, video: LoadedVideo) -> str | None:

@@ -19,11 +19,11 @@ $VIRTUAL_ENV/bin/python, else the project's .venv), NPROC_PER_NODE / CPU_PROCS_P
 MAX_RESTARTS, DRY_RUN=1. Under ``torchrun --max-restarts`` keep
 TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 (the scripts and hpc.launch set it; see hpc.dist).
 """
-from hpc.device_plan import (CudaFacts, PlanError, RunPlan, apply_plan, deepspeed_bf16, plan_run,
-                             probe_cuda, with_deepspeed_precision)
+from hpc.device_plan import (CudaFacts, PlanError, RunPlan, apply_plan, deepspeed_bf16, device_for,
+                             plan_run, probe_cuda, with_deepspeed_precision)
 from hpc.dist import destroy_distributed, exit_worker, init_distributed
 from hpc.signals import REQUEUE_EXIT_CODE, PreemptionFlag
-from hpc.world import World, WorldError, current_world, device_for, world_from_env
+from hpc.world import World, WorldError, current_world, world_from_env
 
 __all__ = ["World", "WorldError", "world_from_env", "current_world", "device_for", "init_distributed",
            "destroy_distributed", "exit_worker", "PreemptionFlag", "REQUEUE_EXIT_CODE", "CudaFacts",

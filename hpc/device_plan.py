@@ -270,6 +270,13 @@ def probe_cuda(env: Mapping[str, str] | None = None) -> CudaFacts:
                      cpu_has_native_bf16(cpu_flags()))
 
 
+def device_for(world: World, prefer: str = "auto"):
+    """The torch device of :func:`plan_run` for this process (``prefer`` is
+    ``train.device``). A thin wrapper kept for callers that need only the device; new code
+    takes the whole plan (backend, precision, TF32 come from the same decision)."""
+    return plan_run(world, probe_cuda(), device=prefer).torch_device()
+
+
 def cpu_flags(root: str = "/") -> set[str]:
     """The first CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
     try:

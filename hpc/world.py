@@ -243,11 +243,3 @@ def current_world() -> World:
     world = world_from_env(os.environ)
     return world if world.hostname else dataclasses.replace(world, hostname=socket.gethostname())
 
-
-def device_for(world: World, prefer: str = "auto"):
-    """The torch device of :func:`hpc.device_plan.plan_run` for this process (``prefer`` is
-    ``train.device``). A thin wrapper kept for callers that need only the device; new code
-    takes the whole plan (backend, precision, TF32 come from the same decision)."""
-    from hpc.device_plan import plan_run, probe_cuda
-
-    return plan_run(world, probe_cuda(), device=prefer).torch_device()

@@ -1,0 +1,1 @@
+"""The `lus` command: dispatch to the subcommands, and the commands that compose the packages."""

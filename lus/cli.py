@@ -14,7 +14,7 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "prep": ("data_prep.cli", "ingest raw LUS data, make a phantom, pack/validate HDF5 shards",
              "lus prep phantom --out data/phantom_raw && lus prep pack --layout iclus "
              "--src data/phantom_raw/iclus --out data/shards"),
-    "train": ("lus_dist.engine.cli", "train Reg-STN, segmentation or CNN-LSTM (single, torchrun, srun)",
+    "train": ("lus.train", "train Reg-STN, segmentation or CNN-LSTM (single, torchrun, srun)",
               "torchrun --standalone --nproc-per-node 2 -m lus train regstn "
               "--config configs/regstn.yaml data.root=data/shards"),
     "tune": ("tune.cli", "Ray Tune sweeps (aggregator, cnnlstm, regstn, seg)",

@@ -34,7 +34,7 @@ as `lus train`; the sbatch scripts run it first so the job log shows the plan.""
 
 
 def parser() -> argparse.ArgumentParser:
-    from lus_dist import families
+    from lus_dist.engine import registry as families
 
     p = argparse.ArgumentParser(
         prog="lus doctor", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -172,8 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_intermixed_args(argv)
     from hpc import WorldError, current_world
     from hpc.device_plan import probe_cuda
-    from lus_dist.config import ConfigError
-    from lus_dist.families import load_run_config
+    from lus_dist.io.config import ConfigError
+    from lus_dist.engine.registry import load_run_config
 
     tag = "lus doctor"
     try:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lus_dist.aggregator.train import AggregatorConfig
-from lus_dist.config import ConfigError, load_config, save_config
+from lus_dist.io.config import ConfigError, load_config, save_config
 from lus_dist.models.imagenet import IMAGENET, imagenet_weights
 
 from .experiment_jobs import DEFAULT_ROUTES, ROUTES, TrainStep, frame_encoder, plan_jobs, run_jobs

@@ -72,7 +72,7 @@ def train_cmd(family: str, step: TrainStep, run_dir: Path, shards: Path, fold: i
 def frame_model_name(step: TrainStep) -> str:
     """The frame CNN's `model.name` as `lus train regstn` will resolve it (family defaults,
     then the step's YAML, then its overrides)."""
-    from lus_dist.config import load_config
+    from lus_dist.io.config import load_config
     from lus_dist.families.regstn import RegSTNConfig
 
     return load_config(RegSTNConfig, step.config or None, list(step.overrides)).model.name

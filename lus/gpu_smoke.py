@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from lus_dist.families import BUILTIN
+from lus_dist.engine.registry import BUILTIN
 
 FAMILIES = tuple(BUILTIN)   # the shipped families (plug-ins have no smoke data of their own)
 CONFIGS = Path(__file__).resolve().parent.parent / "lus_dist" / "configs"

@@ -4,7 +4,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from lus_dist.config import ConfigError, apply_overrides, load_config, save_config
+from lus_dist.io.config import ConfigError, apply_overrides, load_config, save_config
 
 
 @dataclass

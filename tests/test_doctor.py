@@ -12,7 +12,7 @@ import pytest
 from hpc.device_plan import CudaFacts, PlanError
 from hpc.world import world_from_env
 from lus.doctor import report
-from lus_dist.families import load_run_config
+from lus_dist.engine.registry import load_run_config
 
 DEMO = Path(__file__).resolve().parents[1] / "lus_dist" / "configs" / "demo_regstn.yaml"
 NO_GPU = not __import__("torch").cuda.is_available()
@@ -136,7 +136,7 @@ def test_report_says_how_channels_last_runs_on_each_backend():
 def test_a_combination_the_engine_refuses_is_a_broken_plan(tmp_path, json_text, overrides, reason):
     """The doctor asks the engine's own start-up check (lus_dist.engine.fit.runnable), so it
     reports exactly what `lus train` would refuse before a job queues."""
-    from lus_dist.config import ConfigError
+    from lus_dist.io.config import ConfigError
 
     ds = tmp_path / "ds.json"
     ds.write_text(json_text)

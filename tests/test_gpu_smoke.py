@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from lus.gpu_smoke import FAMILIES, cell_result, cells, format_table, prep_commands
-from lus_dist.engine.cli import parser as train_parser
-from lus_dist.families import load_run_config
+from lus.train import parser as train_parser
+from lus_dist.engine.registry import load_run_config
 
 HAS_GPU = torch.cuda.is_available() and torch.cuda.device_count() > 0
 CONFIGS_DIR = Path(__file__).resolve().parents[1] / "lus_dist" / "configs"

@@ -11,7 +11,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from lus_dist.config import ConfigError, load_config, to_dict
+from lus_dist.io.config import ConfigError, load_config, to_dict
 
 SPACES_DIR = Path(__file__).resolve().parent / "spaces"
 
@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="frame predictions of other patients (e.g. test.h5 when --predictions "
                           "is holdout.h5): the chosen config, fitted on --predictions, is graded "
                           "on them once after the sweep (best.json 'test'); no trial sees them")
-    from lus_dist import families
+    from lus_dist.engine import registry as families
 
     for fam in families.names():
         cls = families.get(fam)
@@ -174,7 +174,7 @@ def precheck(family: str, cls: type, base: dict, space, predictions: str | None,
         if family == "aggregator":
             _precheck_aggregator(cfg, predictions, protocol, k, seed, test_predictions)
         else:
-            from lus_dist import families
+            from lus_dist.engine import registry as families
             families.make(family, cfg).build_data(None)
     except ConfigError:
         raise

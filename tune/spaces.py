@@ -2,7 +2,7 @@
 
 A space file looks like::
 
-    family: aggregator          # aggregator or a registered family (lus_dist.families)
+    family: aggregator          # aggregator or a registered family (lus_dist.engine.registry)
     metric: mean_weighted_f1    # what the trial reports; the sweep optimises it
     mode: max
     max_t: 1                    # reports per trial; default: train.epochs of the base config
@@ -14,7 +14,7 @@ A space file looks like::
       model.lstm_units: {qrandint: [32, 1024, 32]}
 
 The trial's config is: family defaults <- `--config` file <- overrides <- `base` <- the
-sampled params, built with `lus_dist.config` so an unknown key fails before any trial
+sampled params, built with `lus_dist.io.config` so an unknown key fails before any trial
 runs, and the best trial is saved in exactly the form `lus train --config` reads.
 """
 from __future__ import annotations
@@ -26,13 +26,13 @@ from typing import Any
 
 import yaml
 
-from lus_dist.config import ConfigError, from_dict, to_dict
+from lus_dist.io.config import ConfigError, from_dict, to_dict
 
 
 
 def space_families() -> tuple[str, ...]:
     """What a space can sweep: the aggregator and every registered engine family."""
-    from lus_dist import families
+    from lus_dist.engine import registry as families
 
     return ("aggregator", *families.names())
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from lus_dist.config import save_config
+from lus_dist.io.config import save_config
 from tune.spaces import SearchSpace, build_config, grid_size, to_ray, with_grid
 
 SCHEDULERS = ("asha", "pbt", "fifo")

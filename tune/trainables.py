@@ -74,14 +74,14 @@ def aggregator_metrics(result: Any) -> dict[str, float]:
 
 # ---------------------------------------------------------------- engine families
 def engine_config_cls(family: str) -> type:
-    from lus_dist import families
+    from lus_dist.engine import registry as families
 
     return families.get(family).config_cls
 
 
 def is_ray_train(family: str) -> bool:
     """Whether a trial of this family is a Ray Train group (several ranks) or one process."""
-    from lus_dist import families
+    from lus_dist.engine import registry as families
 
     return family != "aggregator" and families.get(family).ray_train
 
@@ -105,7 +105,7 @@ def run_engine(family: str, cfg: Any, run_dir: Path,
     """One training run of the engine, resuming its own checkpoints after a restart; every
     epoch's validation metrics go to `report` on every rank (Ray Train needs all ranks to
     report, and raises from it when a scheduler stops the trial, which ends the run)."""
-    from lus_dist import families
+    from lus_dist.engine import registry as families
     from lus_dist.engine import RunHooks, run
 
     hooks = RunHooks(on_epoch_end=lambda epoch, metrics: report(
@@ -146,7 +146,7 @@ def _train_worker(loop_config: dict[str, Any]) -> None:
     which the engine's init_distributed then reuses."""
     import ray.train
 
-    from lus_dist.config import from_dict
+    from lus_dist.io.config import from_dict
 
     family = loop_config["family"]
     cfg = from_dict(engine_config_cls(family), loop_config["config"], "trial config")
@@ -168,7 +168,7 @@ def distributed_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from lus_dist.config import to_dict
+    from lus_dist.io.config import to_dict
 
     cfg = build_config(engine_config_cls(ctx.family), ctx.base, config)
     run_dir = _trial_run_dir(ctx)
@@ -245,8 +245,8 @@ class Family:
 
 
 def families() -> dict[str, Family]:
-    """The aggregator plus every engine family of the registry (lus_dist.families)."""
-    from lus_dist import families as registry
+    """The aggregator plus every engine family of the registry (lus_dist.engine.registry)."""
+    from lus_dist.engine import registry
 
     out = {"aggregator": Family("aggregator", aggregator_config_cls, aggregator_trial,
                                 "lus aggregate --predictions {predictions} --config {best} "
@@ -274,7 +274,7 @@ def gpus_per_trial(requested: float | None, cluster_gpus: float) -> float:
     if requested is None:
         return 1.0 if cluster_gpus >= 1 else 0.0
     if requested < 0 or requested > cluster_gpus:
-        from lus_dist.config import ConfigError
+        from lus_dist.io.config import ConfigError
         raise ConfigError(f"--gpus-per-trial {requested:g}: the Ray cluster has {cluster_gpus:g} GPU(s)")
     return float(requested)
 

@@ -11,7 +11,7 @@ from lus_dist.aggregator.data import PredictionsError, import_authors, read_pred
 from lus_dist.aggregator.protocols import PROTOCOLS, ProtocolError
 from lus_dist.aggregator.train import (METRICS, AggregatorConfig, ProtocolResult, fit_all,
                                        run_protocol, save_aggregator)
-from lus_dist.config import ConfigError, load_config
+from lus_dist.io.config import ConfigError, load_config
 
 EPILOG = """examples:
   lus aggregate --predictions runs/regstn/predictions/test.h5 --protocol kfold --out agg/

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lus_dist.losses import sord_targets
+from lus_dist.training.losses import sord_targets
 
 
 def video_targets(labels: Tensor, num_classes: int, sord: bool = True,

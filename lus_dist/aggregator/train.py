@@ -26,8 +26,8 @@ from lus_dist.aggregator.data import FramePredictions, VideoBatch, pad_videos
 from lus_dist.aggregator.protocols import Folds, ProtocolError, make_folds
 from lus_dist.aggregator.targets import video_targets
 from lus_dist.aggregator.uninorm import VARIANTS, Packed, argmax_mean, max_argmax, pack
-from lus_dist.config import to_dict
-from lus_dist.metrics import frame_metrics
+from lus_dist.io.config import to_dict
+from lus_dist.training.metrics import frame_metrics
 
 METHODS = ("uninorm", "argmax_mean", "max_argmax")
 METRICS = ("weighted_f1", "weighted_precision", "weighted_recall", "accuracy")

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from hpc.device_plan import BF16_MODES
-from lus_dist.config import ConfigError
+from lus_dist.io.config import ConfigError
 
 # forkserver first: why, in lus_dist.engine.data.worker_context
 WORKER_STARTS = ("forkserver", "spawn", "fork")
@@ -171,7 +171,7 @@ class TrainConfig:
     # 0 (auto): N from the measured step time, so agreements are ~stop_check_s apart
     stop_check_every: int = 0
     stop_check_s: float = 2.0
-    # >0: an exponential moving average of the weights (lus_dist.ema) is what validation
+    # >0: an exponential moving average of the weights (lus_dist.engine.ema) is what validation
     # scores, best.pt holds and the exports use; checkpointed, exact on resume. Per
     # optimizer step: 0.999 averages over about the last 1000 steps
     ema_decay: float = 0.0

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, Subset
 
 from hpc import World
 from hpc.dist import is_distributed
-from lus_dist.config import ConfigError
+from lus_dist.io.config import ConfigError
 from lus_dist.shards.partition import class_balanced_weights, split_even
 from lus_dist.shards.sampler import DistributedShardSampler
 
@@ -135,7 +135,7 @@ def worker_options(cfg: RunConfig, device: torch.device, epoch_dependent: bool =
 
 
 # what a loader worker unpickles its dataset from: the forkserver imports them (and torch) once
-WORKER_PRELOAD = ["lus_dist.shards.reader", "lus_dist.engine.features", "lus_dist.pretrain_data"]
+WORKER_PRELOAD = ["lus_dist.shards.reader", "lus_dist.engine.features", "lus_dist.pretraining.pairs"]
 
 
 def worker_context(method: str) -> multiprocessing.context.BaseContext:

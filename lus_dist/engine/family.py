@@ -3,7 +3,7 @@
 A family says how to build its data and model, what one micro-batch's loss is, how to
 evaluate and score a split, and what to export. The loop owns everything else: epochs,
 accumulation, the schedule, logging, preemption, checkpoints, resume and summary.json.
-Register a family in `lus_dist/families/__init__.py` (or, outside this package, with the
+Register a family in `lus_dist/engine/registry.py` (or, outside this package, with the
 `lus_dist.families` entry-point group or `LUS_FAMILIES=name=module:Class`); the CLI,
 `lus tune`, `lus eval` and the reports read that registry.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Iterator, Mapping
+from typing import Any, Callable, ClassVar, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -41,6 +41,9 @@ class Family:
     title: ClassVar[str] = ""                      # for --help and the log
     ray_train: ClassVar[bool] = False              # tune: a trial is a Ray Train group
     input_key: ClassVar[str] = "image"             # the batch entry the model reads
+    # `lus eval`: a classmethod (rep, runs, options) writing the family's paper-shaped
+    # tables; None: the report's one table of each run's test scores
+    report_section: ClassVar[Callable[..., None] | None] = None
 
     def __init__(self, cfg: RunConfig) -> None:
         self.cfg = cfg
@@ -90,14 +93,6 @@ class Family:
 
     def summary(self) -> dict[str, Any]:
         return {"model": self.cfg.model.name}
-
-    @classmethod
-    def report_section(cls, rep, runs: list, options: Mapping[str, Any]) -> None:
-        """`lus eval`: one table of each run's test scores; families override with their
-        paper-shaped tables."""
-        from lus_dist.evaluation.report import generic_section
-
-        generic_section(rep, cls.name, runs)
 
     # -- helpers for evaluate()
     def eval_batches(self, ds, fit: Fit, session: Session, key: str | None = None

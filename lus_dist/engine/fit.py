@@ -17,7 +17,7 @@ import torch.distributed as dist
 
 from hpc.device_plan import with_deepspeed_precision
 from hpc.dist import init_one_rank_group, is_distributed
-from lus_dist.config import ConfigError
+from lus_dist.io.config import ConfigError
 
 from .checkpoint import unwrap
 from .config import RunConfig
@@ -36,7 +36,7 @@ class Fit:
     bf16: bool
     device: torch.device
     engine: Any = None              # the DeepSpeed engine when dist.backend=deepspeed
-    ema: Any = None                 # lus_dist.ema.EMA when train.ema_decay > 0
+    ema: Any = None                 # lus_dist.engine.ema.EMA when train.ema_decay > 0
     layout: LayoutProbe | None = None   # what the convolutions computed in
 
     @property
@@ -155,7 +155,7 @@ def build_ema(model: torch.nn.Module, cfg: RunConfig):
     fp32 weights and averages them."""
     if cfg.train.ema_decay <= 0:
         return None
-    from lus_dist.ema import EMA
+    from lus_dist.engine.ema import EMA
 
     return EMA(unwrap(model), cfg.train.ema_decay)
 

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 
 from hpc import REQUEUE_EXIT_CODE, PreemptionFlag, destroy_distributed
-from lus_dist.config import to_dict
+from lus_dist.io.config import to_dict
 
 from .cadence import StopCadence
 from .checkpoint import (CHECKPOINT_DIR, Checkpointer, Progress, RNGState, find_resume, load_best,

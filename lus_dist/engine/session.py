@@ -11,7 +11,7 @@ import torch
 
 from hpc import World, init_distributed, world_from_env
 from hpc.device_plan import CudaFacts, RunPlan, apply_plan, plan_run, probe_cuda
-from lus_dist.config import save_config
+from lus_dist.io.config import save_config
 
 from .config import RunConfig
 

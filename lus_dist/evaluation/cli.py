@@ -9,9 +9,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from lus_dist import families
+from lus_dist.engine import registry as families
 
-from .report import Report, ReportError, load_run
+from .report import Report, ReportError, generic_section, load_run
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -43,7 +43,11 @@ def evaluate(run_paths: list[str], out: str | None, aggregate: str | None = None
                                   f"`{r.summary.get('best_selected_on', '?')}`)" for r in runs))
     options = {"aggregate": aggregate, "stn_examples": n_stn}
     for name in families.names():
-        families.get(name).report_section(rep, [r for r in runs if r.family == name], options)
+        family, mine = families.get(name), [r for r in runs if r.family == name]
+        if family.report_section is None:   # no tables of its own: each run's test scores
+            generic_section(rep, name, mine)
+        else:
+            family.report_section(rep, mine, options)
     rep.write()
     return rep
 

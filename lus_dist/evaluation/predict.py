@@ -44,8 +44,8 @@ def find_run_dir(path: str | Path) -> Path:
 
 def run_family(run_dir: Path) -> str:
     """From summary.json when finished, else by which family's schema the config fits."""
-    from lus_dist import families
-    from lus_dist.config import ConfigError
+    from lus_dist.engine import registry as families
+    from lus_dist.io.config import ConfigError
 
     summary = run_dir / "summary.json"
     if summary.is_file():
@@ -114,7 +114,7 @@ def build_model(family: str, cfg, pre) -> torch.nn.Module:
 def load_run(path: str | Path, expect: str, size: int | None = None,
              channels: int | None = None, device: str = "cpu") -> LoadedRun:
     """A trained model from its run dir; `expect` is the family the caller needs."""
-    from lus_dist.families import load_run_config
+    from lus_dist.engine.registry import load_run_config
     from lus_dist.models import restore_input_norms
 
     run_dir = find_run_dir(path)
@@ -141,7 +141,7 @@ def load_run(path: str | Path, expect: str, size: int | None = None,
 # ---------------------------------------------------------------- clip -> tensors
 def read_clip(path: str | Path, pre) -> tuple[np.ndarray, torch.Tensor]:
     """(display frames uint8 (T,H,W,C), model input float (T,C,H,W) in [0,1])."""
-    from lus_dist.video import MediaError, read_video
+    from lus_dist.io.video import MediaError, read_video
     from lus_dist.shards.format import preprocess_frame
 
     try:
@@ -265,7 +265,7 @@ def load_aggregator(path: str | Path, classes: list[str]):
     """A trained uninorm saved by `lus aggregate --save-model` (config + state_dict + the
     class names it was trained on, which must be the frame model's)."""
     from lus_dist.aggregator.train import AggregatorConfig, build_model
-    from lus_dist.config import ConfigError, from_dict
+    from lus_dist.io.config import ConfigError, from_dict
     path = Path(path)
     if not path.is_file():
         raise PredictError(f"{path}: aggregator file not found")
@@ -307,7 +307,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def predict(args) -> dict:
-    from lus_dist.video import write_video
+    from lus_dist.io.video import write_video
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" \
         else args.device

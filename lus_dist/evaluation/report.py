@@ -15,7 +15,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from lus_dist.metrics import confusion_matrix, decision_metrics, frame_metrics, setting2_mask
+from lus_dist.training.metrics import confusion_matrix, decision_metrics, frame_metrics, setting2_mask
 from lus_dist.shards.format import VIDEO_CLASSES
 
 from . import plots
@@ -30,7 +30,7 @@ class ReportError(ValueError):
 @dataclass
 class RunInfo:
     path: Path
-    family: str                    # a registered family (lus_dist.families)
+    family: str                    # a registered family (lus_dist.engine.registry)
     name: str
     summary: dict = field(default_factory=dict)
 
@@ -55,7 +55,7 @@ def load_run(path: str | Path) -> RunInfo:
                           "resume it with `lus train ... --run-dir {path} --resume auto`)")
     summary = read_json(summary_path)
     family = summary.get("family")
-    from lus_dist import families
+    from lus_dist.engine import registry as families
     if family not in families.names():
         raise ReportError(f"{summary_path}: unknown family {family!r} (registered: "
                           f"{', '.join(families.names())})")
@@ -250,7 +250,7 @@ class Report:
 def confusion_and_roc(rep: Report, stem: str, y: np.ndarray, probs: np.ndarray,
                       classes: Sequence[str], what: str) -> None:
     """Both figures for one set of decisions; classes absent from y are still shown."""
-    from lus_dist.metrics import roc_auc_per_class
+    from lus_dist.training.metrics import roc_auc_per_class
     k = len(classes)
     cm = confusion_matrix(y, probs.argmax(1), k)
     aucs = [None if np.isnan(a) else float(a) for a in roc_auc_per_class(y, probs, k)]

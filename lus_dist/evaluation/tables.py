@@ -111,7 +111,7 @@ def mean_std(values: Sequence[float | None]) -> MeanStd:
 @dataclass
 class FrameScores:
     """One frame model's F1: Setting 1 = all frames; Setting 2 = K frames dropped each side
-    of every score transition within a video (computed by lus_dist.metrics)."""
+    of every score transition within a video (computed by lus_dist.training.metrics)."""
     model: str
     f1_setting1: float | None
     f1_setting2: Mapping[int, float | None]

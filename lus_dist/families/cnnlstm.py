@@ -14,12 +14,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lus_dist.config import ConfigError
+from lus_dist.io.config import ConfigError
 from lus_dist.engine.config import DataConfig, ModelConfig, RunConfig, ScheduleConfig
 from lus_dist.engine.data import validation_name, gather, open_split, stack_outputs
 from lus_dist.engine.family import Family, Splits
 from lus_dist.engine.features import cached_clips, ensure_cache
-from lus_dist.metrics import video_metrics
+from lus_dist.training.metrics import video_metrics
 from lus_dist.models import CNNLSTM, CNNLSTMConfig as ModelCfg
 from lus_dist.shards.format import VIDEO_CLASSES
 

@@ -2,8 +2,8 @@
 
 Why: no ImageNet weights can be had on these clusters, and ultrasound-only contrastive
 pretraining (USCL, IVPP) is what closes most of that gap. Positives are two augmented
-frames of one clip a few frames apart (lus_dist.pretrain_data.FramePairs); negatives are
-the rest of the global batch, gathered across ranks with gradients (lus_dist.contrastive).
+frames of one clip a few frames apart (lus_dist.pretraining.pairs.FramePairs); negatives are
+the rest of the global batch, gathered across ranks with gradients (lus_dist.pretraining.contrastive).
 Labels train nothing: each epoch a kNN classifier on the frozen features scores the
 validation frames (held-out training patients by default) against a bank of training
 frames, and that score picks the epoch. The test clips never enter pretraining; the test
@@ -24,16 +24,16 @@ import numpy as np
 import torch
 from torch.utils.data import Subset
 
-from lus_dist.augment import AugmentConfig, AugmentStream, augment_config
-from lus_dist.config import ConfigError
-from lus_dist.contrastive import pair_loss
+from lus_dist.training.augment import AugmentConfig, AugmentStream, augment_config
+from lus_dist.io.config import ConfigError
+from lus_dist.pretraining.contrastive import pair_loss
 from lus_dist.engine.config import (DataConfig, ModelConfig, OptimConfig, RunConfig,
                                     ScheduleConfig)
 from lus_dist.engine.data import gather, open_split, stack_outputs, validation_name
 from lus_dist.engine.family import Family, Splits
 from lus_dist.models import ENCODER_FILE, ContrastiveModel, export_encoder
-from lus_dist.pretrain_data import FramePairs
-from lus_dist.probe import knn_accuracy
+from lus_dist.pretraining.pairs import FramePairs
+from lus_dist.pretraining.probe import knn_accuracy
 
 
 @dataclass

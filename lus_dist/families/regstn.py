@@ -13,14 +13,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from lus_dist.augment import AugmentStream, augment_batch, augment_config
-from lus_dist.config import ConfigError
+from lus_dist.training.augment import AugmentStream, augment_batch, augment_config
+from lus_dist.io.config import ConfigError
 from lus_dist.engine.config import RunConfig
 from lus_dist.engine.data import validation_name, gather, open_split, stack_outputs
 from lus_dist.engine.family import Family, Splits
 from lus_dist.engine.results import write_frame_predictions
-from lus_dist.losses import FrameLossConfig, frame_loss
-from lus_dist.metrics import frame_metrics
+from lus_dist.training.losses import FrameLossConfig, frame_loss
+from lus_dist.training.metrics import frame_metrics
 from lus_dist.models import ENCODER_FILE, build_frame_model, encoder_slot, export_encoder, stn_boxes
 from lus_dist.shards.format import SCORE_CLASSES
 

@@ -16,8 +16,8 @@ from hpc.dist import is_distributed
 from lus_dist.engine.config import ModelConfig, RunConfig
 from lus_dist.engine.data import validation_name, open_split
 from lus_dist.engine.family import Family, Splits
-from lus_dist.losses import dice_ce_loss
-from lus_dist.metrics import dice_iou, segmentation_confusion
+from lus_dist.training.losses import dice_ce_loss
+from lus_dist.training.metrics import dice_iou, segmentation_confusion
 from lus_dist.models import build_seg_model
 from lus_dist.shards.format import MASK_CLASSES
 

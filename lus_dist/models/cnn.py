@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import FrameOutput
+from .output import FrameOutput
 
 # (channels of conv 1, channels of conv 2) per block, as in the paper.
 BLOCK_WIDTHS: tuple[tuple[int, int], ...] = ((32, 32), (64, 64), (64, 64), (64, 64),

@@ -48,6 +48,12 @@ class CNNLSTM(nn.Module):
                                   cfg.dense_units), nn.ReLU(inplace=True),
                                   nn.Linear(cfg.dense_units, cfg.num_classes))
 
+    @property
+    def encoder_name(self) -> str:
+        """The `build_encoder` architecture of `encoder`: what `load_encoder` checks a file
+        against and `export_encoder` records."""
+        return self.cfg.encoder
+
     @classmethod
     def from_features(cls, feature_dim: int, cfg: CNNLSTMConfig | None = None) -> "CNNLSTM":
         """The recurrent head alone, trained on cached (B, T, F) features."""

@@ -18,6 +18,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .weights import read_state_dict
+
 IMAGENET = "imagenet"      # the config value: `model.kwargs.encoder_weights: imagenet`
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)    # torchvision's and most timm weights' RGB statistics
@@ -153,7 +155,6 @@ def read_weights(weights: ImageNetWeights, own_keys) -> dict:
         from safetensors.torch import load_file
         state = load_file(weights.path)
     else:
-        from . import read_state_dict
         state, _ = read_state_dict(weights.path, f"{weights.arch} ImageNet")
     if weights.layout == PACKAGE_LAYOUT:
         state = lite_package_to_timm(state, own_keys)

@@ -13,7 +13,7 @@ import math
 import torch
 from torch import nn
 
-from . import FrameOutput
+from .output import FrameOutput
 from .cnn import BLOCK_WIDTHS, ScoreClassifier, affine_crop, conv_bn_relu, double_conv_blocks, half_size
 
 LOCALISER_WIDTHS: tuple[int, ...] = (32, 64, 64, 128)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from . import load_weights_file
+from .weights import load_weights_file
 from .encoder import load_encoder
 from .imagenet import IMAGENET
 

@@ -9,7 +9,7 @@ from agg_synthetic import synthetic_predictions
 from lus.cli import main as lus
 from lus_dist.aggregator.data import read_predictions, write_predictions
 from lus_dist.aggregator.train import AggregatorConfig, run_protocol
-from lus_dist.config import save_config
+from lus_dist.io.config import save_config
 from test_agg_data import authors_files
 
 

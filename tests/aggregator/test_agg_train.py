@@ -12,7 +12,7 @@ from lus_dist.aggregator.protocols import ProtocolError, make_folds
 from lus_dist.aggregator.train import (AggregatorConfig, build_model, fit, fit_all, grade,
                                        run_protocol, save_aggregator)
 from lus_dist.aggregator.uninorm import pack
-from lus_dist.config import load_config, save_config
+from lus_dist.io.config import load_config, save_config
 
 SMALL = dict(n_videos=12, lengths=(2, 30), seed=1)
 

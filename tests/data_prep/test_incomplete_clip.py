@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from data_prep.cli import main
 from data_prep.phantom import make_videos
 from lus_dist.shards.manifest import Manifest
-from lus_dist.video import (HEADER_SLACK, IncompleteClip, decode_video, is_incomplete, keep_incomplete,
+from lus_dist.io.video import (HEADER_SLACK, IncompleteClip, decode_video, is_incomplete, keep_incomplete,
                             read_video, write_video)
 
 N_FRAMES = 40

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from data_prep.ingest_iclus import (ICLUSColumns, IngestError, combine_scores,
                                     ingest_iclus, load_columns, parse_score)
-from lus_dist.video import MediaError, write_video
+from lus_dist.io.video import MediaError, write_video
 from lus_dist.shards.format import VIDEO_CLASSES
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from data_prep.records import IngestError
 from data_prep.ingest_pocus import ingest_pocus, label_from_name
-from lus_dist.video import VIDEO_SUFFIXES, IMAGE_SUFFIXES, write_video
+from lus_dist.io.video import VIDEO_SUFFIXES, IMAGE_SUFFIXES, write_video
 from lus_dist.shards.format import VIDEO_CLASSES
 
 REAL_POCUS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "pocus"

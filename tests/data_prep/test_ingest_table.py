@@ -15,7 +15,7 @@ from data_prep.ingest_table import TableSpec, check_spec, id_key, ingest_table, 
 from data_prep.records import IngestError
 from lus_dist.shards.manifest import Manifest
 from lus_dist.shards.reader import ShardDataset
-from lus_dist.video import write_video
+from lus_dist.io.video import write_video
 
 REAL_BLUES = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "covid_blues"
 BLUES_SPEC = Path(__file__).resolve().parents[2] / "configs" / "ingest" / "covid_blues.yaml"

@@ -1,11 +1,11 @@
-"""lus_dist.video: every container round-trips, grayscale is detected, bad files get named errors."""
+"""lus_dist.io.video: every container round-trips, grayscale is detected, bad files get named errors."""
 from __future__ import annotations
 
 import cv2
 import numpy as np
 import pytest
 
-from lus_dist.video import (MediaError, image_shape, is_monochrome, read_image, read_video,
+from lus_dist.io.video import (MediaError, image_shape, is_monochrome, read_image, read_video,
                                 to_gray_if_monochrome, video_info, write_video)
 
 

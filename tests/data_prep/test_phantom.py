@@ -13,7 +13,7 @@ from data_prep.phantom import (LABEL_SCORE_PROBS, MIN_COUNTED_FRACTION, make_pha
 from data_prep.phantom_render import (BLINE, CONSOLIDATION, COVID, HEALTHY, PLEURA, PNEUMONIA, PROBES,
                                       geometry, render, render_frame, sample_scene, sample_video_params,
                                       slide_offset)
-from lus_dist.video import read_video
+from lus_dist.io.video import read_video
 
 N_CASES = 16   # nuisance draws per check; each is rendered at all four scores
 

@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from hpc import World
-from lus_dist.config import ConfigError
-from lus_dist.engine.cli import main as train_main
-from lus_dist import families
+from lus_dist.io.config import ConfigError
+from lus.train import main as train_main
+from lus_dist.engine import registry as families
 from lus_dist.engine.fit import deepspeed_json
 from lus_dist.engine.session import Session
-from lus_dist.families import load_run_config
+from lus_dist.engine.registry import load_run_config
 from lus_dist.engine.logging import RunLogger, format_metrics, read_metrics, use_tqdm
 from lus_dist.engine.config import LoggingConfig
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lus_dist.config import ConfigError
+from lus_dist.io.config import ConfigError
 from lus_dist.engine.data import open_split, selection, validation_name
-from lus_dist.families import load_run_config
+from lus_dist.engine.registry import load_run_config
 from lus_dist.shards.manifest import Manifest
 
 

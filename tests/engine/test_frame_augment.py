@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from engine_helpers import step_losses
-from lus_dist import families
-from lus_dist.config import ConfigError
+from lus_dist.engine import registry as families
+from lus_dist.io.config import ConfigError
 from lus_dist.engine import run
-from lus_dist.families import load_run_config
+from lus_dist.engine.registry import load_run_config
 
 ARGS = ["data.batch_size=8", "train.epochs=1", "train.max_steps_per_epoch=3",
         "logging.every_steps=1", "logging.tensorboard=false", "viz_frames=0",

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 
 from engine_helpers import ParentPids
 from lus_dist.engine.data import worker_options
-from lus_dist.families import load_run_config
+from lus_dist.engine.registry import load_run_config
 
 
 @pytest.mark.parametrize("start, forked_by_us", [(None, False), ("forkserver", False),

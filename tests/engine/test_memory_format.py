@@ -12,7 +12,7 @@ import torch
 
 from engine_helpers import CONFIGS, one_process_session
 from lus_dist.engine.layout import LayoutProbe, layout_of, summarize
-from lus_dist.families import load_run_config
+from lus_dist.engine.registry import load_run_config
 from lus_dist.models import build_frame_model
 
 

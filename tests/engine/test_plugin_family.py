@@ -18,7 +18,7 @@ import yaml
 
 from lus_dist.engine import Family, RunConfig, Splits
 from lus_dist.engine.data import gather, open_split, stack_outputs, validation_name
-from lus_dist.metrics import frame_metrics
+from lus_dist.training.metrics import frame_metrics
 
 from engine_helpers import ROOT, child_env, explain, preempt_mid_run, run_train, summary
 
@@ -157,7 +157,7 @@ def test_trials_ask_ray_for_gpus_two_logical_gpus_run_two_trials_at_once(engine_
 
 
 def test_gpus_per_trial_rule():
-    from lus_dist.config import ConfigError
+    from lus_dist.io.config import ConfigError
     from tune.trainables import TrialContext, gpus_per_trial, trial_resources, worker_resources
 
     assert gpus_per_trial(None, 0) == 0 and gpus_per_trial(None, 4) == 1 and gpus_per_trial(0.5, 1) == 0.5

@@ -8,7 +8,7 @@ import pytest
 import torch
 from hypothesis import given, strategies as st
 
-from lus_dist.config import ConfigError
+from lus_dist.io.config import ConfigError
 from lus_dist.engine.checkpoint import _load
 from lus_dist.engine.config import ScheduleConfig, warmup_cosine_factor
 
@@ -32,7 +32,7 @@ def test_factor_stays_between_floor_and_one(warmup, total, floor):
 @pytest.mark.parametrize("bad", ["schedule.name=linear", "schedule.interval=batch",
                                  "schedule.warmup=-1", "schedule.min_lr_ratio=2"])
 def test_bad_schedule_is_a_config_error(bad):
-    from lus_dist.families import load_run_config
+    from lus_dist.engine.registry import load_run_config
     with pytest.raises(ConfigError, match="schedule"):
         load_run_config("regstn", None, [bad])
 

@@ -7,9 +7,9 @@ import math
 import pytest
 
 from engine_helpers import step_losses, summary
-from lus_dist import families
+from lus_dist.engine import registry as families
 from lus_dist.engine import run
-from lus_dist.families import load_run_config
+from lus_dist.engine.registry import load_run_config
 
 
 @pytest.mark.slow
@@ -61,7 +61,7 @@ def test_ema_is_refused_under_deepspeed_bf16_and_off_by_default(tmp_path):
     """A bf16 average would drop its updates: one clear error instead (injected facts)."""
     import torch
 
-    from lus_dist.config import ConfigError
+    from lus_dist.io.config import ConfigError
     from lus_dist.engine.fit import build_ema, runnable
     from engine_helpers import one_process_session
 

@@ -13,7 +13,7 @@ from data_prep.ingest_pocus import subsample, with_frame_labels
 from lus.experiment import (PocusExperimentConfig, frame_predictions_as_video_classes, main,
                             merge_predictions, plan_jobs)
 from lus.experiment_jobs import Job, run_jobs
-from lus_dist.config import ConfigError
+from lus_dist.io.config import ConfigError
 from lus_dist.evaluation.report import decisions_metrics
 from lus_dist.aggregator.data import FramePredictions
 
@@ -99,7 +99,7 @@ def test_pretraining_and_the_cnnlstm_use_the_frame_cnns_encoder(tmp_path, frame_
     """Changing the frame model (e.g. `model.name=resnet18_ce`) must not leave pretraining
     and the CNN-LSTM on the default small CNN's encoder: the frame CNN could not load the
     first's file, and the CNN-LSTM could not load the frame CNN's or the pretrained one."""
-    from lus_dist.config import load_config
+    from lus_dist.io.config import load_config
     from lus_dist.families.cnnlstm import CNNLSTMConfig
     from lus_dist.families.pretrain import PretrainConfig
 

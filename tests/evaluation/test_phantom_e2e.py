@@ -92,7 +92,7 @@ def _phantom_clip(phantom) -> Path:
 def test_predict_writes_scores_video_decision_and_annotated_gif(regstn_run, seg_run, phantom,
                                                                 tmp_path, lus_ok):
     from PIL import Image
-    from lus_dist.video import read_video
+    from lus_dist.io.video import read_video
     clip = _phantom_clip(phantom)
     agg = tmp_path / "agg.pt"
     lus_ok("aggregate", "--predictions", str(regstn_run / "predictions" / "train.h5"),

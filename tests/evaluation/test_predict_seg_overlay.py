@@ -48,7 +48,7 @@ def marker_clip(phantom, tmp_path):
 
 def test_overlay_uses_each_runs_own_preprocessing(frame48_run, seg_run, marker_clip):
     from lus_dist.evaluation.predict import load_run, overlay_masks, read_clip, seg_masks
-    from lus_dist.metrics import dice_iou, segmentation_confusion
+    from lus_dist.training.metrics import dice_iou, segmentation_confusion
     from lus_dist.shards.format import preprocess_mask
     clip, truth64 = marker_clip
     frame, seg = load_run(frame48_run, "regstn"), load_run(seg_run, "seg")

@@ -13,8 +13,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hpc.world import (World, WorldError, device_for, expand_nodelist, parse_tasks_per_node,
-                       port_from_job_id, world_from_env)
+from hpc.device_plan import device_for
+from hpc.world import (World, WorldError, expand_nodelist, parse_tasks_per_node, port_from_job_id,
+                       world_from_env)
 
 RECORDED = Path(__file__).parent / "recorded_envs"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lus_dist.losses import FrameLossConfig, frame_loss
+from lus_dist.training.losses import FrameLossConfig, frame_loss
 from lus_dist.models import FRAME_MODELS, FrameOutput, build_frame_model
 from lus_dist.models.cnn import ScoreClassifier
 from lus_dist.models.regstn import Localiser, RegSTN

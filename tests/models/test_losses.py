@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lus_dist.losses import dice_ce_loss, sord_loss, sord_targets
+from lus_dist.training.losses import dice_ce_loss, sord_loss, sord_targets
 
 classes = st.integers(2, 6)
 mults = st.floats(0.1, 8.0)

@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lus_dist.metrics import (confusion_matrix, dice_iou, frame_metrics, roc_auc_per_class,
+from lus_dist.training.metrics import (confusion_matrix, dice_iou, frame_metrics, roc_auc_per_class,
                               segmentation_confusion, setting2_mask, video_metrics)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lus_dist.losses import dice_ce_loss
+from lus_dist.training.losses import dice_ce_loss
 from lus_dist.models import CNNLSTM, CNNLSTMConfig, build_seg_model, extract_features
 
 

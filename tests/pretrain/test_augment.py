@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lus_dist.augment import (AugmentConfig, AugmentStream, affine_thetas, apply_params, augment_batch,
+from lus_dist.training.augment import (AugmentConfig, AugmentStream, affine_thetas, apply_params, augment_batch,
                               augment_with_masks, sample_params, sampling_grid, step_generator)
 
 OFF = AugmentConfig(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), depth=(1.0, 1.0), rotation_deg=0.0,

@@ -13,7 +13,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
-from lus_dist.contrastive import nt_xent_logits_targets, nt_xent_loss
+from lus_dist.pretraining.contrastive import nt_xent_logits_targets, nt_xent_loss
 
 B, D_IN, WORLD = 3, 10, 2
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from lus_dist.ema import EMA
-from lus_dist.probe import embed, knn_accuracy, linear_probe_accuracy
+from lus_dist.engine.ema import EMA
+from lus_dist.pretraining.probe import embed, knn_accuracy, linear_probe_accuracy
 
 
 def net() -> nn.Module:

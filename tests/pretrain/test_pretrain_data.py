@@ -8,7 +8,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lus_dist.pretrain_data import FramePairs, partner_frame
+from lus_dist.pretraining.pairs import FramePairs, partner_frame
 from lus_dist.shards.partition import epoch_rng
 from lus_dist.shards.reader import ShardDataset
 from lus_dist.shards.sampler import DistributedShardSampler

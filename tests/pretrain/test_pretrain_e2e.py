@@ -8,11 +8,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from lus_dist.augment import AugmentConfig, step_generator
-from lus_dist.contrastive import pair_loss
+from lus_dist.training.augment import AugmentConfig, step_generator
+from lus_dist.pretraining.contrastive import pair_loss
 from lus_dist.models import ContrastiveModel, build_frame_model, export_encoder
-from lus_dist.pretrain_data import FramePairs
-from lus_dist.probe import knn_monitor
+from lus_dist.pretraining.pairs import FramePairs
+from lus_dist.pretraining.probe import knn_monitor
 from lus_dist.shards.reader import ShardDataset
 from lus_dist.shards.sampler import DistributedShardSampler
 

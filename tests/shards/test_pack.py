@@ -8,7 +8,8 @@ import h5py
 import numpy as np
 import pytest
 
-from data_prep.pack import PackError, finalize, plan_shards
+from data_prep.pack import finalize, plan_shards
+from data_prep.records import PackError
 from data_prep.records import LoadedVideo, VideoSource
 from data_prep.validate import report, validate
 from lus_dist.shards import format as fmt

@@ -63,7 +63,7 @@ def test_regstn_sweep_two_trials_of_two_ray_train_workers(tmp_path, phantom_tmp,
         assert len(set(summary["param_digests"])) == 1   # ... in one DDP process group
     best = yaml.safe_load((out / "best.yaml").read_text())
     assert best["data"]["root"] == str(shards) and best["train"]["epochs"] == 2
-    from lus_dist.families import load_run_config
+    from lus_dist.engine.registry import load_run_config
     load_run_config("regstn", out / "best.yaml", [])   # `lus train --config` reads it
     # ranked on held-out training patients; the test scores are reported, never ranked on
     chosen = json.loads((out / "best.json").read_text())

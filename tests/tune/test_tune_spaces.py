@@ -9,7 +9,7 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lus_dist.config import load_config
+from lus_dist.io.config import load_config
 from tune.spaces import (SpaceError, build_config, check_space, grid_size, load_space, merge,
                          parse_space, set_dotted, to_ray, with_grid)
 
@@ -94,7 +94,7 @@ def test_build_config_applies_dotted_params_and_validates():
 
 
 def test_best_config_round_trips_through_load_config(tmp_path):
-    from lus_dist.config import save_config
+    from lus_dist.io.config import save_config
 
     cfg = build_config(Cfg, {}, {"optim.batch_size": 32, "sord": False})
     save_config(cfg, tmp_path / "best.yaml")

@@ -98,7 +98,7 @@ def pair_loss(model: torch.nn.Module, view1: torch.Tensor, view2: torch.Tensor, 
     expects) and BatchNorm statistics over both views, as SimCLR. `generator` is a CPU
     generator, e.g. `augment.step_generator(seed, epoch, step, rank)` (exact on resume).
     """
-    from lus_dist.augment import augment_batch
+    from lus_dist.training.augment import augment_batch
 
     x = torch.cat([augment_batch(view1, augment_cfg, generator),
                    augment_batch(view2.to(view1.dtype), augment_cfg, generator)])

@@ -15,7 +15,7 @@ import numpy as np
 import sklearn.metrics as skm
 import torch
 
-from .shards.format import MASK_CLASSES, VIDEO_CLASSES
+from ..shards.format import MASK_CLASSES, VIDEO_CLASSES
 
 
 def _labels(y: np.ndarray | Sequence[int] | torch.Tensor, name: str) -> np.ndarray:

@@ -12,9 +12,8 @@ import sys
 from pathlib import Path
 
 from hpc import exit_worker
-from lus_dist import families
-
-from .loop import run
+from lus_dist.engine import registry as families
+from lus_dist.engine.loop import run
 
 EPILOG = """examples:
   lus train regstn --config configs/demo_regstn.yaml data.root=data/shards train.epochs=5
@@ -38,7 +37,7 @@ def parser() -> argparse.ArgumentParser:
         + ") on HDF5 shards with DDP or DeepSpeed; resumable to the step.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("family", choices=families.names(),
-                   help="model family (lus_dist.families; plug-ins via LUS_FAMILIES)")
+                   help="model family (lus_dist.engine.registry; plug-ins via LUS_FAMILIES)")
     p.add_argument("--config", default=None, help="YAML config (defaults of the family if omitted)")
     p.add_argument("--run-dir", default=None, help="run directory (default: runs/<name>)")
     p.add_argument("--resume", default=None,
@@ -51,16 +50,15 @@ def user_errors() -> tuple[type[BaseException], ...]:
     """Errors that mean bad input (config, data dir, checkpoint, launch env), not a bug:
     reported as one line naming the file and the problem, exit 2."""
     from hpc import WorldError
-    from lus_dist.config import ConfigError
+    from lus_dist.engine.checkpoint import CheckpointError
+    from lus_dist.io.config import ConfigError
     from lus_dist.shards.manifest import ManifestError
-
-    from .checkpoint import CheckpointError
     return ConfigError, ManifestError, CheckpointError, WorldError, FileNotFoundError
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_intermixed_args(argv)
-    from lus_dist.config import ConfigError
+    from lus_dist.io.config import ConfigError
     try:
         cfg = families.load_run_config(args.family, args.config, args.overrides)
     except ConfigError as exc:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .models import FrameOutput
+from ..models import FrameOutput
 
 IGNORE = -1  # unknown score: contributes nothing to the loss
 

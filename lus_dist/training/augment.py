@@ -66,7 +66,7 @@ class AugmentConfig:
 def augment_config(settings: dict, key: str) -> AugmentConfig:
     """An AugmentConfig from a config section's dict (YAML lists become tuples); a bad field
     or range is a ConfigError naming `key`, not a dataclass traceback."""
-    from lus_dist.config import ConfigError
+    from lus_dist.io.config import ConfigError
     known = [f.name for f in fields(AugmentConfig)]
     unknown = sorted(set(settings) - set(known))
     if unknown:

@@ -1,0 +1,1 @@
+"""Contrastive pretraining: the NT-Xent loss, frame pairs of one clip and the kNN / linear probe."""

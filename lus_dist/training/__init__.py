@@ -1,0 +1,1 @@
+"""Losses, metrics and augmentations that the families train and score with."""
