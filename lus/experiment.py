@@ -24,8 +24,10 @@ from pathlib import Path
 
 from lus_dist.aggregator.train import AggregatorConfig
 from lus_dist.config import ConfigError, load_config, save_config
+from lus_dist.models.imagenet import IMAGENET, imagenet_weights
 
-from .experiment_jobs import DEFAULT_ROUTES, ROUTES, Experiment, TrainStep, plan_jobs, run_jobs
+from .experiment_jobs import (DEFAULT_ROUTES, ROUTES, Experiment, TrainStep, frame_encoder,
+                              plan_jobs, run_jobs)
 from .experiment_report import (collect, frame_predictions_as_video_classes,  # noqa: F401
                                 merge_predictions, write_report)
 
@@ -83,7 +85,8 @@ class PocusExperimentConfig:
     # pick each fold's best epoch on the next fold (train on k-2 folds), never on the test fold
     select_on_next_fold: bool = True
     # the ablation: from scratch and from a contrastively pretrained encoder, same folds;
-    # `weights` starts the frame CNN from `init_weights`, a local file (never downloaded)
+    # `weights` starts the frame CNN from `init_weights`, a local file (never downloaded), or
+    # `imagenet`: the frame model's ImageNet weights on this machine (e.g. efficientnet_lite0_ce)
     routes: list[str] = field(default_factory=lambda: list(DEFAULT_ROUTES))
     init_weights: str | None = None
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])   # the ablation's mean +- std
@@ -101,10 +104,16 @@ class PocusExperimentConfig:
             raise ConfigError(f"routes must be a non-empty subset of {list(ROUTES)}, got {self.routes}")
         if ("weights" in self.routes) != bool(self.init_weights):
             raise ConfigError("the `weights` route and init_weights go together: name a local "
-                              "encoder file (e.g. init_weights=/shared/resnet18-f37072fd.pth) and "
+                              "encoder file (e.g. init_weights=/shared/resnet18-f37072fd.pth) or "
+                              "init_weights=imagenet and "
                               f"add `weights` to routes, got routes={self.routes}, "
                               f"init_weights={self.init_weights!r}")
-        if self.init_weights:
+        if self.init_weights == IMAGENET:   # said now, not in the first run's log after packing
+            try:
+                imagenet_weights(frame_encoder(self.frame))
+            except ValueError as exc:
+                raise ConfigError(f"init_weights=imagenet: {exc}") from None
+        elif self.init_weights:
             if not Path(self.init_weights).is_file():
                 raise ConfigError(f"init_weights {self.init_weights}: no such file")
             # the runs are subprocesses: a path that reads the same anywhere

@@ -115,6 +115,7 @@ def load_run(path: str | Path, expect: str, size: int | None = None,
              channels: int | None = None, device: str = "cpu") -> LoadedRun:
     """A trained model from its run dir; `expect` is the family the caller needs."""
     from lus_dist.families import load_run_config
+    from lus_dist.models import restore_input_norms
 
     run_dir = find_run_dir(path)
     family = run_family(run_dir)
@@ -129,6 +130,7 @@ def load_run(path: str | Path, expect: str, size: int | None = None,
     try:
         state = torch.load(wfile, map_location="cpu", weights_only=True)
         state = state.get("model", state) if isinstance(state, dict) else state
+        restore_input_norms(model, state)     # e.g. ImageNet weights' normalisation
         model.load_state_dict(state)
     except Exception as exc:
         raise PredictError(f"{wfile}: weights do not fit the {family} model "

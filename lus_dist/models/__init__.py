@@ -71,7 +71,10 @@ def check_and_load(module: torch.nn.Module, state: dict, file, what: str,
 
 def load_weights_file(module: torch.nn.Module, path: str, what: str) -> None:
     """Load a local state dict into `module`; the error names the file and the mismatch."""
+    from .encoder import restore_input_norms
+
     state, _ = read_state_dict(path, what)
+    restore_input_norms(module, state)        # e.g. an ImageNet-initialised encoder's input
     check_and_load(module, state, path, what)
 
 
@@ -80,9 +83,11 @@ from .localization import draw_boxes, stn_boxes  # noqa: E402
 from .seg import SEG_ARCHS, build_seg_model  # noqa: E402
 from .cnnlstm import CNNLSTM, CNNLSTMConfig, extract_features  # noqa: E402
 from .encoder import (ENCODER_FILE, ContrastiveModel, build_encoder, encoder_slot, export_encoder,  # noqa: E402
-                      load_encoder)
+                      load_encoder, restore_input_norms)
+from .imagenet import IMAGENET  # noqa: E402
 
 __all__ = ["FrameOutput", "load_weights_file", "FRAME_MODELS", "build_frame_model",
            "stn_boxes", "draw_boxes", "SEG_ARCHS", "build_seg_model", "CNNLSTM",
            "CNNLSTMConfig", "extract_features", "read_state_dict", "check_and_load",
-           "ENCODER_FILE", "ContrastiveModel", "build_encoder", "encoder_slot", "export_encoder", "load_encoder"]
+           "ENCODER_FILE", "ContrastiveModel", "build_encoder", "encoder_slot", "export_encoder", "load_encoder",
+           "restore_input_norms", "IMAGENET"]

@@ -126,3 +126,21 @@ class ResNet18Frame(nn.Module):
 
     def forward(self, x: torch.Tensor) -> FrameOutput:
         return FrameOutput(self.net(x), {}, self.loss)
+
+
+class TimmFrame(nn.Module):
+    """A timm ImageNet architecture as frame classifier, + CE or + SORD: EfficientNet-Lite0
+    (`efficientnet_lite0_ce`) starts from its ImageNet weights with `encoder_weights:
+    imagenet` (installed with the package that ships them), else from random weights."""
+
+    def __init__(self, arch: str, in_channels: int, num_classes: int, loss: str = "ce",
+                 drop_rate: float = 0.2, drop_path_rate: float = 0.0):
+        super().__init__()
+        import timm
+        self.arch, self.loss = arch, loss
+        self.net = timm.create_model(arch, pretrained=False, num_classes=num_classes,
+                                     in_chans=in_channels, drop_rate=drop_rate,
+                                     drop_path_rate=drop_path_rate)
+
+    def forward(self, x: torch.Tensor) -> FrameOutput:
+        return FrameOutput(self.net(x), {}, self.loss)

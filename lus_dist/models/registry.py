@@ -6,7 +6,7 @@ from typing import Callable
 from torch import nn
 
 from .encoder import load_encoder
-from .cnn import PlainCNN, RandomCropCNN, ResNet18Frame
+from .cnn import PlainCNN, RandomCropCNN, ResNet18Frame, TimmFrame
 from .regstn import RegSTN
 
 FRAME_MODELS: dict[str, Callable[..., nn.Module]] = {
@@ -18,6 +18,9 @@ FRAME_MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnet18_ce": lambda c, k, **kw: ResNet18Frame(c, k, loss="ce", **kw),
     "cnn_stn": lambda c, k, **kw: RegSTN(c, k, mode="affine", **kw),
     "cnn_randcrop_sord": lambda c, k, **kw: RandomCropCNN(c, k, **kw),
+    # EfficientNet-Lite0 in TF's layout ("same" padding), the layout of its ImageNet weights
+    "efficientnet_lite0_ce": lambda c, k, **kw: TimmFrame("tf_efficientnet_lite0", c, k, "ce", **kw),
+    "efficientnet_lite0_sord": lambda c, k, **kw: TimmFrame("tf_efficientnet_lite0", c, k, "sord", **kw),
 }
 
 
@@ -27,8 +30,9 @@ def build_frame_model(name: str, in_channels: int = 1, num_classes: int = 4,
     """All models size themselves from the input (ceil-mode and adaptive pooling), so
     `image_size` is only checked: below 8 px the half-size crops carry no structure.
 
-    `encoder_weights`: a local encoder file (e.g. from contrastive pretraining) loaded into
-    the model's encoder by `load_encoder`; the rest of the model starts random."""
+    `encoder_weights`: a local encoder file (e.g. from contrastive pretraining) or
+    `imagenet` (the encoder's ImageNet weights on this machine), loaded into the model's
+    encoder by `load_encoder`; the rest of the model starts random."""
     if name not in FRAME_MODELS:
         raise ValueError(f"unknown frame model {name!r}; choose one of {sorted(FRAME_MODELS)}")
     sizes = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
