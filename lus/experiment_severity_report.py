@@ -72,6 +72,15 @@ def collect(cfg, jobs: list, out: Path) -> dict:
     return res
 
 
+def initialisation(step) -> str:
+    """Where the frame models' weights start, as the step's overrides say."""
+    from .experiment_jobs import ENCODER_KEY
+
+    given = [o.split("=", 1)[1] for o in step.overrides if o.startswith(ENCODER_KEY + "=")]
+    return (f"started from `{given[-1]}` (`{ENCODER_KEY}`)" if given else
+            "from random weights (no ImageNet or other outside weights)")
+
+
 def method_label(method: str) -> str:
     return METHOD_NAMES.get(method, method)
 
@@ -169,8 +178,8 @@ def write_report(cfg, res: dict, out: Path, command: str, wall: str, manifest) -
              f"{int(v['n_frames'].sum())} frames packed at {cfg.size}x{cfg.size} (at most "
              f"{cfg.max_frames or 'all'} evenly spaced per clip); {cfg.folds} folds by patient "
              "(stratified by the patient class where the data has one), assigned once at pack "
-             f"time. Seeds {list(cfg.seeds)}, frame models {list(cfg.models)} from random "
-             "weights (no ImageNet or other outside weights).\n\nConfig: `experiment.yaml`.")
+             f"time. Seeds {list(cfg.seeds)}, frame models {list(cfg.models)} "
+             f"{initialisation(cfg.frame)}.\n\nConfig: `experiment.yaml`.")
     rep.text("Targets: the video score is the one the dataset's experts gave each video (the "
              "per-video table the spec names, e.g. COVID-BLUES' `severity.csv`, Soldati et al. "
              "2020's 0-3 scale). Frames carry no score of their own: every frame is trained "
