@@ -20,7 +20,8 @@ from lus_dist.aggregator.train import AggregatorConfig
 from lus_dist.config import ConfigError
 
 from .experiment import PocusExperimentConfig, _frame_default, pocus_folder, prepare_shards
-from .experiment_jobs import ENCODER_KEY, Experiment, Job, TrainStep, fold_grid, train_cmd
+from .experiment_jobs import (ENCODER_KEY, Experiment, Job, TrainStep, fold_grid, frame_model_name,
+                              train_cmd)
 from .experiment_severity import frame_jobs, pack_table, table_folder
 from lus_dist.models.encoder import ENCODER_FILE
 
@@ -55,6 +56,9 @@ class ProspectiveExperimentConfig:
     def __post_init__(self) -> None:
         if self.here_init not in ("scratch", "source"):
             raise ConfigError(f"here_init must be scratch|source, got {self.here_init!r}")
+        if self.here_init == "source" and self.here_model != frame_model_name(self.source.frame):
+            raise ConfigError(f"here_init=source starts {self.here_model} from the source model's "
+                              f"encoder: set here_model={frame_model_name(self.source.frame)}")
         if self.folds < 3:
             raise ConfigError(f"folds must be >= 3, got {self.folds}")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):

@@ -182,3 +182,15 @@ def test_severity_experiment_runs_on_the_real_clips(tmp_path, lus_ok):
     assert "284 clips of 50 patients" in text
     assert pd.read_csv(out / "report" / "severity.csv")["Folds x seeds"].tolist() == [5] * 4
     assert len(list((out / "report").glob("localisation_score*.gif"))) == 4
+
+
+def test_trained_here_from_the_source_model_needs_its_architecture(tmp_path):
+    from lus.experiment_prospective import ProspectiveExperimentConfig, _plan, source_jobs
+    from lus_dist.config import ConfigError
+
+    with pytest.raises(ConfigError, match="set here_model=resnet18_ce"):
+        ProspectiveExperimentConfig(here_init="source")
+    cfg = ProspectiveExperimentConfig(here_init="source", here_model="resnet18_ce", seeds=[3])
+    source = source_jobs(cfg, tmp_path)
+    assert [j.name for j in source] == ["source/seed3/fold0"]   # test fold 0, epoch on fold 1
+    assert "data.val_folds=[1]" in source[0].cmd
