@@ -185,7 +185,7 @@ def test_severity_experiment_runs_on_the_real_clips(tmp_path, lus_ok):
 
 
 def test_trained_here_from_the_source_model_needs_its_architecture(tmp_path):
-    from lus.experiment_prospective import ProspectiveExperimentConfig, _plan, source_jobs
+    from lus.experiment_prospective import ProspectiveExperimentConfig, source_jobs
     from lus_dist.config import ConfigError
 
     with pytest.raises(ConfigError, match="set here_model=resnet18_ce"):
