@@ -11,7 +11,8 @@ Both targets reach the manifest: the score as each video's `video_score`, the cl
 the patient table's `label` (its names in `classes["patient"]`), and the packer
 stratifies the patient folds by that class. The tables score no frame: frame scores are
 unknown (-1), or with frame_scores=video every frame carries its video's score (weak
-labels, for a frame scorer trained from video scores).
+labels, for a frame scorer trained from video scores), or with frame_scores=patient its
+patient's class (for a frame classifier of the patient-level target).
 
 Ids are compared as the tables and file names spell them, except that numbers compare as
 numbers (a cell 7, 7.0 or "07" names patient "7"), and a video-id cell may hold the file
@@ -37,7 +38,7 @@ from lus_dist.io.config import load_config
 from lus_dist.shards.format import SCORE_CLASSES, UNKNOWN
 from lus_dist.io.video import MediaError, is_video_file, natural_key, read_video, video_info
 
-FRAME_SCORES = ("none", "video")
+FRAME_SCORES = ("none", "video", "patient")
 HINT = "Name the columns in the table spec (--spec FILE or --set KEY=VALUE)"
 
 
@@ -60,7 +61,8 @@ class TableSpec:
     #                                    empty: the distinct values, sorted, are the names
     probe: str = "unknown"             # one probe for the whole set ("convex", "linear", ...)
     hospital: str = "unknown"
-    frame_scores: str = "none"         # none (-1) | video: each frame carries its video's score
+    frame_scores: str = "none"         # none (-1) | video: each frame carries its video's score |
+    #                                    patient: its patient's class (a frame classifier of it)
     max_frames: int = 0                # keep at most this many evenly spaced frames (0: all)
 
 
@@ -93,6 +95,8 @@ def check_spec(spec: TableSpec, where: str) -> TableSpec:
         bad(f"max_frames must be >= 0 (0 keeps every frame), got {spec.max_frames}")
     if bool(spec.patient_table) != bool(spec.patient_class):
         bad("patient_table and patient_class go together: the per-patient table and its class column")
+    if spec.frame_scores == "patient" and not spec.patient_table:
+        bad("frame_scores=patient gives frames their patient's class: give patient_table and patient_class")
     if spec.classes and not spec.patient_table:
         bad("classes name the values of patient_class; give patient_table and patient_class too")
     if len(set(map(str, spec.classes.values()))) != len(spec.classes) or None in map(id_key, spec.classes):
@@ -260,7 +264,8 @@ def _source(path: Path, row: dict | None, patients: dict | None, spec: TableSpec
         return None, str(exc)
     n = info.get("frame_count_header") or 0
     score = row["score"]
-    loader = TableLoader(str(path), spec.max_frames, score if spec.frame_scores == "video" else UNKNOWN)
+    frame_score = {"video": score, "patient": label}.get(spec.frame_scores, UNKNOWN)
+    loader = TableLoader(str(path), spec.max_frames, frame_score)
     return VideoSource(
         video_id=path.stem, patient_id=pid, hospital_id=spec.hospital, probe=spec.probe, label=UNKNOWN,
         video_score=score, source=str(path), loader=loader, patient_label=label,

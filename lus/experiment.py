@@ -14,6 +14,7 @@ same experiment scales up through config: larger `size`, longer schedules, torch
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import shlex
 import sys
@@ -25,7 +26,8 @@ from lus_dist.aggregator.train import AggregatorConfig
 from lus_dist.io.config import ConfigError, load_config, save_config
 from lus_dist.models.imagenet import IMAGENET, imagenet_weights
 
-from .experiment_jobs import DEFAULT_ROUTES, ROUTES, TrainStep, frame_encoder, plan_jobs, run_jobs
+from .experiment_jobs import (DEFAULT_ROUTES, ROUTES, Experiment, TrainStep, frame_encoder,
+                              plan_jobs, run_jobs)
 from .experiment_report import (collect, frame_predictions_as_video_classes,  # noqa: F401
                                 merge_predictions, write_report)
 
@@ -124,25 +126,44 @@ class PocusExperimentConfig:
             raise ConfigError(f"pretrained_cnnlstm must be cached|frames, got {self.pretrained_cnnlstm!r}")
 
 
+# name -> "module:attribute" of its Experiment (imported when chosen)
+EXPERIMENTS = {"pocus": "lus.experiment:POCUS", "severity": "lus.experiment_severity:SEVERITY",
+               "prospective": "lus.experiment_prospective:PROSPECTIVE"}
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="lus experiment",
         description="End-to-end experiments on real data. `pocus`: pack the POCUS clips, run "
                     "k-fold video-level CV (stratified by class) of (a) the CNN-LSTM and (b) a "
                     "frame classifier + uninorm aggregator, and write paper-style reports with "
-                    "Barros et al.'s published figures beside ours.",
+                    "Barros et al.'s published figures beside ours. `severity`: clips + a "
+                    "per-video score table (--spec): frame scorers from weak labels (Reg-STN "
+                    "and baselines), the uninorm vs mean / max / majority of frame scores, k "
+                    "folds by patient. `prospective`: a patient-level class of the same layout "
+                    "from a model trained on --source POCUS clips (zero-shot) and trained here.",
         epilog="example:\n  lus experiment pocus --data ../shared/data/pocus --out runs/pocus\n"
                "  lus experiment pocus --data DIR --out runs/big size=224 cnnlstm.epochs=40 "
                "frame.epochs=30\n  lus experiment pocus --data train_dir --test-data other_dir "
-               "--out runs/held_out",
+               "--out runs/held_out\n  lus experiment severity --data ../shared/data/covid_blues "
+               "--spec configs/ingest/covid_blues.yaml --out runs/blues_severity\n"
+               "  lus experiment prospective --data ../shared/data/covid_blues --spec "
+               "configs/ingest/covid_blues.yaml --source ../shared/data/pocus --out runs/blues_covid",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("experiment", choices=["pocus"])
-    p.add_argument("--data", required=True, help="POCUS-layout folder (videos/<probe>/...)")
+    p.add_argument("experiment", choices=list(EXPERIMENTS))
+    p.add_argument("--data", required=True, help="pocus: POCUS-layout folder (videos/<probe>/...); "
+                   "severity, prospective: the clips + tables folder --spec describes")
     p.add_argument("--out", required=True, help="output folder (shards, runs, report)")
     p.add_argument("--folds", type=int, default=None, help="CV folds (default 5)")
     p.add_argument("--test-data", default=None,
-                   help="train on --data, test on this folder (no CV)")
-    p.add_argument("--config", default=None, help="experiment YAML (PocusExperimentConfig)")
+                   help="pocus: train on --data, test on this folder (no CV)")
+    p.add_argument("--spec", default=None, help="severity, prospective: table spec YAML "
+                   "(data_prep/ingest_table.py TableSpec, e.g. configs/ingest/covid_blues.yaml)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="severity, prospective: one table spec value, over --spec (repeatable)")
+    p.add_argument("--source", default=None,
+                   help="prospective: POCUS-layout folder the zero-shot model trains on")
+    p.add_argument("--config", default=None, help="experiment YAML (the experiment's config class)")
     p.add_argument("overrides", nargs="*", help="key=value, e.g. size=128 cnnlstm.epochs=20")
     return p
 
@@ -186,44 +207,76 @@ def _selection_text(cfg: PocusExperimentConfig, cv: bool) -> str:
             "(select_on_next_fold=false, `data.val_split=test`), which flatters both models")
 
 
+def pocus_folder(path: Path | None) -> str | None:
+    if path is not None and not (Path(path) / "videos").is_dir():
+        return f"{path}: not a POCUS-layout folder (no videos/ inside)"
+    return None
+
+
+def _pocus_check(args) -> str | None:
+    return pocus_folder(Path(args.data)) or pocus_folder(args.test_data and Path(args.test_data))
+
+
+def _pocus_prepare(cfg, args, out: Path):
+    return prepare_shards(cfg, Path(args.data), out / "shards",
+                          Path(args.test_data) if args.test_data else None)
+
+
+def _pocus_plan(cfg, args, out: Path):
+    return plan_jobs(cfg, out, out / "shards", cv=args.test_data is None)
+
+
+def _pocus_report(cfg, args, jobs, out: Path, command: str, wall: str, manifest) -> Path:
+    cv = args.test_data is None
+    return write_report(cfg, collect(cfg, jobs, out, cv=cv), out, command, wall, manifest,
+                        _selection_text(cfg, cv), cv=cv)
+
+
+POCUS = Experiment(PocusExperimentConfig, "POCUS-layout folder", _pocus_check, _pocus_prepare,
+                   _pocus_plan, _pocus_report)
+
+
 # ---------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_intermixed_args(argv)
+    module, attr = EXPERIMENTS[args.experiment].split(":")
+    experiment = getattr(importlib.import_module(module), attr)
+    command = shlex.join(["lus", "experiment", *(argv if argv is not None else sys.argv[1:])])
+    return run_experiment(experiment, args, command)
+
+
+def run_experiment(exp: Experiment, args, command: str) -> int:
+    """Config -> pack -> the plan's training runs -> report, for every experiment: a bad
+    config or input folder is a usage error (2), a failed run makes the exit code 1."""
     t0 = time.time()
     overrides = list(args.overrides) + ([f"folds={args.folds}"] if args.folds else [])
     try:
-        cfg = load_config(PocusExperimentConfig, args.config, overrides)
+        cfg = load_config(exp.config_cls, args.config, overrides)
         cfg.aggregator.validate()
+        bad = exp.check(args)
     except (ConfigError, ValueError) as exc:
         print(f"lus experiment: {exc}", file=sys.stderr)
         return 2
-    data = Path(args.data)
-    test_data = Path(args.test_data) if args.test_data else None
-    for d in (data, test_data):
-        if d is not None and not (d / "videos").is_dir():
-            print(f"lus experiment: {d}: not a POCUS-layout folder (no videos/ inside)",
-                  file=sys.stderr)
-            return 2
+    if bad:
+        print(f"lus experiment: {bad}", file=sys.stderr)
+        return 2
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "report" / "experiment.yaml")
-    command = shlex.join(["lus", "experiment", *(argv if argv is not None else sys.argv[1:])])
     try:
-        manifest = prepare_shards(cfg, data, out / "shards", test_data)
+        manifest = exp.prepare(cfg, args, out)
     except Exception as exc:  # ingest/pack errors name the file; show them plainly
         print(f"lus experiment: packing failed: {exc}", file=sys.stderr)
         return 1
     print(f"packed {manifest.n_videos} clips, {manifest.n_frames} frames in "
           f"{time.time() - t0:.0f} s", flush=True)
-    jobs = plan_jobs(cfg, out, out / "shards", cv=test_data is None)
+    jobs = exp.plan(cfg, args, out)
     reused = sum(j.done() for j in jobs)
     codes = run_jobs(jobs, cfg.parallel, out / "logs", cfg.keep_checkpoints)
-    res = collect(cfg, jobs, out, cv=test_data is None)
     wall = f"{(time.time() - t0) / 60:.1f} min" + (
         f" ({reused} of {len(jobs)} training runs were finished by an earlier invocation and "
         "reused)" if reused else "")
-    report = write_report(cfg, res, out, command, wall, manifest,
-                          _selection_text(cfg, test_data is None), cv=test_data is None)
+    report = exp.report(cfg, args, jobs, out, command, wall, manifest)
     print("\n" + report.read_text())
     print(f"\nreport: {report}\nwall time: {(time.time() - t0) / 60:.1f} min")
     (out / "report" / "exit_codes.json").write_text(json.dumps(codes, indent=1))

@@ -19,6 +19,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
 from hpc.dist import child_env
 from lus_dist.engine.checkpoint import CHECKPOINT_DIR
@@ -27,6 +28,18 @@ from lus_dist.models.encoder import ENCODER_FILE
 ROUTES = ("scratch", "pretrained", "weights")
 DEFAULT_ROUTES = ("scratch", "pretrained")   # `weights` needs a file
 ENCODER_KEY = "model.kwargs.encoder_weights"
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One `lus experiment NAME`: what `lus.experiment.run_experiment` needs to carry it out
+    (load config, pack, plan, run the plan, report), so every experiment shares that path."""
+    config_cls: type
+    data_help: str                                  # what --data must be
+    check: Callable[[Any], str | None]              # args -> a bad input, said in one line
+    prepare: Callable[..., Any]                     # (cfg, args, out) -> Manifest
+    plan: Callable[..., list]                       # (cfg, args, out) -> [Job]
+    report: Callable[..., Path]                     # (cfg, args, jobs, out, command, wall, manifest)
 
 
 @dataclass
@@ -89,17 +102,24 @@ def frame_encoder(step: TrainStep) -> str:
 
 def plan_jobs(cfg, out: Path, shards: Path, cv: bool) -> list[Job]:
     """Every run of the experiment, each after the runs whose encoder it reads."""
-    folds: list[int | None] = list(range(cfg.folds)) if cv else [None]
     # every encoder file of the experiment has the frame CNN's architecture
     arch = f"model.kwargs.encoder={frame_encoder(cfg.frame)}"
     jobs = []
-    for seed in cfg.seeds:
-        for fold in folds:
-            tag = f"seed{seed}/" + (f"fold{fold}" if fold is not None else "heldout")
-            val = (fold + 1) % cfg.folds if fold is not None and cfg.select_on_next_fold else None
-            for route in cfg.routes:
-                jobs += route_jobs(cfg, out, shards, route, tag, fold, seed, val, arch)
+    for seed, fold, tag, val in fold_grid(cfg.seeds, cfg.folds, cv, cfg.select_on_next_fold):
+        for route in cfg.routes:
+            jobs += route_jobs(cfg, out, shards, route, tag, fold, seed, val, arch)
     return jobs
+
+
+def fold_grid(seeds: list[int], folds: int, cv: bool = True, select_on_next_fold: bool = True):
+    """(seed, test fold, run tag, validation fold) of every model an experiment trains: per
+    seed each test fold (or the held-out folder: fold None), its best epoch picked on the
+    next fold (None: the engine's default, or the test fold when select_on_next_fold is off)."""
+    for seed in seeds:
+        for fold in (range(folds) if cv else [None]):
+            tag = f"seed{seed}/" + (f"fold{fold}" if fold is not None else "heldout")
+            val = (fold + 1) % folds if fold is not None and select_on_next_fold else None
+            yield seed, fold, tag, val
 
 
 def route_jobs(cfg, out: Path, shards: Path, route: str, tag: str, fold: int | None,

@@ -200,12 +200,16 @@ def targets_table(ours: dict):
     for target, bar in TARGETS.items():
         pool = {m: v for m, v in ours.items() if target != "CNN-LSTM" or m.startswith("CNN-LSTM")}
         best = max(pool, key=lambda m: pool[m]["accuracy"].mean)
-        for k, want in bar.items():
-            got = pool[best][k].mean
-            rows.append([target, best, k, want, got, "met" if got >= want else
-                         f"missed by {want - got:.3f}"])
-    return Table("Targets of this experiment (mean over folds)",
-                 ["Target", "Our best", "Metric", "Target value", "Ours", "Verdict"], rows)
+        rows += [target_row(target, best, k, want, pool[best][k].mean) for k, want in bar.items()]
+    return Table("Targets of this experiment (mean over folds)", TARGET_COLUMNS, rows)
+
+
+TARGET_COLUMNS = ["Target", "Our best", "Metric", "Target value", "Ours", "Verdict"]
+
+
+def target_row(target: str, best: str, metric: str, want: float, got: float) -> list:
+    """One row of a targets table: a miss is stated with its size rather than hidden."""
+    return [target, best, metric, want, got, "met" if got >= want else f"missed by {want - got:.3f}"]
 
 
 def mean_curve(curves: list[list[float]]) -> np.ndarray | None:
@@ -219,21 +223,21 @@ def mean_curve(curves: list[list[float]]) -> np.ndarray | None:
 
 def curves_figure(rep, res: dict) -> None:
     """Mean per-epoch validation accuracy per model and route, and the pretraining kNN."""
+    curves = {f"{label.split(' +')[0]} ({route})": r["curves"].get(model, [])
+              for route, r in res["routes"].items() for model, label in MODELS.items()}
+    curves["pretraining kNN accuracy"] = res["knn_curves"]
+    mean_curves_figure(rep, curves, "validation accuracy")
+
+
+def mean_curves_figure(rep, curves: dict[str, list[list[float]]], ylabel: str) -> None:
+    """One line per name: the epoch-wise mean of its runs' validation curves."""
     from lus_dist.evaluation import plots
 
-    curves = {}
-    for route, r in res["routes"].items():
-        for model, label in MODELS.items():
-            mean = mean_curve(r["curves"].get(model, []))
-            if mean is not None:
-                curves[f"{label.split(' +')[0]} ({route})"] = mean
-    knn = mean_curve(res["knn_curves"])
-    if knn is not None:
-        curves["pretraining kNN accuracy"] = knn
-    if curves:
-        rep.image(plots.curves_png(curves, rep.out / "validation_curves.png",
-                                   "validation per epoch (mean over folds and seeds)",
-                                   "validation accuracy"), "per-epoch validation curves")
+    means = {name: m for name, runs in curves.items() if (m := mean_curve(runs)) is not None}
+    if means:
+        rep.image(plots.curves_png(means, rep.out / "validation_curves.png",
+                                   "validation per epoch (mean over folds and seeds)", ylabel),
+                  "per-epoch validation curves")
 
 
 def route_tables(rep, name: str, r: dict, cfg, cv: bool) -> None:
@@ -289,8 +293,7 @@ def write_report(cfg, res: dict, out: Path, command: str, wall: str, manifest,
     rep = Report("POCUS experiment: CNN-LSTM and frame classifier + uninorm", out / "report")
     v = manifest.videos
     counts = {c: int((v["label"] == i).sum()) for i, c in enumerate(VIDEO_CLASSES)}
-    rep.text(f"Command: `{command}`\n\nWall time: {wall} on {os.cpu_count()} CPU core(s)."
-             f"\n\nData: {len(v['video_id'])} clips {counts}, {int(v['n_frames'].sum())} "
+    rep.text(header_text(command, wall) + f"\n\nData: {len(v['video_id'])} clips {counts}, {int(v['n_frames'].sum())} "
              f"frames packed at {cfg.size}x{cfg.size} (at most {cfg.max_frames or 'all'} evenly "
              f"spaced frames per clip); " + (
                  f"{cfg.folds}-fold CV stratified by class, folds by patient (no clip in two "
@@ -330,11 +333,15 @@ def write_report(cfg, res: dict, out: Path, command: str, wall: str, manifest,
     return rep.write()
 
 
-def tried_text() -> str:
+def header_text(command: str, wall: str) -> str:
+    return f"Command: `{command}`\n\nWall time: {wall} on {os.cpu_count()} CPU core(s)."
+
+
+def tried_text(name: str = TRIED_LOG) -> str:
     """What was tried against the missed targets: the project's log of attempts
-    (docs/POCUS_TRIED.md, measured on the real clips), so the report says it beside the gap."""
-    log = Path(__file__).resolve().parents[1] / "docs" / TRIED_LOG
+    (docs/<name>, measured on the real data), so the report says it beside the gap."""
+    log = Path(__file__).resolve().parents[1] / "docs" / name
     if not log.is_file():
-        return f"A target is missed; what was tried is logged in lus-dist's `docs/{TRIED_LOG}`."
+        return f"A target is missed; what was tried is logged in lus-dist's `docs/{name}`."
     body = log.read_text().split("\n", 1)[1].strip()   # without its own title
-    return f"**A target is missed. What was tried so far** (`docs/{TRIED_LOG}`):\n\n{body}"
+    return f"**A target is missed. What was tried so far** (`docs/{name}`):\n\n{body}"

@@ -25,12 +25,16 @@ from torch import Tensor, nn
 from lus_dist.aggregator.data import FramePredictions, VideoBatch, pad_videos
 from lus_dist.aggregator.protocols import Folds, ProtocolError, make_folds
 from lus_dist.aggregator.targets import video_targets
-from lus_dist.aggregator.uninorm import VARIANTS, Packed, argmax_mean, max_argmax, pack
+from lus_dist.aggregator.uninorm import (VARIANTS, Packed, argmax_mean, majority_argmax,
+                                        max_argmax, pack)
 from lus_dist.io.config import to_dict
-from lus_dist.training.metrics import frame_metrics
+from lus_dist.training.metrics import frame_metrics, quadratic_kappa
 
-METHODS = ("uninorm", "argmax_mean", "max_argmax")
-METRICS = ("weighted_f1", "weighted_precision", "weighted_recall", "accuracy")
+METHODS = ("uninorm", "argmax_mean", "max_argmax", "majority_argmax")
+BASELINES = {"argmax_mean": argmax_mean, "max_argmax": max_argmax,
+             "majority_argmax": majority_argmax}
+METRICS = ("weighted_f1", "weighted_precision", "weighted_recall", "accuracy",
+           "quadratic_kappa")
 
 
 @dataclass
@@ -193,7 +197,8 @@ class ProtocolResult:
 
 def classification_metrics(y: np.ndarray, pred: np.ndarray, num_classes: int
                            ) -> dict[str, float]:
-    m = frame_metrics(np.asarray(y, np.int64), np.asarray(pred, np.int64), num_classes)
+    y, pred = np.asarray(y, np.int64), np.asarray(pred, np.int64)
+    m = frame_metrics(y, pred, num_classes) | {"quadratic_kappa": quadratic_kappa(y, pred, num_classes)}
     return {k: m[k] for k in METRICS} | {"n": int(len(y))}
 
 
@@ -207,10 +212,9 @@ def evaluate(model: nn.Module, packed: Packed, batch: VideoBatch, targets: np.nd
     """Per-fold and pooled metrics on each fold's test videos, baselines beside."""
     with torch.no_grad():
         preds = {"uninorm": model(packed).argmax(-1).cpu().numpy(),
-                 "argmax_mean": argmax_mean(batch.x, batch.mask).cpu().numpy(),
-                 "max_argmax": max_argmax(batch.x, batch.mask).cpu().numpy()}
+                 **{m: f(batch.x, batch.mask).cpu().numpy() for m, f in BASELINES.items()}}
     if cfg.variant == "binary":
-        for m in ("argmax_mean", "max_argmax"):
+        for m in BASELINES:
             preds[m] = (preds[m] > 0).astype(np.int64)
     n_out = num_outputs(cfg, batch.x.shape[-1])
     per_fold = {m: [] for m in METHODS}

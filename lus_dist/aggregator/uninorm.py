@@ -321,3 +321,10 @@ def max_argmax(x: Tensor, mask: Tensor) -> Tensor:
     """Baseline: the highest per-frame argmax class seen in the video. -> (V,)."""
     return torch.where(mask.bool(), x.argmax(-1), torch.full_like(mask, -1, dtype=torch.long)
                        ).max(1).values
+
+
+def majority_argmax(x: Tensor, mask: Tensor) -> Tensor:
+    """Baseline: the class most frames vote for (each frame its argmax); a tie goes to the
+    lower class, so an ordinal score is never rounded up by a tie. -> (V,)."""
+    votes = torch.nn.functional.one_hot(x.argmax(-1), x.shape[-1]) * mask.unsqueeze(-1).long()
+    return votes.sum(1).argmax(-1)

@@ -307,8 +307,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def predict(args) -> dict:
-    from lus_dist.io.video import write_video
-
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" \
         else args.device
     run = load_run(args.checkpoint, "regstn", args.size, args.channels, device)
@@ -325,11 +323,20 @@ def predict(args) -> dict:
     video = {"clip": str(args.clip), "checkpoint": str(run.run_dir), "frames": len(probs),
              **video_decision(probs, classes, args.aggregator)}
     (out / "video.json").write_text(json.dumps(video, indent=2))
+    video["annotated"] = str(write_annotated(out / f"annotated.{args.format}", frames, probs,
+                                             boxes, masks, classes, args.fps))
+    return video
+
+
+def write_annotated(path: Path, frames: np.ndarray, probs: np.ndarray, boxes: np.ndarray | None,
+                    masks: np.ndarray | None, classes, fps: float = 10.0) -> Path:
+    """The clip's own frames, enlarged to ~256 px, each with its crop boxes and its most
+    likely class and probability, as a GIF/MP4 (by the suffix)."""
+    from lus_dist.io.video import write_video
+
     labels = [f"{t} {classes[int(p.argmax())]} {p.max():.2f}" for t, p in enumerate(probs)]
     upscale = max(1, 256 // frames.shape[1])
-    anim = annotate(frames, boxes, masks, labels, upscale)
-    video["annotated"] = str(write_video(out / f"annotated.{args.format}", anim, fps=args.fps))
-    return video
+    return write_video(path, annotate(frames, boxes, masks, labels, upscale), fps=fps)
 
 
 def main(argv: list[str] | None = None) -> int:

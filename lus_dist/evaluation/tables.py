@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 SETTING2_KS: tuple[int, ...] = (1, 3, 5, 7)
-VIDEO_METHOD_ORDER: tuple[str, ...] = ("max_argmax", "argmax_mean")  # uninorms follow
+VIDEO_METHOD_ORDER: tuple[str, ...] = ("max_argmax", "argmax_mean", "majority_argmax")  # uninorms follow
 
 
 

@@ -58,6 +58,16 @@ def frame_metrics(y_true, y_pred, num_classes: int = 4) -> dict[str, float]:
     return out
 
 
+def quadratic_kappa(y_true, y_pred, num_classes: int) -> float:
+    """Cohen's kappa with quadratic weights, the agreement measure for an ordinal score
+    (a 0-vs-3 miss costs 9 times a 0-vs-1 miss); 0 when every label and decision is one
+    class (sklearn would return nan: no agreement beyond chance can be shown)."""
+    t, p = _checked(y_true, y_pred, num_classes)
+    if len(np.union1d(t, p)) < 2:
+        return 0.0
+    return float(skm.cohen_kappa_score(t, p, labels=np.arange(num_classes), weights="quadratic"))
+
+
 def decision_metrics(y_true, y_pred, class_names: Sequence[str]) -> dict[str, float]:
     """frame_metrics plus, per class, precision, recall (= sensitivity), F1 and
     specificity (sklearn has no specificity: TN / (TN + FP) from the confusion matrix)."""

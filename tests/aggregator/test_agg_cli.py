@@ -27,10 +27,10 @@ def test_aggregate_writes_results_and_reproduces_a_saved_config(tmp_path, capsys
     blob = json.loads((tmp_path / "out" / "results.json").read_text())
     expected = run_protocol(read_predictions(path), cfg, "stratified_kfold", k=4, seed=3)
     assert blob["mean_weighted_f1"] == expected.mean_weighted_f1
-    assert set(blob["per_fold"]) == {"uninorm", "argmax_mean", "max_argmax"}
+    assert set(blob["per_fold"]) == {"uninorm", "argmax_mean", "max_argmax", "majority_argmax"}
     assert len(blob["per_fold"]["uninorm"]) == 4
     csv_rows = (tmp_path / "out" / "results.csv").read_text().splitlines()
-    assert len(csv_rows) == 1 + 3 * 4
+    assert len(csv_rows) == 1 + 4 * 4
     assert (tmp_path / "agg.pt").is_file()
 
 

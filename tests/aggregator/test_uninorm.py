@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 
 from lus_dist.aggregator.uninorm import (OFF_DIAGONALS, TNORMS, BinaryUninormAggregator,
                                          ScoreHierarchyAggregator, UninormAggregator,
-                                         argmax_mean, build_schedule, max_argmax, pack)
+                                         argmax_mean, build_schedule, majority_argmax,
+                                         max_argmax, pack)
 from agg_reference import ref_binary, ref_hierarchy, ref_uninorm
 
 TOL = 1e-6
@@ -147,6 +148,17 @@ def test_baselines_match_their_definitions():
     for v, t in enumerate([3, 10, 1, 25]):
         assert argmax_mean(x, mask)[v] == x[v, :t].mean(0).argmax()
         assert max_argmax(x, mask)[v] == x[v, :t].argmax(-1).max()
+        votes = np.bincount(x[v, :t].argmax(-1).numpy(), minlength=4)
+        assert majority_argmax(x, mask)[v] == np.flatnonzero(votes == votes.max())[0]
+
+
+def test_majority_breaks_a_tie_towards_the_lower_class_and_ignores_padding():
+    one_hot = torch.eye(4, dtype=torch.float64)
+    # frames vote 3, 1, 3, 1 (a tie) then padding that would vote 0 three times
+    x = torch.stack([one_hot[[3, 1, 3, 1, 0, 0, 0]], one_hot[[2, 2, 0, 0, 0, 0, 0]]])
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0, 0], [1, 1, 0, 0, 0, 0, 0]], dtype=torch.bool)
+    assert majority_argmax(x, mask).tolist() == [1, 2]
+    assert max_argmax(x, mask).tolist() == [3, 2]
 
 
 def test_mask_must_be_a_prefix():

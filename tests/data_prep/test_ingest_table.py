@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from data_prep.cli import main
-from data_prep.ingest_table import TableSpec, check_spec, id_key, ingest_table, video_key
+from data_prep.ingest_table import TableSpec, check_spec, id_key, ingest_table, load_spec, video_key
 from data_prep.records import IngestError
 from lus_dist.shards.manifest import Manifest
 from lus_dist.shards.reader import ShardDataset
@@ -170,6 +170,18 @@ def test_patient_from_a_column_without_patient_table(tmp_path):
     assert report.patient_classes == () and "no score" in report.skipped[0].reason
     clip = report.sources[1].load()
     assert clip.frames.shape == (3, 32, 32) and (clip.frame_scores == -1).all(), "frames unscored by default"
+
+
+def test_frames_can_carry_their_patients_class(study):
+    """frame_scores=patient: a frame classifier of the patient-level target (a PCR result)
+    learns from frames that each carry their patient's class."""
+    report = ingest_table(study, load_spec(study / "spec.yaml", ["frame_scores=patient", "max_frames=2"]))
+    assert report.patient_classes == ("negative", "positive")
+    for src in report.sources[:6]:
+        frames = src.load().frame_scores
+        assert len(frames) == 2 and (frames == src.patient_label).all() and src.patient_label >= 0
+    with pytest.raises(IngestError, match="frame_scores=patient gives frames their patient's class"):
+        check_spec(TableSpec(video_table="t.csv", patient_column="p", frame_scores="patient"), "spec")
 
 
 def test_ids_compare_as_the_tables_spell_them():

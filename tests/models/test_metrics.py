@@ -8,8 +8,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lus_dist.training.metrics import (confusion_matrix, dice_iou, frame_metrics, roc_auc_per_class,
-                              segmentation_confusion, setting2_mask, video_metrics)
+from lus_dist.training.metrics import (confusion_matrix, dice_iou, frame_metrics, quadratic_kappa,
+                              roc_auc_per_class, segmentation_confusion, setting2_mask,
+                              video_metrics)
 
 
 def sk_summary(t, p):
@@ -40,6 +41,21 @@ def test_single_class_present():
     for key, want in sk_summary(t, p).items():
         assert got[key] == pytest.approx(want), key
     assert frame_metrics(t, t, 4)["weighted_f1"] == 1.0
+
+
+def test_quadratic_kappa_from_its_definition():
+    """1 - sum(w O) / sum(w E), w = (i - j)^2, E the outer product of the marginals: a miss
+    by 3 costs 9 misses by 1; perfect agreement 1; one class everywhere 0 (not nan)."""
+    t = np.array([0, 0, 1, 2, 3, 3, 1, 2])
+    p = np.array([0, 1, 1, 2, 3, 0, 2, 2])
+    obs = skm.confusion_matrix(t, p, labels=range(4)).astype(float)
+    exp = np.outer(obs.sum(1), obs.sum(0)) / obs.sum()
+    w = (np.arange(4)[:, None] - np.arange(4)[None]) ** 2
+    assert quadratic_kappa(t, p, 4) == pytest.approx(1 - (w * obs).sum() / (w * exp).sum())
+    assert quadratic_kappa(t, t, 4) == 1.0 and quadratic_kappa(t * 0, t * 0, 4) == 0.0
+    near, far = t.copy(), t.copy()
+    near[0], far[0] = 1, 3          # one video off by 1 vs off by 3
+    assert quadratic_kappa(t, near, 4) > quadratic_kappa(t, far, 4)
 
 
 def test_bad_labels_are_clear_errors():

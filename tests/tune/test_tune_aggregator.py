@@ -55,7 +55,7 @@ def test_asha_optuna_sweep_writes_outputs_that_lus_aggregate_reproduces(tmp_path
     assert best["value"] == pytest.approx(table["mean_weighted_f1"].max(), abs=1e-12)
     # ranked on the folds it reports (said so); graded once on videos no trial saw
     assert "optimistic" in best["selected_on"] and "no trial saw" in best["test_note"]
-    assert set(best["test"]) == {"uninorm", "argmax_mean", "max_argmax"}
+    assert set(best["test"]) == {"uninorm", "argmax_mean", "max_argmax", "majority_argmax"}
     assert 0 <= best["test"]["uninorm"]["weighted_f1"] <= 1
     assert (out / "metric_vs_trial.png").stat().st_size > 1000
 
