@@ -66,7 +66,7 @@ class Trainer:
         self.t_start = time.time()
         self.fam, self.cfg, self.run_dir, self.hooks = family, family.cfg, run_dir, hooks
         cfg = self.cfg
-        self.session = start(cfg, run_dir)
+        self.session = start(cfg, run_dir, resume)
         world = self.session.world
         self.splits = family.build_data(self.session)
         model = family.build_model(self.splits)
@@ -79,7 +79,7 @@ class Trainer:
                                  cfg.checkpoint.keep)
         self.progress, resumed = self.restore(resume)
         self.log = RunLogger(run_dir, world.rank, cfg.logging,
-                             purge_step=self.progress.global_step or None)
+                             resumed_at=self.progress.global_step if resume else None)
         self.log.info(f"{family.name} {cfg.model.name}: {self.splits.describe}, "
                       f"{world.world_size} rank(s) on {self.session.device}, {self.steps} "
                       f"steps/epoch" + (f", resumed from {resumed.name}" if resumed else ""))
