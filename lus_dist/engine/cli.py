@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from hpc import exit_worker
+from hpc.dist import exit_user_error
 from lus_dist import families
 
 from .loop import run
@@ -55,7 +56,8 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from lus_dist.shards.manifest import ManifestError
 
     from .checkpoint import CheckpointError
-    return ConfigError, ManifestError, CheckpointError, WorldError, FileNotFoundError
+    from .session import RunDirError
+    return ConfigError, ManifestError, CheckpointError, RunDirError, WorldError, FileNotFoundError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,14 +66,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = families.load_run_config(args.family, args.config, args.overrides)
     except ConfigError as exc:
-        print(f"lus train: {exc}", file=sys.stderr)
-        return 2
+        return exit_user_error(f"lus train: {exc}")
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / cfg.name
     try:
         return exit_worker(run(families.make(args.family, cfg), run_dir, resume=args.resume))
     except user_errors() as exc:
-        print(f"lus train: {exc}", file=sys.stderr)
-        return exit_worker(2)
+        return exit_user_error(f"lus train: {exc}")
 
 
 if __name__ == "__main__":
