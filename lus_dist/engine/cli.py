@@ -25,10 +25,12 @@ EPILOG = """examples:
       dist.backend=deepspeed dist.zero_stage=2
   srun --ntasks-per-node 4 python -m lus train seg --config configs/seg.yaml
 
-Run dir: config.yaml, checkpoints/, tb/, metrics.csv, viz/, predictions/, summary.json.
+Run dir: config.yaml, checkpoints/, tb/, metrics.csv, viz/, predictions/, summary.json;
+it holds one run: a new run into one holding another stops (--resume auto continues that).
 Exit 75 (hpc.REQUEUE_EXIT_CODE) means "checkpointed on a preemption signal, requeue me";
-rerun the same command with --resume auto to continue exactly where it stopped. Plain
-torchrun reports any worker failure as 1; `python -m hpc.launch` (same arguments) keeps 75.
+rerun the same command with --resume auto to continue exactly where it stopped. Exit 2 is
+bad input (config, data, run dir), said in one line. Plain torchrun reports any worker
+failure as 1 and adds its traceback; `python -m hpc.launch` (same arguments) keeps 75 and 2.
 Set OMP_NUM_THREADS=1 per process on CPU, and TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 under
 torchrun --max-restarts (elastic restarts)."""
 

@@ -88,8 +88,7 @@ class RunLogger:
             yield from it
             return
         if use_tqdm(self.cfg.progress):
-            from tqdm import tqdm
-            yield from tqdm(it, total=total, desc=desc, dynamic_ncols=True, leave=False)
+            yield from _tqdm(it, total, desc)
             return
         every = max(1, self.cfg.every_steps)
         for i, item in enumerate(it, 1):
@@ -102,6 +101,26 @@ class RunLogger:
             self._fh.close()
             if self._tb is not None:
                 self._tb.close()
+
+
+def _tqdm(it: Iterable, total: int, desc: str) -> Iterator:
+    from tqdm import tqdm
+    yield from tqdm(it, total=total, desc=desc, dynamic_ncols=True, leave=False)
+
+
+def timed_progress(it: Iterable, total: int, desc: str, mode: str = "auto",
+                   every_s: float = 30.0) -> Iterator:
+    """Progress of a long step outside the epochs (e.g. caching features): tqdm on a
+    terminal; otherwise `desc: i/total` at most every `every_s` seconds and at the end."""
+    if use_tqdm(mode):
+        yield from _tqdm(it, total, desc)
+        return
+    last = time.monotonic()
+    for i, item in enumerate(it, 1):
+        yield item
+        if i == total or time.monotonic() - last >= every_s:
+            last = time.monotonic()
+            print(f"{desc}: {i}/{total}", flush=True)
 
 
 def keep_rows_through(path: Path, global_step: int) -> None:

@@ -21,7 +21,8 @@ from lus_dist.config import to_dict
 from .cadence import StopCadence
 from .checkpoint import (CHECKPOINT_DIR, Checkpointer, Progress, RNGState, find_resume, load_best,
                          save_best)
-from .data import describe, epoch_batches, selection, steps_per_epoch, to_device, train_loader
+from .data import (describe, epoch_batches, loader_workers_note, selection, steps_per_epoch,
+                   to_device, train_loader, usable_cpus)
 from .family import Family
 from .fit import all_digests, build_fit, sync_buffers
 from .logging import RunLogger
@@ -83,6 +84,9 @@ class Trainer:
         self.log.info(f"{family.name} {cfg.model.name}: {self.splits.describe}, "
                       f"{world.world_size} rank(s) on {self.session.device}, {self.steps} "
                       f"steps/epoch" + (f", resumed from {resumed.name}" if resumed else ""))
+        note = loader_workers_note(cfg.data.num_workers, usable_cpus())
+        if note:
+            self.log.info(note)
         self.samples, self.last_loss, self.last_val = 0, None, {}
         self.stop_cadence = StopCadence(cfg.train.stop_check_every, cfg.train.stop_check_s)
 

@@ -28,3 +28,7 @@ def test_production_config_trains_with_loader_workers(engine_shards, tmp_path, f
     s = summary(tmp_path / family)
     assert s["global_step"] == 4 and s["world_size"] == 2 and len(set(s["param_digests"])) == 1
     assert s["best_selected_on"] != s.get("test_split", "test")
+    # more loader workers than CPUs is said once per run, not by torch at every loader
+    from lus_dist.engine.data import usable_cpus
+    assert proc.stdout.count("loader workers per rank") == (cfg.data.num_workers > usable_cpus())
+    assert "This DataLoader will create" not in proc.stderr, explain(proc)
