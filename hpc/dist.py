@@ -16,11 +16,17 @@ import datetime as _dt
 import os
 import socket
 import sys
+import time
 
 from hpc.device_plan import RunPlan, plan_run, probe_cuda
-from hpc.world import World, WorldError
+from hpc.world import World, WorldError, world_from_env
 
 DEFAULT_TIMEOUT_S = 300.0
+USAGE_EXIT_CODE = 2   # bad input (config, data, run dir); hpc.launch passes it through
+# torchrun ends the group when its first rank exits: rank 0 reports a user error at once and
+# the others wait this long, so the job says it once; a rank still alive after it had an
+# error of its own (rank 0 is fine) and says it
+USER_ERROR_GRACE_S = 5.0
 
 
 def resolve_backend(world: World, backend: str = "auto", device: str = "auto") -> str:
@@ -133,3 +139,16 @@ def exit_worker(code: int) -> int:
         sys.stderr.flush()
         os._exit(code)
     return code
+
+
+def exit_user_error(message: str) -> int:
+    """Say what is wrong with the input in one line for the whole job (not once per rank),
+    then leave like :func:`exit_worker` with :data:`USAGE_EXIT_CODE`."""
+    try:
+        rank = world_from_env(os.environ).rank
+    except WorldError:
+        rank = 0
+    if rank != 0:
+        time.sleep(USER_ERROR_GRACE_S)
+    print(message, file=sys.stderr, flush=True)
+    return exit_worker(USAGE_EXIT_CODE)

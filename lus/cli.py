@@ -14,10 +14,11 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "prep": ("data_prep.cli", "ingest raw LUS data, make a phantom, pack/validate HDF5 shards",
              "lus prep phantom --out data/phantom_raw && lus prep pack --layout iclus "
              "--src data/phantom_raw/iclus --out data/shards"),
-    "train": ("lus.train", "train Reg-STN, segmentation or CNN-LSTM (single, torchrun, srun)",
+    "train": ("lus.train", "train a model family (regstn, seg, cnnlstm, pretrain): one "
+              "process, torchrun or srun",
               "torchrun --standalone --nproc-per-node 2 -m lus train regstn "
               "--config configs/regstn.yaml data.root=data/shards"),
-    "tune": ("tune.cli", "Ray Tune sweeps (aggregator, cnnlstm, regstn, seg)",
+    "tune": ("tune.cli", "Ray Tune sweeps (aggregator, regstn, seg, cnnlstm, pretrain)",
              "lus tune aggregator --predictions runs/x/predictions/test.h5 --trials 64"),
     "aggregate": ("lus_dist.aggregator.cli", "train/evaluate the uninorm video aggregator on frame predictions",
                   "lus aggregate --predictions runs/x/predictions/test.h5 --protocol kfold"),

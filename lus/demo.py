@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -54,9 +55,13 @@ def _run(cmd: list[str], env: dict[str, str], log: Path) -> None:
     print(f"  ok ({time.time() - t0:.0f} s)", flush=True)
 
 
+def run_dir_of(out: Path) -> Path:
+    return out / "runs" / "regstn"
+
+
 def steps(out: Path, nproc: int, seed: int, config: Path, overrides: list[str]) -> list[list[str]]:
     py = sys.executable
-    run_dir = out / "runs" / "regstn"
+    run_dir = run_dir_of(out)
     return [
         [py, "-m", "lus", "prep", "phantom", "--out", str(out / "raw"), "--seed", str(seed)],
         [py, "-m", "lus", "prep", "pack", "--layout", "iclus", "--src", str(out / "raw" / "iclus"),
@@ -78,10 +83,23 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     out = Path(args.out).resolve()
     config = Path(args.config) if args.config else REPO_CONFIGS / "demo_regstn.yaml"
+    if args.nproc < 1:
+        print(f"lus demo: --nproc {args.nproc}: training needs at least 1 process", file=sys.stderr)
+        return 2
     if not config.is_file():
         print(f"lus demo: config {config} not found (pass --config FILE)", file=sys.stderr)
         return 2
+    from lus_dist.config import ConfigError
+    from lus_dist.families import load_run_config
+    try:   # before minutes of data preparation, not after
+        load_run_config("regstn", config, args.overrides)
+    except ConfigError as exc:
+        print(f"lus demo: {exc}", file=sys.stderr)
+        return 2
     out.mkdir(parents=True, exist_ok=True)
+    # every output under --out is made anew (phantom, shards, report), the run too: a run
+    # dir never holds two runs
+    shutil.rmtree(run_dir_of(out), ignore_errors=True)
     log = out / "demo.log"
     log.write_text("")
     t0 = time.time()

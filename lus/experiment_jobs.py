@@ -66,7 +66,10 @@ class Job:
 
 def train_cmd(family: str, step: TrainStep, run_dir: Path, shards: Path, fold: int | None,
               seed: int, val_fold: int | None = None, extra: tuple[str, ...] = ()) -> list[str]:
-    cmd = [sys.executable, "-m", "lus", "train", family, "--run-dir", str(run_dir)]
+    # --resume auto: a run an interrupted experiment left unfinished continues, never restarts
+    # beside its own files
+    cmd = [sys.executable, "-m", "lus", "train", family, "--resume", "auto", "--run-dir",
+           str(run_dir)]
     if step.config:
         cmd += ["--config", step.config]
     cmd += [f"data.root={shards}", f"seed={seed}", f"train.epochs={step.epochs}",

@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -141,6 +142,7 @@ def run_all(out: Path, gpus: int, steps: int, size: int) -> list[dict]:
             _run(cmd, env, log)
     rows = []
     for cell in cells(out, gpus, steps):
+        shutil.rmtree(cell.run_dir(out), ignore_errors=True)   # a new measurement, a new run
         t0 = time.perf_counter()
         code = _run(list(cell.argv), env, log, check=False)
         rows.append(cell_result(cell, out, code, time.perf_counter() - t0))

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from hpc import exit_worker
+from hpc.dist import exit_user_error
 from lus_dist.engine import registry as families
 from lus_dist.engine.loop import run
 
@@ -23,10 +24,12 @@ EPILOG = """examples:
       dist.backend=deepspeed dist.zero_stage=2
   srun --ntasks-per-node 4 python -m lus train seg --config configs/seg.yaml
 
-Run dir: config.yaml, checkpoints/, tb/, metrics.csv, viz/, predictions/, summary.json.
+Run dir: config.yaml, checkpoints/, tb/, metrics.csv, viz/, predictions/, summary.json;
+it holds one run: a new run into one holding another stops (--resume auto continues that).
 Exit 75 (hpc.REQUEUE_EXIT_CODE) means "checkpointed on a preemption signal, requeue me";
-rerun the same command with --resume auto to continue exactly where it stopped. Plain
-torchrun reports any worker failure as 1; `python -m hpc.launch` (same arguments) keeps 75.
+rerun the same command with --resume auto to continue exactly where it stopped. Exit 2 is
+bad input (config, data, run dir), said in one line. Plain torchrun reports any worker
+failure as 1 and adds its traceback; `python -m hpc.launch` (same arguments) keeps 75 and 2.
 Set OMP_NUM_THREADS=1 per process on CPU, and TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 under
 torchrun --max-restarts (elastic restarts)."""
 
@@ -53,7 +56,8 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from lus_dist.engine.checkpoint import CheckpointError
     from lus_dist.io.config import ConfigError
     from lus_dist.shards.manifest import ManifestError
-    return ConfigError, ManifestError, CheckpointError, WorldError, FileNotFoundError
+    from lus_dist.engine.session import RunDirError
+    return ConfigError, ManifestError, CheckpointError, RunDirError, WorldError, FileNotFoundError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,14 +66,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = families.load_run_config(args.family, args.config, args.overrides)
     except ConfigError as exc:
-        print(f"lus train: {exc}", file=sys.stderr)
-        return 2
+        return exit_user_error(f"lus train: {exc}")
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / cfg.name
     try:
         return exit_worker(run(families.make(args.family, cfg), run_dir, resume=args.resume))
     except user_errors() as exc:
-        print(f"lus train: {exc}", file=sys.stderr)
-        return exit_worker(2)
+        return exit_user_error(f"lus train: {exc}")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,13 @@ def test_top_level_help_lists_every_subcommand(capsys):
         assert f"  {name} " in out
 
 
+def test_train_and_tune_summaries_name_every_shipped_family():
+    from lus_dist.families import BUILTIN
+
+    for cmd in ("train", "tune"):
+        assert [name for name in BUILTIN if name not in SUBCOMMANDS[cmd][1]] == [], cmd
+
+
 def test_unknown_subcommand_is_a_usage_error(capsys):
     assert main(["trian"]) == 2
     assert "unknown command 'trian'" in capsys.readouterr().err
@@ -36,3 +43,12 @@ def test_module_entry_point_runs():
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "lus <command>" in proc.stdout
+
+
+@pytest.mark.parametrize("args,word", [(["--nproc", "0"], "--nproc 0"),
+                                       (["trian.epochs=1"], "trian")])
+def test_demo_checks_its_arguments_before_preparing_data(tmp_path, capsys, args, word):
+    assert main(["demo", "--out", str(tmp_path / "out"), *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("lus demo: ") and word in err[0], err
+    assert not (tmp_path / "out").exists()

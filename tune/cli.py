@@ -38,7 +38,8 @@ def _common(p: argparse.ArgumentParser, family: str) -> None:
     p.add_argument("--config", help="base config YAML of the family (else its defaults)")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="dotted overrides of the base config, e.g. data.root=data/shards")
-    p.add_argument("--trials", type=int, default=16, help="number of trials (default 16)")
+    p.add_argument("--trials", type=int, default=None,
+                   help="number of trials (default 16; --resume: as the sweep was started)")
     p.add_argument("--scheduler", choices=("asha", "pbt", "fifo"), default="asha")
     p.add_argument("--search", choices=("random", "grid", "optuna"), default="random")
     p.add_argument("--storage", default="runs/tune", help="shared directory for sweep state")
@@ -59,7 +60,11 @@ def _common(p: argparse.ArgumentParser, family: str) -> None:
     p.add_argument("--max-failures", type=int, default=None,
                    help="retries of a failed trial, e.g. when a Ray node dies (default: "
                         "$LUS_TUNE_MAX_FAILURES, else 0; slurm/tune.sh sets 2)")
-    p.add_argument("--quiet", action="store_true", help="no Ray progress table")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--verbose", action="store_true",
+                     help="Ray's progress tables and every trial's own output (default: one "
+                          "line per finished trial, a progress line a minute, a summary)")
+    out.add_argument("--quiet", action="store_true", help="the final summary only")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     from tune.ray_env import RayOptions, node_ips, start_ray, stop_ray
     from tune.spaces import check_space, load_space
-    from tune.sweep import SweepOptions, build_tuner
+    from tune.sweep import SweepOptions, build_tuner, choose_output_engine, resumed_trials
     from tune.trainables import (TrialContext, families, gpus_per_trial, is_ray_train,
                                  make_trainable, resolve_path, tune_callbacks)
 
@@ -139,7 +144,7 @@ def _run(args: argparse.Namespace) -> int:
                         resume=args.resume, max_concurrent=args.max_concurrent,
                         seed=args.seed, grace_period=args.grace_period,
                         **({} if args.max_failures is None else {"max_failures": args.max_failures}),
-                        verbose=0 if args.quiet else 1,
+                        output=output_mode(args),
                         reuse_actors=not is_ray_train(args.family))
     ctx = TrialContext(family=args.family, base=base, metric=space.metric,
                        predictions=predictions, test_predictions=test_predictions,
@@ -147,7 +152,11 @@ def _run(args: argparse.Namespace) -> int:
                        k=getattr(args, "folds", 5), seed=getattr(args, "protocol_seed", 0),
                        num_workers=getattr(args, "workers", 2),
                        experiment_dir=str(opts.experiment_dir))
-    start_ray(RayOptions(address=args.address, num_cpus=args.num_cpus, num_gpus=args.num_gpus))
+    if opts.resume:
+        resumed_trials(opts.experiment_dir, opts.trials)   # a different --trials fails here
+    choose_output_engine(opts)
+    start_ray(RayOptions(address=args.address, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
+                         log_to_driver=args.verbose))
     try:
         import ray
         ctx = dataclasses.replace(ctx, gpus=gpus_per_trial(
@@ -159,6 +168,10 @@ def _run(args: argparse.Namespace) -> int:
     finally:
         stop_ray()
     return _report(grid, space, cls, base, opts, family.command, ctx)
+
+
+def output_mode(args: argparse.Namespace) -> str:
+    return "verbose" if args.verbose else "quiet" if args.quiet else "lines"
 
 
 def precheck(family: str, cls: type, base: dict, space, predictions: str | None,

@@ -76,6 +76,25 @@ class RayOptions:
     temp_dir: str = field(default_factory=default_temp_dir)
     object_store_bytes: int = OBJECT_STORE_BYTES
     train_driver_slots: int = 1
+    log_to_driver: bool = True   # the trials' own output in the driver's (lus tune --verbose)
+
+
+# Ray Train's placement-group cleaner asks the dashboard's state API every second whether
+# its trial's controller lives; without a dashboard (we run none) it warns each time, dozens
+# of lines per trial. ReleaseTrainGroups (tune.trainables) frees the groups instead.
+PG_CLEANER_LOGGER = "ray.train.v2._internal.execution.controller.placement_group_cleaner"
+PG_CLEANER_WARNING = "Failed to query Ray Train Controller actor state"
+
+
+def quiet_worker_logs() -> None:
+    """Ray's worker_process_setup_hook: runs in every worker process of the sweep."""
+    import logging
+
+    logging.getLogger(PG_CLEANER_LOGGER).addFilter(
+        lambda record: not record.getMessage().startswith(PG_CLEANER_WARNING))
+
+
+RUNTIME_ENV = {"worker_process_setup_hook": f"{__name__}.quiet_worker_logs"}
 
 
 def init_kwargs(opts: RayOptions) -> dict:
@@ -83,7 +102,8 @@ def init_kwargs(opts: RayOptions) -> dict:
     if opts.address:
         # Joining: resources, object store and temp dir belong to the running cluster.
         return {"address": opts.address, "include_dashboard": False,
-                "log_to_driver": True, "configure_logging": False}
+                "log_to_driver": opts.log_to_driver, "configure_logging": False,
+                "runtime_env": RUNTIME_ENV}
     return {
         "num_cpus": opts.num_cpus,
         "num_gpus": opts.num_gpus,
@@ -92,8 +112,9 @@ def init_kwargs(opts: RayOptions) -> dict:
         "_node_ip_address": opts.node_ip,
         "_temp_dir": opts.temp_dir,
         "include_dashboard": False,
-        "log_to_driver": True,
+        "log_to_driver": opts.log_to_driver,
         "configure_logging": False,
+        "runtime_env": RUNTIME_ENV,
     }
 
 

@@ -36,9 +36,14 @@ def default_max_failures() -> int:
 SEARCHERS = ("random", "grid", "optuna")
 
 
+DEFAULT_TRIALS = 16
+OUTPUTS = ("quiet", "lines", "verbose")   # summary only | + a line per trial | + Ray's tables
+SWEEP_FILE = "lus_sweep.json"             # what a sweep was started with, for --resume
+
+
 @dataclass(frozen=True)
 class SweepOptions:
-    trials: int = 16
+    trials: int | None = None   # None: DEFAULT_TRIALS for a new sweep, as started on --resume
     scheduler: str = "asha"
     search: str = "random"
     storage: str = "runs/tune"
@@ -51,7 +56,7 @@ class SweepOptions:
     # Reusing trial actors halves a sweep of cheap trials; a Ray Train driver cannot be
     # reset in place (Ray refuses and fails the next trial), so those families turn it off.
     reuse_actors: bool = True
-    verbose: int = 1
+    output: str = "lines"
     max_failures: int = field(default_factory=default_max_failures)
 
     @property
@@ -94,12 +99,15 @@ def make_searcher(opts: SweepOptions, space: SearchSpace):
     return BasicVariantGenerator(random_state=opts.seed)
 
 
-def param_space(opts: SweepOptions, space: SearchSpace) -> tuple[dict[str, Any], int]:
-    """Ray param_space and num_samples: a grid runs each point once, `trials` times over."""
+def param_space(opts: SweepOptions, space: SearchSpace) -> tuple[dict[str, Any], int, int]:
+    """Ray param_space, num_samples and the trials that makes: a grid runs each point once,
+    `trials` times over."""
+    trials = opts.trials or DEFAULT_TRIALS
     if opts.search == "grid":
         grid = with_grid(space)
-        return to_ray(grid), max(1, opts.trials // grid_size(grid))
-    return to_ray(space), opts.trials
+        samples = max(1, trials // grid_size(grid))
+        return to_ray(grid), samples, samples * grid_size(grid)
+    return to_ray(space), trials, trials
 
 
 def build_tuner(trainable: Callable, space: SearchSpace, opts: SweepOptions,
@@ -109,24 +117,73 @@ def build_tuner(trainable: Callable, space: SearchSpace, opts: SweepOptions,
 
     path = opts.experiment_dir
     if opts.resume and tune.Tuner.can_restore(str(path)):
-        print(f"lus tune: resuming {path} (finished trials are kept)", flush=True)
-        return tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True,
-                                  resume_errored=False, restart_errored=False)
+        total = resumed_trials(path, opts.trials)
+        print(f"lus tune: resuming {path}" + (f" ({total} trials" if total else " (")
+              + "; finished trials are kept)", flush=True)
+        tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True,
+                                   resume_errored=False, restart_errored=False)
+        set_output(tuner, opts, output_callbacks(opts, space, total) + (callbacks or []))
+        return tuner
     if path.exists() and any(path.iterdir()):
         if not opts.resume:
             raise SweepError(f"{path} already holds a sweep; pass --resume to continue it "
                              f"or --name for a new one")
         raise SweepError(f"{path} exists but holds no restorable Tune state; move it away")
-    pspace, samples = param_space(opts, space)
+    pspace, samples, total = param_space(opts, space)
+    path.mkdir(parents=True)
+    (path / SWEEP_FILE).write_text(json.dumps({"trials": total}) + "\n")
     tune_cfg = tune.TuneConfig(
         metric=space.metric, mode=space.mode, num_samples=samples,
         scheduler=make_scheduler(opts, space), search_alg=make_searcher(opts, space),
         max_concurrent_trials=opts.max_concurrent, reuse_actors=opts.reuse_actors)
     run_cfg = tune.RunConfig(storage_path=str(path.parent), name=path.name,
-                             verbose=opts.verbose,
+                             verbose=ray_verbosity(opts),
                              failure_config=tune.FailureConfig(max_failures=opts.max_failures),
-                             callbacks=callbacks or None)
+                             callbacks=output_callbacks(opts, space, total) + (callbacks or [])
+                             or None)
     return tune.Tuner(trainable, param_space=pspace, tune_config=tune_cfg, run_config=run_cfg)
+
+
+def resumed_trials(path: Path, asked: int | None) -> int | None:
+    """How many trials the sweep at `path` was started with (None: not recorded). Ray
+    continues a sweep as it was started, so a different --trials is an error, not ignored."""
+    try:
+        total = int(json.loads((path / SWEEP_FILE).read_text())["trials"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if asked is not None and asked != total:
+        raise SweepError(f"{path} is a sweep of {total} trials and --resume continues it as it "
+                         f"was started; for {asked} trials start a new one with --name")
+    return total
+
+
+def ray_verbosity(opts: SweepOptions) -> int:
+    """Ray's own output: its tables only with --verbose."""
+    return 1 if opts.output == "verbose" else 0
+
+
+def choose_output_engine(opts: SweepOptions) -> None:
+    """Ray's output engine for this driver: its current one for --verbose; otherwise the
+    legacy one (RAY_AIR_NEW_OUTPUT=0), which prints nothing at verbosity 0, where the
+    current one still prints its experiment header."""
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "1" if opts.output == "verbose" else "0"
+
+
+def output_callbacks(opts: SweepOptions, space: SearchSpace, total: int | None) -> list:
+    if opts.output != "lines":
+        return []
+    from tune.progress import TrialLines
+
+    return [TrialLines(space.metric, space.mode, total or param_space(opts, space)[2])]
+
+
+def set_output(tuner, opts: SweepOptions, callbacks: list) -> None:
+    """This invocation's output settings on a restored sweep: Ray restores the run config
+    the sweep was started with (Tuner.restore takes none), its verbosity and callbacks
+    included, which would ignore --verbose/--quiet on --resume."""
+    run_cfg = tuner._local_tuner.get_run_config()
+    run_cfg.verbose = ray_verbosity(opts)
+    run_cfg.callbacks = callbacks or None
 
 
 def trial_errors(grid) -> list[str]:

@@ -3,6 +3,8 @@ loader, evaluation blocks and gathering them back in dataset order."""
 from __future__ import annotations
 
 import multiprocessing
+import os
+import warnings
 from typing import Any, Iterator
 
 import numpy as np
@@ -108,6 +110,7 @@ def train_loader(ds, labels: np.ndarray | None, cfg: RunConfig, world: World,
     an iterator never consumes the global torch RNG: a resumed run draws the same dropout
     masks as an uninterrupted one.
     """
+    quiet_worker_count_warning()
     weights = class_balanced_weights(labels) if labels is not None and cfg.data.balanced else None
     # worker-affine batches: each loader worker reads only its own shards (one open per
     # shard per epoch on shared storage)
@@ -132,6 +135,30 @@ def worker_options(cfg: RunConfig, device: torch.device, epoch_dependent: bool =
     return {"num_workers": n, "pin_memory": device.type == "cuda",
             "persistent_workers": n > 0 and not epoch_dependent,
             "multiprocessing_context": worker_context(cfg.data.worker_start) if n > 0 else None}
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity, e.g. a Slurm task's cgroup/cpuset)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:   # not on Linux
+        return os.cpu_count() or 1
+
+
+def loader_workers_note(num_workers: int, cpus: int) -> str | None:
+    """The run's one line when each rank starts more loader workers than it has CPUs
+    (torch's own rule, which torch repeats for every loader iterator: each epoch, each
+    evaluation, on every rank)."""
+    if num_workers <= cpus:
+        return None
+    return (f"data.num_workers={num_workers} loader workers per rank, but a rank here may use "
+            f"{cpus} CPU(s): they compete with it for them; at most {cpus} is suggested")
+
+
+def quiet_worker_count_warning() -> None:
+    """Torch's repetitions of that warning: the run says it once (loader_workers_note)."""
+    warnings.filterwarnings("ignore", message=r"This DataLoader will create \d+ worker process",
+                            category=UserWarning, module=r"torch\.utils\.data\.dataloader")
 
 
 # what a loader worker unpickles its dataset from: the forkserver imports them (and torch) once

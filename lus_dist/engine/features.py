@@ -10,7 +10,9 @@ head-only `CNNLSTM.from_features` trains in seconds per epoch.
 from __future__ import annotations
 
 import os
+from functools import partial
 from pathlib import Path
+from typing import Callable
 
 import h5py
 import numpy as np
@@ -27,14 +29,18 @@ PATTERN = "features-rank-*.h5"
 def extract(shards: Path, out_dir: Path, encoder: torch.nn.Module, encoder_name: str,
             rank: int = 0, world_size: int = 1, batch_size: int = 128,
             device: torch.device | str = "cpu", manifest_version: int | None = None,
-            channels: int | None = None) -> Path:
-    """Write this rank's block of per-frame features; returns the file written."""
+            channels: int | None = None, progress: Callable | None = None) -> Path:
+    """Write this rank's block of per-frame features; returns the file written.
+    `progress(batches, n, desc)` wraps the batches (e.g. `timed_progress` on rank 0)."""
     ds = ShardDataset(shards, mode="frame", manifest_version=manifest_version, channels=channels)
     start, stop = split_even(len(ds), world_size, rank)
     loader = DataLoader(Subset(ds, range(start, stop)), batch_size=batch_size, shuffle=False)
     encoder = encoder.to(device).eval()
     feats, video, frame = [], [], []
-    for batch in loader:
+    batches = loader if progress is None else progress(
+        loader, len(loader), f"caching {encoder_name} features ({stop - start} of {len(ds)} "
+        f"frames on rank {rank}), batches")
+    for batch in batches:
         feats.append(encoder(batch["image"].to(device)).flatten(1).float().cpu().numpy())
         video.append(batch["video"].numpy())
         frame.append(batch["frame"].numpy())
@@ -93,11 +99,15 @@ DONE = "DONE"
 
 
 def ensure_cache(out_dir: Path, shards: Path, encoder: torch.nn.Module, encoder_name: str,
-                 world, device, manifest_version: int | None, channels: int | None) -> Path:
+                 world, device, manifest_version: int | None, channels: int | None,
+                 progress_mode: str = "auto") -> Path:
     """Extract once per run dir, every rank its block, behind a barrier; a requeued run
     finds DONE (written by rank 0 after every rank's file is in place) and reuses it. A
-    cache left unfinished (no DONE) is extracted again with the current world size."""
+    cache left unfinished (no DONE) is extracted again with the current world size.
+    Rank 0 shows its progress (minutes on a large data set, before the first epoch)."""
     from hpc.dist import barrier
+
+    from .logging import timed_progress
 
     out_dir = Path(out_dir)
     if not (out_dir / DONE).is_file():
@@ -106,7 +116,8 @@ def ensure_cache(out_dir: Path, shards: Path, encoder: torch.nn.Module, encoder_
                 stale.unlink()
         barrier()
         extract(shards, out_dir, encoder, encoder_name, world.rank, world.world_size,
-                device=device, manifest_version=manifest_version, channels=channels)
+                device=device, manifest_version=manifest_version, channels=channels,
+                progress=partial(timed_progress, mode=progress_mode) if world.is_main else None)
         barrier()                                 # every block is in place
         if world.is_main:
             (out_dir / DONE).write_text(f"{encoder_name} world_size={world.world_size}\n")

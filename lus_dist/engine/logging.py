@@ -1,8 +1,9 @@
 """Rank-0 run logging: metrics.csv, TensorBoard, and progress a person (or a Slurm log) can read.
 
 metrics.csv is tidy (`kind,epoch,global_step,name,value,time`) so a family can log any
-metric without a header migration; after a resume the steps since the last checkpoint are
-logged again, so readers should keep the last row per (kind, global_step, name).
+metric without a header migration. A resumed run continues its own files: the rows (and
+TensorBoard events) after the step it resumed from are dropped, since it logs those steps
+again, so the files read as one uninterrupted run.
 Ranks other than 0 get a logger whose methods do nothing, so loops never branch on rank.
 """
 from __future__ import annotations
@@ -32,7 +33,7 @@ def format_metrics(metrics: dict[str, float]) -> str:
 
 
 class RunLogger:
-    def __init__(self, run_dir: Path, rank: int, cfg: LoggingConfig, purge_step: int | None = None):
+    def __init__(self, run_dir: Path, rank: int, cfg: LoggingConfig, resumed_at: int | None = None):
         self.active = rank == 0
         self.cfg = cfg
         self.t0 = time.time()
@@ -41,6 +42,8 @@ class RunLogger:
             return
         run_dir.mkdir(parents=True, exist_ok=True)
         path = run_dir / "metrics.csv"
+        if resumed_at is not None and path.exists():
+            keep_rows_through(path, resumed_at)
         new = not path.exists() or path.stat().st_size == 0
         self._fh = open(path, "a", newline="")
         self._csv = csv.writer(self._fh)
@@ -48,7 +51,8 @@ class RunLogger:
             self._csv.writerow(CSV_FIELDS)
         if cfg.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
-            self._tb = SummaryWriter(str(run_dir / "tb"), purge_step=purge_step)
+            self._tb = SummaryWriter(str(run_dir / "tb"), purge_step=None if resumed_at is None
+                                     else resumed_at + 1)
 
     def _write(self, kind: str, epoch: int, step: int, metrics: dict[str, float]) -> None:
         now = round(time.time() - self.t0, 3)
@@ -84,8 +88,7 @@ class RunLogger:
             yield from it
             return
         if use_tqdm(self.cfg.progress):
-            from tqdm import tqdm
-            yield from tqdm(it, total=total, desc=desc, dynamic_ncols=True, leave=False)
+            yield from _tqdm(it, total, desc)
             return
         every = max(1, self.cfg.every_steps)
         for i, item in enumerate(it, 1):
@@ -98,6 +101,39 @@ class RunLogger:
             self._fh.close()
             if self._tb is not None:
                 self._tb.close()
+
+
+def _tqdm(it: Iterable, total: int, desc: str) -> Iterator:
+    from tqdm import tqdm
+    yield from tqdm(it, total=total, desc=desc, dynamic_ncols=True, leave=False)
+
+
+def timed_progress(it: Iterable, total: int, desc: str, mode: str = "auto",
+                   every_s: float = 30.0) -> Iterator:
+    """Progress of a long step outside the epochs (e.g. caching features): tqdm on a
+    terminal; otherwise `desc: i/total` at most every `every_s` seconds and at the end."""
+    if use_tqdm(mode):
+        yield from _tqdm(it, total, desc)
+        return
+    last = time.monotonic()
+    for i, item in enumerate(it, 1):
+        yield item
+        if i == total or time.monotonic() - last >= every_s:
+            last = time.monotonic()
+            print(f"{desc}: {i}/{total}", flush=True)
+
+
+def keep_rows_through(path: Path, global_step: int) -> None:
+    """Drop the rows of metrics.csv logged after `global_step` (atomically: a rank killed
+    mid-rewrite leaves the old file)."""
+    with open(path, newline="") as fh:
+        rows = list(csv.reader(fh))
+    kept = rows[:1] + [r for r in rows[1:] if len(r) == len(CSV_FIELDS) and r[2].isdigit()
+                       and int(r[2]) <= global_step]
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as fh:
+        csv.writer(fh).writerows(kept)
+    tmp.replace(path)
 
 
 def read_metrics(path: Path) -> list[dict[str, str]]:

@@ -21,7 +21,8 @@ from lus_dist.io.config import to_dict
 from .cadence import StopCadence
 from .checkpoint import (CHECKPOINT_DIR, Checkpointer, Progress, RNGState, find_resume, load_best,
                          save_best)
-from .data import describe, epoch_batches, selection, steps_per_epoch, to_device, train_loader
+from .data import (describe, epoch_batches, loader_workers_note, selection, steps_per_epoch,
+                   to_device, train_loader, usable_cpus)
 from .family import Family
 from .fit import all_digests, build_fit, sync_buffers
 from .logging import RunLogger
@@ -66,7 +67,7 @@ class Trainer:
         self.t_start = time.time()
         self.fam, self.cfg, self.run_dir, self.hooks = family, family.cfg, run_dir, hooks
         cfg = self.cfg
-        self.session = start(cfg, run_dir)
+        self.session = start(cfg, run_dir, resume)
         world = self.session.world
         self.splits = family.build_data(self.session)
         model = family.build_model(self.splits)
@@ -79,10 +80,13 @@ class Trainer:
                                  cfg.checkpoint.keep)
         self.progress, resumed = self.restore(resume)
         self.log = RunLogger(run_dir, world.rank, cfg.logging,
-                             purge_step=self.progress.global_step or None)
+                             resumed_at=self.progress.global_step if resume else None)
         self.log.info(f"{family.name} {cfg.model.name}: {self.splits.describe}, "
                       f"{world.world_size} rank(s) on {self.session.device}, {self.steps} "
                       f"steps/epoch" + (f", resumed from {resumed.name}" if resumed else ""))
+        note = loader_workers_note(cfg.data.num_workers, usable_cpus())
+        if note:
+            self.log.info(note)
         self.samples, self.last_loss, self.last_val = 0, None, {}
         self.stop_cadence = StopCadence(cfg.train.stop_check_every, cfg.train.stop_check_s)
 

@@ -10,10 +10,16 @@ import numpy as np
 import torch
 
 from hpc import World, init_distributed, world_from_env
+from hpc.dist import barrier
 from hpc.device_plan import CudaFacts, RunPlan, apply_plan, plan_run, probe_cuda
 from lus_dist.io.config import save_config
 
+from .checkpoint import CHECKPOINT_DIR
 from .config import RunConfig
+
+# What a run leaves in its directory that another run would mix with: a run that stopped
+# before any of them (a bad model setting) left only config.yaml, which the next overwrites
+RUN_FILES = ("metrics.csv", CHECKPOINT_DIR, "best.pt", "summary.json", "features")
 
 
 @dataclass
@@ -26,14 +32,40 @@ class Session:
     plan: RunPlan | None = None
 
 
-def start(cfg: RunConfig, run_dir: Path) -> Session:
-    """Join the process group, pick the device, seed, and save the resolved config (rank 0)."""
+class RunDirError(ValueError):
+    """A run directory that holds another run: starting there would mix two runs' files."""
+
+
+def run_dir_conflict(run_dir: Path, resume: str | None) -> str | None:
+    """Why this run may not write into `run_dir`, or None. A new run needs a directory
+    without another run's files; `--resume auto` continues the run the directory holds;
+    a checkpoint path continues that checkpoint's run, which may be this directory's own
+    or start a new directory, never land beside another run."""
+    found = [name for name in RUN_FILES if (run_dir / name).exists()]
+    own = run_dir / CHECKPOINT_DIR
+    if not found or resume == "auto" or (resume and Path(resume).resolve().is_relative_to(
+            own.resolve())):
+        return None
+    held = f"{run_dir} holds another run ({', '.join(found)})"
+    if resume:
+        return f"{held}, not the run of {resume}; start from that checkpoint in a new --run-dir"
+    return f"{held}; continue it with --resume auto, or start this run in a new --run-dir"
+
+
+def start(cfg: RunConfig, run_dir: Path, resume: str | None = None) -> Session:
+    """Join the process group, pick the device, seed, and save the resolved config (rank 0).
+    Every rank looks at the run dir before any rank writes there, so a refused run leaves
+    the directory as it was."""
+    conflict = run_dir_conflict(run_dir, resume)
+    if conflict:
+        raise RunDirError(conflict)
     world = world_from_env(os.environ)
     if world.world_size > 1 and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world.local_world_size))
     plan = run_plan(cfg, world, probe_cuda())
     apply_plan(plan)
     init_distributed(world, timeout_s=cfg.dist.timeout_s, plan=plan)
+    barrier()   # (NCCL's init is no barrier) every rank has looked before rank 0 writes
     set_deterministic(cfg.train.deterministic)
     seed_everything(cfg.seed)
     pin_manifest_version(cfg, run_dir)

@@ -241,6 +241,9 @@ def write_frame_csv(path: Path, probs: np.ndarray, classes) -> Path:
 def video_decision(probs: np.ndarray, classes, aggregator: str | None) -> dict:
     """argmax_mean by default; a trained uninorm when `lus aggregate` saved one."""
     from lus_dist.aggregator.uninorm import argmax_mean
+    from lus_dist.config import to_dict
+
+    from .report import uninorm_label
     x = torch.from_numpy(probs).double()[None]
     mask = torch.ones(x.shape[:2], dtype=torch.bool)
     mean = probs.mean(0)
@@ -251,7 +254,7 @@ def video_decision(probs: np.ndarray, classes, aggregator: str | None) -> dict:
         with torch.no_grad():
             scores = model(x, mask)[0]
         idx = int(scores.argmax())
-        out["method"] = f"uninorm {cfg.variant} ({cfg.tnorm}, off-diag {cfg.off_diagonal})"
+        out["method"] = uninorm_label(to_dict(cfg))
         out["aggregator_output"] = [float(v) for v in scores]
         if len(scores) != len(classes):  # binary variant: class 0 vs the rest
             names = [classes[0], f"not_{classes[0]}"]

@@ -89,7 +89,10 @@ def frame_scores_of(name: str, preds) -> FrameScores:
 
 # ---------------------------------------------------------------- video level (Table 2)
 def uninorm_label(config: Mapping) -> str:
-    return f"uninorm ({config.get('tnorm', '?')}, off-diag {config.get('off_diagonal', '?')})"
+    """`uninorm (product, off-diag min)`; another variant is named once: `uninorm hierarchy (...)`."""
+    variant = config.get("variant", "uninorm")
+    name = "uninorm" if variant == "uninorm" else f"uninorm {variant}"
+    return f"{name} ({config.get('tnorm', '?')}, off-diag {config.get('off_diagonal', '?')})"
 
 
 def video_folds_of(result) -> dict[str, list[dict[str, float]]]:

@@ -84,7 +84,8 @@ class CNNLSTMFamily(Family):
         d = self.cfg.data
         return ensure_cache(session.run_dir / "features", Path(d.root), encoder,
                             self.cfg.model.kwargs.get("encoder", ModelCfg().encoder),
-                            session.world, session.device, d.manifest_version, d.channels)
+                            session.world, session.device, d.manifest_version, d.channels,
+                            self.cfg.logging.progress)
 
     def open_split(self, split: str):
         clips = self._clips(split, "uniform")

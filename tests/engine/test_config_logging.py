@@ -1,6 +1,7 @@
 """Run configs (shipped YAMLs, overrides, errors), DeepSpeed JSON filling, and run logging."""
 from __future__ import annotations
 
+import csv
 import io
 import json
 from pathlib import Path
@@ -13,7 +14,7 @@ from lus_dist.io.config import ConfigError
 from lus.train import main as train_main
 from lus_dist.engine import registry as families
 from lus_dist.engine.fit import deepspeed_json
-from lus_dist.engine.session import Session
+from lus_dist.engine.session import Session, run_dir_conflict
 from lus_dist.engine.registry import load_run_config
 from lus_dist.engine.logging import RunLogger, format_metrics, read_metrics, use_tqdm
 from lus_dist.engine.config import LoggingConfig
@@ -84,19 +85,39 @@ def test_deepspeed_json_refuses_a_json_optimizer(tmp_path):
         deepspeed_json(cfg, _session())
 
 
-def test_metrics_csv_is_tidy_and_last_row_wins_after_a_resume(tmp_path):
-    cfg = LoggingConfig(every_steps=2, tensorboard=False, progress="plain")
+def test_a_resumed_run_drops_the_rows_after_its_checkpoint_and_logs_them_again(tmp_path):
+    cfg = LoggingConfig(every_steps=1, tensorboard=False, progress="plain")
     log = RunLogger(tmp_path, rank=0, cfg=cfg)
     for step in range(1, 5):
         log.step(0, step, {"loss": 1.0 / step})
     log.epoch(0, 4, {"val_f1": 0.5})
     log.close()
-    log = RunLogger(tmp_path, rank=0, cfg=cfg)      # a resumed run repeats step 4
-    log.step(0, 4, {"loss": 0.1})
+    log = RunLogger(tmp_path, rank=0, cfg=cfg, resumed_at=2)   # its checkpoint was step 2
+    log.step(0, 3, {"loss": 0.1})
     log.close()
-    rows = read_metrics(tmp_path / "metrics.csv")
-    got = {(r["kind"], int(r["global_step"]), r["name"]): float(r["value"]) for r in rows}
-    assert got == {("step", 2, "loss"): 0.5, ("step", 4, "loss"): 0.1, ("epoch", 4, "val_f1"): 0.5}
+    with open(tmp_path / "metrics.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    got = [(r["kind"], int(r["global_step"]), float(r["value"])) for r in rows]
+    assert got == [("step", 1, 1.0), ("step", 2, 0.5), ("step", 3, 0.1)]
+    assert read_metrics(tmp_path / "metrics.csv") == rows
+
+
+def test_a_new_run_refuses_a_directory_holding_another_run(tmp_path):
+    run = tmp_path / "run"
+    assert run_dir_conflict(run, None) is None                     # nothing there yet
+    run.mkdir()
+    (run / "config.yaml").write_text("name: x\n")                  # a run that stopped at once
+    assert run_dir_conflict(run, None) is None
+    (run / "metrics.csv").write_text("kind\n")
+    (run / "checkpoints").mkdir()
+    why = run_dir_conflict(run, None)
+    assert why == (f"{run} holds another run (metrics.csv, checkpoints); continue it with "
+                   "--resume auto, or start this run in a new --run-dir")
+    assert run_dir_conflict(run, "auto") is None                   # continues its own run
+    assert run_dir_conflict(run, str(run / "checkpoints" / "step-000000004")) is None
+    other = tmp_path / "other" / "checkpoints" / "step-000000004"
+    assert "not the run of" in run_dir_conflict(run, str(other))
+    assert run_dir_conflict(tmp_path / "new", str(other)) is None   # from it, in a new dir
 
 
 def test_other_ranks_write_nothing_and_progress_is_plain_without_a_tty(tmp_path, capsys):

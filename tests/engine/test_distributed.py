@@ -3,6 +3,7 @@ Reg-STN reaches the target F1, DeepSpeed ZeRO-2 checkpoints and resumes, preempt
 an elastic SIGKILL restart end with weights bitwise equal to an uninterrupted run."""
 from __future__ import annotations
 
+import csv
 import os
 import signal
 import subprocess
@@ -78,21 +79,42 @@ def test_deepspeed_zero2_trains_checkpoints_and_resumes(engine_shards, tmp_path)
 
 
 @pytest.fixture(scope="module")
-def reference(engine_shards, tmp_path_factory) -> str:
+def reference_run(engine_shards, tmp_path_factory) -> Path:
     """The uninterrupted run every interrupted one must reproduce bit for bit."""
     run = tmp_path_factory.mktemp("reference") / "run"
     proc = run_train("regstn", run, [f"data.root={engine_shards}", *TINY, "checkpoint.every_steps=2"])
-    return assert_trained_and_ranks_agree(run, proc)["param_digests"][0]
+    assert_trained_and_ranks_agree(run, proc)
+    return run
 
 
-def test_preemption_then_resume_is_bitwise_identical(engine_shards, tmp_path, reference):
+@pytest.fixture(scope="module")
+def reference(reference_run) -> str:
+    return summary(reference_run)["param_digests"][0]
+
+
+def test_preemption_then_resume_is_bitwise_identical(engine_shards, tmp_path, reference,
+                                                     reference_run):
+    """...and the run dir is the run's own: a new run there stops in one line, leaving it as
+    it was; --resume auto continues its files as if the run had never stopped."""
     run = tmp_path / "pre"
     args = ("regstn", run, [f"data.root={engine_shards}", *TINY, "checkpoint.every_steps=2"])
     out = preempt_mid_run(*args)
     assert "preempted at step" in out and not (run / "summary.json").exists()
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    again = run_train(*args)
+    assert again.returncode == 2, explain(again)
+    held = ", ".join(n for n in ("metrics.csv", "checkpoints", "best.pt") if (run / n).exists())
+    assert again.stderr.strip().splitlines() == [
+        f"lus train: {run} holds another run ({held}); continue it with --resume auto, or "
+        "start this run in a new --run-dir"], explain(again)
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
     resumed = run_train(*args, resume="auto")
     assert "resumed from step-" in resumed.stdout, explain(resumed)
     assert summary(run)["param_digests"] == [reference, reference]
+    with open(run / "metrics.csv", newline="") as fh:
+        logged = [(r["kind"], int(r["global_step"]), r["name"]) for r in csv.DictReader(fh)]
+    assert len(logged) == len(set(logged)) and max(s for _, s, _ in logged) == 12
+    assert step_losses(run) == step_losses(reference_run)
 
 
 def test_sigkilled_worker_elastic_restart_resumes_and_finishes(engine_shards, tmp_path, reference):

@@ -5,16 +5,25 @@ import numpy as np
 import pytest
 import torch
 
+from functools import partial
+
 from lus_dist.engine.features import FeatureClips, extract
+from lus_dist.engine.logging import timed_progress
 from lus_dist.models import CNNLSTM, CNNLSTMConfig
 from lus_dist.shards.reader import ShardDataset
 
 
-def test_cached_features_equal_the_encoder_on_the_clip(engine_shards, tmp_path):
+def test_cached_features_equal_the_encoder_on_the_clip(engine_shards, tmp_path, capsys):
     torch.manual_seed(0)
     model = CNNLSTM(CNNLSTMConfig(encoder="small_cnn", seq_len=4))
     for rank in (0, 1):   # two ranks' blocks, written by one process here
-        extract(engine_shards, tmp_path, model.encoder, "small_cnn", rank=rank, world_size=2)
+        extract(engine_shards, tmp_path, model.encoder, "small_cnn", rank=rank, world_size=2,
+                batch_size=64, progress=partial(timed_progress, mode="plain") if rank == 0 else None)
+    frames = len(ShardDataset(engine_shards, mode="frame"))
+    block = (frames + 1) // 2
+    said = capsys.readouterr().out.splitlines()   # rank 0's progress, at least its end
+    assert said and said[-1] == (f"caching small_cnn features ({block} of {frames} frames on "
+                                 f"rank 0), batches: {-(-block // 64)}/{-(-block // 64)}"), said
     clips = ShardDataset(engine_shards, split="test", mode="clip", clip_len=4)
     cached = FeatureClips(tmp_path, clips.video_index, clips.labels, clip_len=4)
     assert len(cached) == len(clips)

@@ -28,3 +28,26 @@ def test_workers_start_where_the_config_says(start, forked_by_us):
 def test_no_workers_no_context():
     cfg = load_run_config("cnnlstm", None, ["data.num_workers=0"])
     assert worker_options(cfg, torch.device("cpu"))["multiprocessing_context"] is None
+
+
+def test_too_many_workers_are_said_once_per_run_not_per_loader():
+    """torch warns at every loader (each epoch and evaluation, on every rank); the run says
+    it once (rank 0's log, at start) and quiets torch's repetitions."""
+    import warnings
+
+    from lus_dist.engine.data import loader_workers_note, quiet_worker_count_warning
+
+    assert loader_workers_note(2, 2) is None
+    assert loader_workers_note(4, 2) == ("data.num_workers=4 loader workers per rank, but a rank "
+                                         "here may use 2 CPU(s): they compete with it for them; "
+                                         "at most 2 is suggested")
+    too_many = (os.cpu_count() or 1) + 1
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        DataLoader(ParentPids(), num_workers=too_many)              # torch's check, no workers yet
+        assert any("worker processes in total" in str(w.message) for w in caught)
+        caught.clear()
+        quiet_worker_count_warning()
+        for _ in range(3):
+            DataLoader(ParentPids(), num_workers=too_many)
+        assert not caught, [str(w.message) for w in caught]

@@ -120,3 +120,14 @@ def test_shipped_config_trains(matrix, config, backend, precision):
 
 def test_the_launch_ended_cleanly(matrix):
     assert matrix[1].returncode == 0, explain(matrix[1])
+
+
+def test_more_loader_workers_than_cpus_is_said_once_per_run(matrix):
+    """The shipped configs' loader workers on a rank with fewer CPUs: one line per run in
+    the run's log, never torch's warning at every loader."""
+    from lus_dist.engine.data import usable_cpus
+
+    launch = matrix[1]
+    runs = [c for c in CELLS if shipped(c[0]).get("data", {}).get("num_workers", 0) > usable_cpus()]
+    assert "This DataLoader will create" not in launch.stdout + launch.stderr, explain(launch)
+    assert launch.stdout.count("loader workers per rank") <= len(runs), explain(launch)

@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from lus_dist.evaluation.report import (ReportError, box_coverage, frame_scores, load_run,
-                                        localisation_vs_random, random_boxes_like, seg_metrics)
+                                        localisation_vs_random, random_boxes_like, seg_metrics,
+                                        uninorm_label)
 
 
 def test_box_coverage_counts_pixel_centres():
@@ -78,3 +79,10 @@ def test_seg_metrics_accepts_nested_and_flat_summaries():
     assert seg_metrics(nested) == seg_metrics(flat) == {"dice": {"b_line": 0.9},
                                                          "iou": {"b_line": 0.8}}
     assert seg_metrics({"test": {"loss": 1}}) is None
+
+
+def test_the_aggregator_is_named_once():
+    assert uninorm_label({"variant": "uninorm", "tnorm": "product", "off_diagonal": "min"}) \
+        == "uninorm (product, off-diag min)"
+    assert uninorm_label({"variant": "hierarchy", "tnorm": "lukasiewicz", "off_diagonal": "max"}) \
+        == "uninorm hierarchy (lukasiewicz, off-diag max)"

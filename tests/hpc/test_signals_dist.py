@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from hpc import REQUEUE_EXIT_CODE, PreemptionFlag, init_distributed, world_from_env
-from hpc.launch import requeue_requested
+from hpc.dist import USAGE_EXIT_CODE
+from hpc.launch import AGENT_LOGGER, FailureLines, launch_exit_code, requeue_requested
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -40,6 +41,39 @@ def test_single_process_world_needs_no_group():
 def test_requeue_exit_code_is_distinctive():
     assert REQUEUE_EXIT_CODE not in (0, 1, 2, 124, 125, 126, 127) and REQUEUE_EXIT_CODE < 128
     assert requeue_requested([REQUEUE_EXIT_CODE, -15]) and not requeue_requested([1, -15])
+
+
+def test_bad_input_keeps_its_exit_code_through_the_launcher():
+    assert launch_exit_code([2, -15]) == launch_exit_code([2, 2]) == USAGE_EXIT_CODE == 2
+    assert launch_exit_code([REQUEUE_EXIT_CODE, 2]) == REQUEUE_EXIT_CODE
+    assert launch_exit_code([2, 1]) == launch_exit_code([1, -15]) == 1
+
+
+def test_agent_failure_lines_are_dropped_for_bad_input_only():
+    import logging
+
+    class Keep(logging.Handler):
+        def __init__(self):
+            super().__init__()
+            self.lines = []
+
+        def emit(self, record):
+            self.lines.append(record.getMessage())
+
+    def agent_lines(code: int) -> list[str]:
+        handler = Keep()
+        handler.addFilter(held := FailureLines(handler))
+        logger = logging.getLogger(AGENT_LOGGER)
+        for level, msg, args in ((logging.WARNING, "Sending process %s closing signal %s", (7, "SIGTERM")),
+                                 (logging.ERROR, "failed (exitcode: %s) local_rank: %s", (code, 0)),
+                                 (logging.WARNING, "Unable to shutdown process %s", (8,))):
+            handler.handle(logger.makeRecord(AGENT_LOGGER, level, __file__, 1, msg, args, None))
+        held.flush()
+        return handler.lines
+
+    assert agent_lines(2) == ["Unable to shutdown process 8"]
+    assert agent_lines(1) == ["Sending process 7 closing signal SIGTERM",
+                              "failed (exitcode: 1) local_rank: 0", "Unable to shutdown process 8"]
 
 
 WORKER = textwrap.dedent("""

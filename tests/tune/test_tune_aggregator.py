@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -34,7 +35,7 @@ def _sweep_args(tmp_path: Path, space: Path, preds: Path, name: str, trials: int
                 *extra: str) -> list[str]:
     return ["tune", "aggregator", "--space", str(space), "--predictions", str(preds),
             "--trials", str(trials), "--storage", str(tmp_path / "sweeps"), "--name", name,
-            "--num-cpus", "2", "--quiet", *extra]
+            "--num-cpus", "2", *extra]
 
 
 def test_asha_optuna_sweep_writes_outputs_that_lus_aggregate_reproduces(tmp_path, netns):
@@ -46,6 +47,10 @@ def test_asha_optuna_sweep_writes_outputs_that_lus_aggregate_reproduces(tmp_path
                                "--search", "optuna", "--test-predictions", str(unseen)), tmp_path)
     assert proc.returncode == 0, explain(proc)
     assert "Ray nodes ['127.0.0.1']" in proc.stdout, explain(proc)
+    # quiet by default: a line per trial and a summary, none of Ray's tables
+    lines = proc.stdout.splitlines() + proc.stderr.splitlines()
+    assert len(lines) <= 30, explain(proc)
+    assert sorted(re.findall(r"^lus tune: trial (\d)/8 ", proc.stdout, re.M)) == list("12345678")
     out = tmp_path / "sweeps" / "agg"
     table = pd.read_csv(out / "results.csv")
     assert len(table) == 8 and table["trial_id"].is_unique
@@ -124,9 +129,16 @@ def test_killed_driver_resumes_keeping_finished_trials(tmp_path, netns):
         proc.wait()
     assert len(finished) < 6, "the sweep finished before it could be killed"
 
+    more = run_lus([*args, "--trials", "7", "--resume"], tmp_path)   # argparse: the last wins
+    assert more.returncode == 2 and more.stderr.strip().splitlines() == [
+        f"lus tune: error: {exp_dir} is a sweep of 6 trials and --resume continues it as it was "
+        "started; for 7 trials start a new one with --name"], explain(more)
     resumed = run_lus([*args, "--resume"], tmp_path)
     assert resumed.returncode == 0, explain(resumed)
-    assert "resuming" in resumed.stdout
+    assert "resuming" in resumed.stdout and "(6 trials;" in resumed.stdout, explain(resumed)
+    # the trials finished before the kill are counted, the others said as they finish
+    said = re.findall(r"^lus tune: trial (\d)/6 ", resumed.stdout, re.M)
+    assert said and int(min(said)) > len(finished) and max(said) == "6", explain(resumed)
     after = _results(exp_dir)
     table = pd.read_csv(exp_dir / "results.csv")
     assert len(table) == 6 and table["trial_id"].is_unique

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -48,8 +49,11 @@ def test_regstn_sweep_two_trials_of_two_ray_train_workers(tmp_path, phantom_tmp,
     proc = run_lus(["tune", "regstn", "--config", str(ROOT / "configs" / "demo_regstn.yaml"),
                     f"data.root={shards}", *TINY, "viz_frames=0", "--trials", "2",
                     "--workers", "2", "--storage", str(tmp_path / "sweeps"), "--name", "r",
-                    "--num-cpus", "2", "--quiet"], tmp_path, timeout=400)
+                    "--num-cpus", "2"], tmp_path, timeout=400)
     assert proc.returncode == 0, explain(proc)
+    # by default a line per finished trial (and progress), not Ray's or its workers' logs
+    assert len(re.findall(r"^lus tune: trial \d/2 ", proc.stdout, re.M)) == 2, explain(proc)
+    assert len(proc.stdout.splitlines() + proc.stderr.splitlines()) <= 12, explain(proc)
     out = tmp_path / "sweeps" / "r"
     table = pd.read_csv(out / "results.csv")
     assert len(table) == 2 and table["val_weighted_f1"].between(0, 1).all()

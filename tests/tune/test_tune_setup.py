@@ -5,7 +5,8 @@ import pytest
 
 from tune.ray_env import TRAIN_DRIVER_RESOURCE, RayOptions, init_kwargs, ray_env
 from tune.spaces import parse_space
-from tune.sweep import SweepError, SweepOptions, build_tuner, make_scheduler, param_space
+from tune.sweep import (SWEEP_FILE, SweepError, SweepOptions, build_tuner, make_scheduler,
+                        param_space, resumed_trials)
 
 
 def _space(max_t=1, **params):
@@ -46,9 +47,43 @@ def test_schedulers():
 
 def test_grid_runs_every_point_trials_over_grid_times():
     space = _space(a={"choice": [1, 2, 3]}, b={"choice": ["x", "y"]})
-    pspace, samples = param_space(SweepOptions(search="grid", trials=12), space)
-    assert samples == 2 and set(pspace) == {"a", "b"}
-    assert param_space(SweepOptions(search="random", trials=12), space)[1] == 12
+    pspace, samples, total = param_space(SweepOptions(search="grid", trials=12), space)
+    assert samples == 2 and total == 12 and set(pspace) == {"a", "b"}
+    assert param_space(SweepOptions(search="random", trials=12), space)[1:] == (12, 12)
+    assert param_space(SweepOptions(search="random"), space)[1:] == (16, 16)   # the default
+
+
+def test_a_resumed_sweep_keeps_its_trial_count_and_says_so(tmp_path):
+    assert resumed_trials(tmp_path, 3) is None          # not recorded (an older sweep)
+    (tmp_path / SWEEP_FILE).write_text('{"trials": 2}')
+    assert resumed_trials(tmp_path, None) == resumed_trials(tmp_path, 2) == 2
+    with pytest.raises(SweepError, match="is a sweep of 2 trials .* for 3 trials start a new"):
+        resumed_trials(tmp_path, 3)
+
+
+def test_trial_lines_say_each_finished_trial_and_the_best():
+    from types import SimpleNamespace
+
+    from ray.tune.experiment import Trial
+
+    from tune.progress import TrialLines
+
+    lines = TrialLines("f1", "max", total=3, every_s=3600)
+    out = []
+    lines.say = out.append
+    a = SimpleNamespace(trial_id="t0", status=Trial.RUNNING, last_result={})
+    b = SimpleNamespace(trial_id="t1", status=Trial.RUNNING, last_result={})
+    lines.on_trial_result(1, [a, b], b, {"f1": 0.4, "done": True})   # stopped by the scheduler
+    a.last_result = {"f1": 0.8, "training_iteration": 3, "time_total_s": 2.0}
+    lines.on_trial_complete(1, [a, b], a)
+    a.status = Trial.TERMINATED
+    b.last_result = {"f1": 0.4, "training_iteration": 1, "time_total_s": 0.5}
+    lines.on_trial_complete(2, [a, b], b)
+    b.status = Trial.TERMINATED
+    lines.on_trial_error(3, [a, b], SimpleNamespace(trial_id="t2"))
+    assert out == ["trial 1/3 t0 done, f1=0.8 (3 reports, 2.0 s); best 0.8 (t0)",
+                   "trial 2/3 t1 stopped early, f1=0.4 (1 report, 0.5 s); best 0.8 (t0)",
+                   "trial 3/3 t2 FAILED (listed at the end)"]
 
 
 def test_existing_sweep_dir_needs_resume(tmp_path):
