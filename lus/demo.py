@@ -89,8 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     if not config.is_file():
         print(f"lus demo: config {config} not found (pass --config FILE)", file=sys.stderr)
         return 2
-    from lus_dist.config import ConfigError
-    from lus_dist.families import load_run_config
+    from lus_dist.io.config import ConfigError
+    from lus_dist.engine.registry import load_run_config
     try:   # before minutes of data preparation, not after
         load_run_config("regstn", config, args.overrides)
     except ConfigError as exc:

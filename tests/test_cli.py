@@ -17,7 +17,7 @@ def test_top_level_help_lists_every_subcommand(capsys):
 
 
 def test_train_and_tune_summaries_name_every_shipped_family():
-    from lus_dist.families import BUILTIN
+    from lus_dist.engine.registry import BUILTIN
 
     for cmd in ("train", "tune"):
         assert [name for name in BUILTIN if name not in SUBCOMMANDS[cmd][1]] == [], cmd

@@ -241,7 +241,7 @@ def write_frame_csv(path: Path, probs: np.ndarray, classes) -> Path:
 def video_decision(probs: np.ndarray, classes, aggregator: str | None) -> dict:
     """argmax_mean by default; a trained uninorm when `lus aggregate` saved one."""
     from lus_dist.aggregator.uninorm import argmax_mean
-    from lus_dist.config import to_dict
+    from lus_dist.io.config import to_dict
 
     from .report import uninorm_label
     x = torch.from_numpy(probs).double()[None]

@@ -90,7 +90,7 @@ def differences(config: str, saved: dict) -> list[str]:
 
 
 def test_every_shipped_config_is_in_the_matrix():
-    from lus_dist import families
+    from lus_dist.engine import registry as families
 
     assert {"regstn", "seg", "cnnlstm", "pretrain", "demo_regstn"} <= set(SHIPPED)
     assert all(family_of(c) in families.names() for c in SHIPPED)
