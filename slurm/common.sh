@@ -32,7 +32,9 @@ lus_init() {
     LUS_PY="$(lus_python)"
     export PYTHONPATH="$LUS_ROOT${PYTHONPATH:+:$PYTHONPATH}"
     if [[ -n "${SLURM_JOB_ID:-}" ]]; then
-        echo "lus: job $SLURM_JOB_ID ${SLURM_JOB_NAME:-(no name)} on ${SLURM_JOB_NODELIST:-$(hostname)}" \
+        local job="$SLURM_JOB_ID"     # an array task by the name its log file carries (%A_%a)
+        [[ -n "${SLURM_ARRAY_JOB_ID:-}" ]] && job="${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID:-}"
+        echo "lus: job $job ${SLURM_JOB_NAME:-(no name)} on ${SLURM_JOB_NODELIST:-$(hostname)}" \
              "restart ${SLURM_RESTART_COUNT:-0} python $LUS_PY"
     else
         echo "lus: not in a Slurm job ($([[ "$DRY_RUN" == 1 ]] && echo "dry run, ")host $(hostname))" \

@@ -3,14 +3,16 @@
 Every ```bash block of the README runs, in the README's order, in one sandbox laid out like a
 fresh clone (the project's files linked in, its outputs its own), so a block reads what the
 blocks before it wrote, as a reader going top to bottom does. The only changes made to a line
-are PATHS (the phantom stands in for the real clips) and SMALL (step and trial counts), both
-below. Slurm lines run on the real local cluster that the README's own `lus cluster up` line
+are PATHS (the phantom stands in for the real clips) and SMALL (step, epoch and trial counts,
+and the quick experiment settings the README states), both below; NOT_RUN names the one line
+that is not run and why. Slurm lines run on the real local cluster that the README's own `lus cluster up` line
 starts: a `lus cluster run ... sbatch` line must finish with every job COMPLETED and no error
 in the job logs; a bare `sbatch` line is a GPU cluster's (resources the two 2-CPU nodes lack),
 so it must be accepted and is then cancelled.
 """
 from __future__ import annotations
 
+import getpass
 import os
 import re
 import shlex
@@ -21,6 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from hpc.local_slurm import LocalSlurmCluster
+from hpc.slurm_conf import parse_scontrol_record
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -34,7 +39,8 @@ PATHS = {
     "/tmp/lus-slurm": "slurm-cluster",
     "/tmp/lus-gpu-smoke": "gpu-smoke",
 }
-# How long things run: (pattern, replacement) on the line, its comment removed.
+# How long things run: step, epoch and trial counts, as (pattern, replacement) on the line
+# with its comment removed.
 STEPS = "train.epochs=1 train.max_steps_per_epoch=2"
 EXPERIMENT = ("--folds 3 size=32 max_frames=6 'seeds=[0]' 'routes=[scratch]' frame.epochs=1 "
               "cnnlstm.epochs=1 aggregator.epochs=5")    # the README's quick experiment settings
@@ -42,7 +48,7 @@ SMALL = [
     (r"^make demo$", f'make demo DEMO_ARGS="{STEPS}"'),
     (r"^(.*(\blus train |slurm/train_\w+\.sh|slurm/pretrain\.sh|\blus tune (regstn|cnnlstm) ).*)$",
      rf"\1 {STEPS}"),
-    (r"--trials \d\d+\b", "--trials 2"),
+    (r"--trials \d+\b", "--trials 1"),
     (r"^(.*\blus experiment pocus\b.*)$", rf"\1 {EXPERIMENT}"),
     (r"^(.*\blus gpu-smoke\b.*)$", r"\1 --steps 2"),
 ]
@@ -196,17 +202,16 @@ def run_shell(box: Sandbox, cmd: str) -> subprocess.CompletedProcess:
                           text=True, timeout=COMMAND_TIMEOUT)
 
 
-def cluster(box: Sandbox):
-    from hpc.local_slurm import LocalSlurmCluster
+def cluster(box: Sandbox) -> LocalSlurmCluster:
     return LocalSlurmCluster(box.cluster_dir, nodes=2)
 
 
-def job_ids(c) -> list[int]:
+def job_ids(c: LocalSlurmCluster) -> list[int]:
     r = c.run(["squeue", "-h", "-o", "%A"], check=False)
     return sorted({int(x) for x in r.stdout.split() if x.isdigit()})
 
 
-def wait_for_empty_queue(c, timeout: float) -> None:
+def wait_for_empty_queue(c: LocalSlurmCluster, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while job_ids(c):
         assert time.monotonic() < deadline, f"jobs still queued after {timeout:.0f}s: {job_ids(c)}"
@@ -219,11 +224,23 @@ def submitted_job(out: str) -> int:
     return int(m.group(1))
 
 
-def check_jobs_from(c, first: int) -> None:
-    """Every job since `first` (array tasks and the jobs it submitted too) COMPLETED, and no
-    job log holds an error line (srun's or a Python traceback)."""
+def submit_only(box: Sandbox, cmd: str) -> None:
+    """A GPU cluster's line: sbatch (in the cluster's namespace, as on a login node) must
+    accept it; what it queued is cancelled."""
+    c = cluster(box)
+    r = c.run(["bash", "-c", cmd], env=box.env, cwd=box.path, check=False, timeout=120)
+    assert r.returncode == 0, f"{cmd}\nexit {r.returncode}\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}"
+    submitted_job(r.stdout)
+    c.run(["scancel", "--user", getpass.getuser()], check=False)
+    wait_for_empty_queue(c, 120)
+
+
+def check_jobs_from(box: Sandbox, first: int) -> None:
+    """Once the queue is empty: every job since `first` (array tasks and the jobs it submitted
+    too) COMPLETED, and no job log holds an error line (srun's or a Python traceback)."""
+    c = cluster(box)
+    wait_for_empty_queue(c, SLURM_TIMEOUT)
     r = c.run(["scontrol", "show", "job", "-o"], check=False)
-    from hpc.slurm_conf import parse_scontrol_record
     records = [parse_scontrol_record(x) for x in r.stdout.splitlines() if x.startswith("JobId=")]
     records = [rec for rec in records if int(rec["JobId"]) >= first]
     assert records, f"no job records from job {first} on"
@@ -237,29 +254,17 @@ def check_jobs_from(c, first: int) -> None:
 
 
 def run_line(box: Sandbox, line: str) -> str:
-    """Run one README line (substituted); returns a one-line note of what ran, for the report."""
-    cmd = as_run(line)
-    t0 = time.monotonic()
-    how = kind(cmd)
-    if how == "sbatch":      # a GPU cluster's line: accepted by the local cluster, then cancelled
-        c = cluster(box)
-        r = c.run(["bash", "-c", cmd], env=box.env, cwd=box.path, check=False, timeout=120)
-        assert r.returncode == 0, f"{cmd}\nexit {r.returncode}\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}"
-        submitted_job(r.stdout)
-        c.run(["scancel", "--user", "root"], check=False)
-        wait_for_empty_queue(c, 120)
+    """Run one README line (substituted); returns a one-line note of what ran, for the report.
+    Every line starts with the local cluster's queue empty."""
+    cmd, t0 = as_run(line), time.monotonic()
+    if kind(cmd) == "sbatch":
+        submit_only(box, cmd)
     else:
-        first = None
-        if how == "cluster" and "sbatch" in cmd:
-            wait_for_empty_queue(cluster(box), 60)
         r = run_shell(box, cmd)
         assert r.returncode == 0, \
             f"{cmd}\nexit {r.returncode}\n--- stdout\n{r.stdout[-3000:]}\n--- stderr\n{r.stderr[-3000:]}"
-        if how == "cluster" and "sbatch" in cmd:
-            first = submitted_job(r.stdout)
-            c = cluster(box)
-            wait_for_empty_queue(c, SLURM_TIMEOUT)
-            check_jobs_from(c, first)
+        if kind(cmd) == "cluster" and " sbatch " in cmd:
+            check_jobs_from(box, submitted_job(r.stdout))
     return f"{time.monotonic() - t0:6.1f}s  {cmd}"
 
 
@@ -297,7 +302,7 @@ def test_readme_block_runs_as_written(block: Block, sandbox: Sandbox):
         pytest.skip(f"{slurm_reason()}: not run: {skipped}")
 
 
-def test_no_leftover_slurm_jobs_or_cluster(sandbox: Sandbox):
+def test_readme_cluster_ends_empty_and_stops(sandbox: Sandbox):
     """Runs last: the README's cluster has nothing queued (every job ended or was cancelled)."""
     if slurm_reason() or not (sandbox.cluster_dir / "run").is_dir():
         pytest.skip(slurm_reason() or "no local cluster was started")
