@@ -1,11 +1,13 @@
 # Two commands do all set-up on a fresh machine:
 #   make demo   # venv + install + phantom -> shards -> 2-rank DDP Reg-STN -> video report
 #   make test   # venv + install + the whole test suite (real torchrun, DeepSpeed, Ray, Slurm, HDF5)
+# DEMO_ARGS passes key=value overrides to the demo's training, e.g. DEMO_ARGS=train.epochs=1
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.lus-installed
 DEMO_OUT ?= demo_out
+DEMO_ARGS ?=
 PYTEST_ARGS ?=
 
 export OMP_NUM_THREADS ?= 1
@@ -27,7 +29,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: install
-	$(VENV)/bin/lus demo --out $(DEMO_OUT)
+	$(VENV)/bin/lus demo --out $(DEMO_OUT) $(DEMO_ARGS)
 
 test: install
 	$(VENV)/bin/pytest $(PYTEST_ARGS)

@@ -129,10 +129,18 @@ def _pack(args) -> int:
     if m is not None and m.version == before:
         print(f"{args.out}: nothing new to append: version {m.version} is current")
     elif m is None:
-        print(f"task {task} of {n_tasks} done; run `lus prep finalize {args.out}` after all tasks")
+        print(f"task {task} of {n_tasks} done; {_after_tasks(args.out, os.environ)}")
     else:
         _print_done(args.out, m)
     return 0
+
+
+def _after_tasks(out: Path, env: Mapping[str, str]) -> str:
+    """What writes the manifest: slurm/prep_array.sh queues the finalize job with its array
+    (and marks its tasks LUS_PREP_STAGE=pack); an array submitted by hand needs the user's."""
+    if env.get("LUS_PREP_STAGE") == "pack":
+        return "the queued finalize job writes the manifest once every task has succeeded"
+    return f"run `lus prep finalize {out}` after all tasks"
 
 
 def _print_done(out: Path, m) -> None:

@@ -31,8 +31,15 @@ lus_init() {
     DRY_RUN="${DRY_RUN:-0}"
     LUS_PY="$(lus_python)"
     export PYTHONPATH="$LUS_ROOT${PYTHONPATH:+:$PYTHONPATH}"
-    echo "lus: job ${SLURM_JOB_ID:-none} ${SLURM_JOB_NAME:-} on ${SLURM_JOB_NODELIST:-$(hostname)}" \
-         "restart ${SLURM_RESTART_COUNT:-0} python $LUS_PY"
+    if [[ -n "${SLURM_JOB_ID:-}" ]]; then
+        local job="$SLURM_JOB_ID"     # an array task by the name its log file carries (%A_%a)
+        [[ -n "${SLURM_ARRAY_JOB_ID:-}" ]] && job="${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID:-}"
+        echo "lus: job $job ${SLURM_JOB_NAME:-(no name)} on ${SLURM_JOB_NODELIST:-$(hostname)}" \
+             "restart ${SLURM_RESTART_COUNT:-0} python $LUS_PY"
+    else
+        echo "lus: not in a Slurm job ($([[ "$DRY_RUN" == 1 ]] && echo "dry run, ")host $(hostname))" \
+             "python $LUS_PY"
+    fi
 }
 
 lus_python() {
@@ -155,10 +162,13 @@ lus_forward_usr1() {
 # lus_prep_submit TASKS SCRIPT: submit SCRIPT as a TASKS-array (LUS_PREP_STAGE=pack) and a
 # finalize job (LUS_PREP_STAGE=finalize) that runs only if every task succeeded; a failed
 # task cancels it (--kill-on-invalid-dep=yes) instead of leaving it pending forever.
+# Slurm does not create a log folder (a job whose --output folder is missing fails to launch
+# and writes nothing), so logs/ is made here; SBATCH_ARGS come last and win.
 lus_prep_submit() {
     local tasks="$1" script="$2" extra=() array_id fin_id
     read -r -a extra <<< "${SBATCH_ARGS:-}"
-    local array_cmd=(sbatch --parsable --array="0-$((tasks - 1))" "${extra[@]}"
+    [[ "$DRY_RUN" == 1 ]] || mkdir -p logs
+    local array_cmd=(sbatch --parsable --array="0-$((tasks - 1))" --output="logs/%x-%A_%a.out" "${extra[@]}"
                      --export="ALL,LUS_PREP_STAGE=pack,LUS_ROOT=$LUS_ROOT" "$script" "${LUS_ARGS[@]}")
     local fin_cmd=(sbatch --parsable --kill-on-invalid-dep=yes "${extra[@]}"
                    --export="ALL,LUS_PREP_STAGE=finalize,LUS_ROOT=$LUS_ROOT" "$script")

@@ -2,7 +2,9 @@
 # Pack raw LUS data into HDF5 shards with a job array, then finalize (manifest.json) in a job
 # that starts only if every array task succeeded (--dependency=afterok).
 #
-# Run it with bash (not sbatch) from the project root: it submits both jobs and prints their ids.
+# From the project root, with sbatch (a 1-CPU job submits both) or bash (submits them from here
+# and prints their ids); task logs go to logs/ (made if missing):
+#   SRC=data/raw/pocus OUT=data/shards LAYOUT=pocus sbatch slurm/prep_array.sh --size 64
 #   SRC=data/raw/iclus OUT=data/shards LAYOUT=iclus TASKS=3 bash slurm/prep_array.sh --size 64
 #   DRY_RUN=1 SRC=... OUT=... bash slurm/prep_array.sh      # print the sbatch commands only
 # Every task computes the same plan and writes only its own shards, skipping those already
@@ -10,14 +12,14 @@
 # shards are packed. Arguments after the variables go to `lus prep pack`.
 #
 # Environment: SRC, OUT, LAYOUT (iclus|pocus), TASKS (array size, default 4), LUS_PYTHON or
-# VIRTUAL_ENV, SBATCH_ARGS (extra sbatch options for both jobs, e.g. "--output=logs/%x-%A_%a.out").
+# VIRTUAL_ENV, SBATCH_ARGS (extra sbatch options for both jobs, e.g. "--partition=cpu").
 #SBATCH --job-name=lus-prep
 #SBATCH --nodes=1
 #SBATCH --ntasks=1
 #SBATCH --cpus-per-task=1
 #SBATCH --time=02:00:00
 #SBATCH --open-mode=append
-#SBATCH --output=logs/%x-%A_%a.out
+#SBATCH --output=logs/%x-%j.out
 set -euo pipefail
 
 # sbatch runs a copy of this file: find the project from the submitted path, else from here.

@@ -2,11 +2,12 @@
 #SBATCH --job-name=lus-tune
 #SBATCH --nodes=2
 #SBATCH --ntasks-per-node=1
-#SBATCH --output=%x-%j.out
+#SBATCH --output=logs/%x-%j.out
 #
 # A Ray Tune sweep inside a Slurm allocation: a Ray head on the first node, one Ray worker
 # node on each of the others (all `ray start --block` under srun, so Slurm owns and cleans
-# them), then `lus tune <args> --address <head>` from this batch step.
+# them), then `lus tune <args> --address <head>` from this batch step. Submit from the
+# project root (the job log goes to logs/). The arguments are those of `lus tune`:
 #
 #   sbatch --nodes 4 slurm/tune.sh aggregator --predictions /shared/preds.h5 --trials 256 \
 #          --storage /shared/tune --name agg-a --resume
@@ -32,6 +33,10 @@ LUS_ROOT="${LUS_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}"
 # shellcheck source=slurm/common.sh
 source "$LUS_ROOT/slurm/common.sh"
 lus_init "$@"
+if [[ ${#LUS_ARGS[@]} -eq 0 || "${LUS_ARGS[0]}" == -* ]]; then
+    echo "usage: sbatch --nodes N slurm/tune.sh FAMILY [lus tune options] (FAMILY: aggregator, cnnlstm, pretrain, regstn, seg; see lus tune --help)" >&2
+    exit 2
+fi
 PY=$LUS_PY
 RAY_BIN=${RAY_BIN:-$(dirname "$PY")/ray}
 export RAY_USAGE_STATS_ENABLED=0
@@ -64,6 +69,18 @@ HEAD=${NODES[0]}
 HEAD_IP=$(ip_of "$HEAD")
 ADDRESS="$HEAD_IP:$GCS_PORT"
 
+# How the Ray steps stop at the end: `ray start --block` exits 1 when SIGTERM stops it (by
+# design, ray._private.node), and a SIGTERM delivered by Slurm is logged as the step being
+# cancelled: either reads as an error after every sweep. So each step runs under this wrapper,
+# which the cleanup asks to stop with SIGWINCH (ignored by every Ray process, so only the
+# wrapper acts on it): it stops Ray and ends the step with 0, while a Ray node that dies on its
+# own still ends the step with Ray's exit code.
+# shellcheck disable=SC2016  # expanded by the wrapper's own shell
+RAY_STEP=(bash -c 'trap "kill -TERM \$ray; wait \$ray; exit 0" WINCH; "$@" & ray=$!; wait $ray' ray-step)
+# A node drains before it stops (for Ray Serve's in-flight requests); at the end of a sweep
+# there is nothing in flight, and the head's GCS stops at the same moment as its node.
+export RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S=${RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S:-0}
+
 # ray start for node index $1 on host $2; node i gets its own ports and temp dir, which
 # also lets several Slurm "nodes" share one machine (the local test cluster does).
 ray_node() {
@@ -76,12 +93,12 @@ ray_node() {
                   --object-manager-port="$((p + 1))" --min-worker-port="$((p + 10))"
                   --max-worker-port="$((p + 39))" --disable-usage-stats)
     if [ "$i" -eq 0 ]; then
-        lus_run srun --overlap --nodes=1 --ntasks=1 -w "$host" "$RAY_BIN" start --head \
+        lus_run srun --overlap --nodes=1 --ntasks=1 -w "$host" "${RAY_STEP[@]}" "$RAY_BIN" start --head \
             --port="$GCS_PORT" --include-dashboard=false \
             --ray-client-server-port=$((BASE + 1)) --dashboard-agent-listen-port=$((BASE + 2)) \
             --metrics-export-port=$((BASE + 3)) "${common[@]}" &
     else
-        lus_run srun --overlap --nodes=1 --ntasks=1 -w "$host" "$RAY_BIN" start \
+        lus_run srun --overlap --nodes=1 --ntasks=1 -w "$host" "${RAY_STEP[@]}" "$RAY_BIN" start \
             --address="$ADDRESS" --dashboard-agent-listen-port=$((p + 2)) \
             --metrics-export-port=$((p + 3)) "${common[@]}" &
     fi
@@ -91,8 +108,12 @@ ray_node() {
 PIDS=()
 # shellcheck disable=SC2317  # reached through `trap cleanup EXIT`
 cleanup() {
-    # SIGTERM to our own srun steps: srun forwards it, `ray start --block` drains its node.
-    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    # Stop the Ray steps (RAY_STEP above; `scancel --signal` leaves the batch shell alone and
+    # takes signal numbers, not the name WINCH); if the controller cannot be reached, SIGTERM
+    # to our sruns cancels the steps instead.
+    if [[ "$DRY_RUN" != 1 && ${#PIDS[@]} -gt 0 ]]; then
+        scancel --signal="$(kill -l WINCH)" "$JOB" 2>/dev/null || kill -TERM "${PIDS[@]}" 2>/dev/null || true
+    fi
     wait || true
     if [[ -n "$TOKEN_FILE" ]]; then rm -f "$TOKEN_FILE"; fi
 }

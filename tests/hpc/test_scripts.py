@@ -85,7 +85,9 @@ def test_prep_array_submits_array_then_afterok_finalize(base_env):
            "SBATCH_ARGS": "--output=logs/p-%j.out --partition=cpu"}
     array, fin = dry_run("prep_array.sh", env, "--size", "64")
     script = str(ROOT / "slurm" / "prep_array.sh")
-    assert array == ["sbatch", "--parsable", "--array=0-2", "--output=logs/p-%j.out", "--partition=cpu",
+    # the task logs go to logs/ (made by the script: Slurm does not) unless SBATCH_ARGS says
+    assert array == ["sbatch", "--parsable", "--array=0-2", "--output=logs/%x-%A_%a.out",
+                     "--output=logs/p-%j.out", "--partition=cpu",
                      f"--export=ALL,LUS_PREP_STAGE=pack,LUS_ROOT={ROOT}", script, "--size", "64"]
     assert fin == ["sbatch", "--parsable", "--dependency=afterok:ARRAY_JOB_ID", "--kill-on-invalid-dep=yes",
                    "--output=logs/p-%j.out", "--partition=cpu",
@@ -107,6 +109,22 @@ def test_missing_required_variable_is_a_clear_error(base_env):
     r = subprocess.run(["bash", str(ROOT / "slurm" / "prep_array.sh"), "--dry-run"], env=base_env,
                        capture_output=True, text=True, timeout=60)
     assert r.returncode != 0 and "set SRC" in r.stderr
+
+
+def test_tune_sh_without_arguments_prints_its_usage_in_one_line(base_env):
+    env = {**base_env, "SLURM_JOB_ID": "5", "SLURM_JOB_NODELIST": "node[1-2]"}
+    r = subprocess.run(["bash", str(ROOT / "slurm" / "tune.sh")], env=env, cwd=ROOT,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and r.stderr.startswith("usage: sbatch --nodes N slurm/tune.sh FAMILY")
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_banner_outside_a_job_says_so(base_env):
+    r = subprocess.run(["bash", str(ROOT / "slurm" / "train_regstn.sh")], cwd=ROOT,
+                       env={**base_env, "DRY_RUN": "1"}, capture_output=True, text=True, timeout=60)
+    first = r.stdout.splitlines()[0]
+    assert r.returncode == 0 and first.startswith("lus: not in a Slurm job (dry run, host "), first
+    assert f"python {PY}" in first
 
 
 def test_eval(base_env):

@@ -52,6 +52,19 @@ def test_resolve_task_from_flags_and_slurm_array_variables():
             resolve_task(*bad)
 
 
+def test_array_task_names_what_writes_the_manifest(phantom, tmp_path, capsys, monkeypatch):
+    """A task of slurm/prep_array.sh's array (LUS_PREP_STAGE=pack) points at the finalize job
+    the script queued; a task of an array submitted by hand says to run finalize."""
+    task = PACK + ["--src", str(phantom / "iclus"), "--task-index", "0", "--num-tasks", "2"]
+    monkeypatch.delenv("LUS_PREP_STAGE", raising=False)
+    assert main(task + ["--out", str(tmp_path / "by_hand")]) == 0
+    assert f"run `lus prep finalize {tmp_path / 'by_hand'}` after all tasks" in capsys.readouterr().out
+    monkeypatch.setenv("LUS_PREP_STAGE", "pack")
+    assert main(task + ["--out", str(tmp_path / "scripted")]) == 0
+    out = capsys.readouterr().out
+    assert "the queued finalize job writes the manifest" in out and "lus prep finalize" not in out
+
+
 def test_help_shows_examples(capsys):
     with pytest.raises(SystemExit):
         main(["pack", "--help"])
