@@ -26,7 +26,8 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
              "lus eval runs/regstn-demo --out runs/regstn-demo/report"),
     "predict": ("lus_dist.evaluation.predict", "score a new clip: per-frame CSV, video score, annotated GIF",
                 "lus predict clip.mp4 --checkpoint runs/regstn-demo --out pred/"),
-    "experiment": ("lus.experiment", "end-to-end experiments on real data (POCUS 5-fold CV)",
+    "experiment": ("lus.experiment", "end-to-end experiments on real data (POCUS 5-fold CV; severity "
+                   "and a prospective patient test on clips + score tables)",
                    "lus experiment pocus --data ../shared/data/pocus --out runs/pocus"),
     "doctor": ("lus.doctor", "print per rank the device, backend, precision and env a run will use",
                "torchrun --standalone --nproc-per-node 2 -m lus doctor regstn --config configs/regstn.yaml"),
