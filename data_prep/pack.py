@@ -358,9 +358,11 @@ def pack(sources: list[VideoSource], out: str | Path, cfg: PackConfig, provenanc
         plan = make_plan(sources, cfg, provenance, base)
     except NothingToAppend:
         return base
-    old = out / fmt.MANIFEST_NAME
-    if not append and old.exists() and Manifest.load(old).plan_hash != plan.plan_hash:
-        raise PackError(f"{out} already holds a different pack (other sources or settings); "
+    old = Manifest.load(out) if not append and (out / fmt.MANIFEST_NAME).exists() else None
+    if old is not None and old.plan_hash != plan.plan_hash:
+        why = ("other sources or settings" if old.schema_version == fmt.SCHEMA_VERSION else
+               f"packed by an older lus-dist, manifest schema {old.schema_version}, which reads as it is")
+        raise PackError(f"{out} already holds a different pack ({why}); "
                         "choose a new --out or delete it, or add new clips with --append")
     plan.save_plan(out / fmt.PLAN_NAME)
     first = len(base.shards["name"]) if base else 0

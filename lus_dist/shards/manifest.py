@@ -74,11 +74,14 @@ class ManifestError(ValueError):
 
 
 def _utf8(column: np.ndarray) -> np.ndarray:
-    """str -> UTF-8 bytes ('S'), through numpy's fast ASCII cast where it applies."""
-    try:
-        return column.astype("S")
-    except UnicodeEncodeError:
-        return np.strings.encode(column, "utf-8")
+    """str -> UTF-8 bytes ('S'). numpy holds str as 4-byte code points; when all are below
+    128 (ASCII: the usual ids and paths) each narrows to its byte as a whole-array integer
+    cast, far faster than numpy's per-string encoding (a schema-2 set converts at start-up)."""
+    width = column.dtype.itemsize // 4
+    points = np.ascontiguousarray(column).view(f"{column.dtype.byteorder}u4").reshape(len(column), width)
+    if points.max(initial=0) < 128:
+        return points.astype(np.uint8).view(f"S{width}").reshape(len(column))
+    return np.strings.encode(column, "utf-8")
 
 
 def _text(column: np.ndarray) -> np.ndarray:

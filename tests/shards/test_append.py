@@ -201,7 +201,8 @@ def _as_schema_2(root):
         arrays = {k: z[k].astype(str) if z[k].dtype.kind == "S" else z[k] for k in z.files}
     np.savez(tables, **arrays)
     meta.update(schema_version=2, tables={**meta["tables"], "sha256": fmt.file_checksum(tables),
-                                          "bytes": tables.stat().st_size})
+                                          "bytes": tables.stat().st_size},
+                plan_hash="hash of the plan's schema-2 text")   # the schema is part of what is hashed
     for name in (fmt.MANIFEST_NAME, f"manifest-v{meta['version']:04d}.json"):
         (root / name).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
 
@@ -211,7 +212,7 @@ def test_schema_2_sets_read_as_before_and_take_an_append(tmp_path):
     as compactly, validates, and an append adds a version of the current schema."""
     import shutil
 
-    from data_prep.pack import pack, provenance
+    from data_prep.pack import PackError, pack, provenance
     from lus_dist.shards.manifest import VIDEO_COLUMNS
     from shard_helpers import make_sources, pack_synthetic, small_config
     sources = make_sources()
@@ -227,6 +228,8 @@ def test_schema_2_sets_read_as_before_and_take_an_append(tmp_path):
     assert len(a) == len(b) and np.array_equal(a.frame_scores, b.frame_scores)
     assert np.array_equal(a[len(a) - 1]["image"].numpy(), b[len(b) - 1]["image"].numpy())
     assert report(tmp_path / "old")[0] == 0
+    with pytest.raises(PackError, match=r"\(packed by an older lus-dist, manifest schema 2, which reads as it is\)"):
+        pack_synthetic(tmp_path / "old", sources[:15])        # the same pack again, without --append
     new = pack(sources, tmp_path / "old", small_config(), provenance("synthetic", "/synthetic", [], {}),
                progress=False, append=True)
     assert new.version == 2 and Manifest.load(tmp_path / "old").schema_version == fmt.SCHEMA_VERSION
