@@ -121,7 +121,11 @@ def report(cfg, world, facts) -> tuple[list[str], list[str], object]:
     from lus_dist.engine.session import run_plan
 
     plan = run_plan(cfg, world, facts)
-    pg = plan.backend if world.world_size > 1 else f"none (single process; would be {plan.backend})"
+    pg = plan.backend
+    if world.world_size == 1:
+        pg = (f"{plan.backend} over this process alone (DeepSpeed's collectives need a group)"
+              if plan.dist_backend == "deepspeed" else
+              f"none (single process; would be {plan.backend})")
     lines = [
         f"world: rank {world.rank}/{world.world_size}, local {world.local_rank}/"
         f"{world.local_world_size}, node {world.node_rank}/{world.num_nodes} "

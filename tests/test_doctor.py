@@ -153,3 +153,12 @@ def test_the_cli_exits_2_on_a_combination_the_engine_refuses(tmp_path):
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert f"plan broken: {ds}: zero_optimization.stage 3" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_one_process_deepspeed_gets_a_group_of_its_own():
+    world = world_from_env({})
+    lines, _, _ = report(load_run_config("regstn", DEMO, ["dist.backend=deepspeed"]), world,
+                         CudaFacts())
+    assert "process group gloo over this process alone" in lines[1]
+    lines, _, _ = report(load_run_config("regstn", DEMO, []), world, CudaFacts())
+    assert "process group none (single process; would be gloo)" in lines[1]

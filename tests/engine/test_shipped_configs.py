@@ -7,8 +7,8 @@ cell's backend and precision: the run's saved config is checked against the file
 model, memory format, loader workers and batch sizes are the shipped ones. All cells run
 in one torchrun launch (tests/engine/train_cells.py), one after another in the same ranks.
 Each run must record the memory format its convolutions really computed in (channels_last
-where the config asks for it, under DeepSpeed too), and its ranks must end with bitwise
-identical weights."""
+where the config asks for it, under DeepSpeed too), its ranks must end with bitwise
+identical weights, and in fp32 DeepSpeed must reach DDP's weights."""
 from __future__ import annotations
 
 import math
@@ -42,6 +42,12 @@ def shipped(config: str) -> dict:
 
 def family_of(config: str) -> str:
     return {"demo_regstn": "regstn"}.get(config, config)
+
+
+def family_metric(config: str) -> str:
+    from lus_dist import families
+
+    return families.get(family_of(config)).best_metric
 
 
 def cell_argv(config: str, backend: str, precision: str, shards: Path, run_dir: Path) -> list[str]:
@@ -113,9 +119,30 @@ def test_shipped_config_trains(matrix, config, backend, precision):
     assert s["memory_format"] == wanted
     assert len(set(s["param_digests"])) == 1, "ranks ended with different weights"
     assert s["best_selected_on"] != s.get("test_split", "test")
-    assert all(math.isfinite(v) for v in s["last_epoch_val"].values())
+    picked = s[f"best_{s['best_selected_on']}_{family_metric(config)}"]
+    assert math.isfinite(picked), "the selection metric is not a number"
+    assert all(bool(t.isfinite().all()) for t in weights(run).values())
+
+
+def weights(run: Path) -> dict[str, torch.Tensor]:
+    """The trained parameters of best.pt (BatchNorm statistics left out: DDP broadcasts them
+    at every forward, DeepSpeed only before evaluation)."""
     best = torch.load(run / "best.pt", map_location="cpu", weights_only=True)
-    assert all(bool(t.isfinite().all()) for t in best.values() if t.is_floating_point())
+    return {k: v.float() for k, v in best.items() if v.is_floating_point() and "running_" not in k}
+
+
+@pytest.mark.parametrize("config", SHIPPED)
+def test_fp32_deepspeed_reaches_the_weights_ddp_reaches(matrix, config):
+    """Same start, same batches, fp32: ZeRO-2's sharded Adam step on all-reduced gradients
+    is DDP's step, channels_last configs included (their weights stay contiguous under
+    DeepSpeed). Two Adam steps move each weight by about lr; a run that trained otherwise
+    would differ by that much, not by rounding."""
+    base, launch = matrix
+    ddp, zero2 = (weights(base / f"{config}-{b}-fp32") for b in ("ddp", "zero2"))
+    assert ddp.keys() == zero2.keys()
+    diff = sum(float((ddp[k] - zero2[k]).norm() ** 2) for k in ddp) ** 0.5
+    norm = sum(float(ddp[k].norm() ** 2) for k in ddp) ** 0.5
+    assert diff <= 1e-6 * norm, f"{config}: DeepSpeed and DDP weights differ by {diff / norm:.1e}"
 
 
 def test_the_launch_ended_cleanly(matrix):
