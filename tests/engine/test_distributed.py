@@ -45,8 +45,12 @@ def test_regstn_ddp_reaches_frame_f1_on_phantom(engine_shards, tmp_path):
     proc = run_train("regstn", run, [f"data.root={engine_shards}", "logging.tensorboard=false"],
                      config="demo_regstn.yaml", timeout=600)
     s = assert_trained_and_ranks_agree(run, proc)
-    assert s["last_epoch_val"]["weighted_f1"] >= 0.85, s["last_epoch_val"]
-    assert s["test"]["weighted_f1"] >= 0.85
+    # Measured with seeds 0-2 under ATEN_CPU_CAPABILITY=avx2 and =default (torch's AVX2 and
+    # scalar kernels train differently): test F1 0.82-0.86, the held-out patients' F1
+    # 0.69-0.91 (few patients: one video moves it); 0.826 was seen on AVX-512. The bars sit
+    # below that spread with a margin and far above chance (4 classes: ~0.25).
+    assert s["last_epoch_val"]["weighted_f1"] >= 0.6, s["last_epoch_val"]
+    assert s["test"]["weighted_f1"] >= 0.75, s["test"]
     preds = read_predictions(run / "predictions" / "test.h5")
     assert preds.probs.shape[1] == 4 and len(np.unique(preds.video_id)) > 1
     assert (run / "predictions" / "train.h5").is_file()
