@@ -33,6 +33,25 @@ def test_embedded_ray_binds_loopback_with_a_driver_slot():
     assert joined["address"] == "10.1.2.3:6379" and "resources" not in joined
 
 
+def test_trial_output_reaches_the_driver_only_on_request_without_the_cleaner_warning(caplog):
+    import logging
+
+    from tune.ray_env import PG_CLEANER_LOGGER, PG_CLEANER_WARNING, quiet_worker_logs
+
+    for opts in (RayOptions(), RayOptions(address="10.1.2.3:6379")):
+        assert init_kwargs(opts)["log_to_driver"] is True
+        hook = init_kwargs(opts)["runtime_env"]["worker_process_setup_hook"]
+        assert hook == "tune.ray_env.quiet_worker_logs"      # every worker process runs it
+    assert init_kwargs(RayOptions(log_to_driver=False))["log_to_driver"] is False
+    quiet_worker_logs()
+    cleaner = logging.getLogger(PG_CLEANER_LOGGER)
+    with caplog.at_level(logging.WARNING, logger=PG_CLEANER_LOGGER):
+        cleaner.warning(PG_CLEANER_WARNING + ". State API may be temporarily unavailable.")
+        cleaner.warning("Detected that the Ray Train controller actor (x) is dead.")
+    assert [r.getMessage() for r in caplog.records] == [
+        "Detected that the Ray Train controller actor (x) is dead."]
+
+
 def test_schedulers():
     from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, PopulationBasedTraining
 
