@@ -6,8 +6,9 @@ the real `lus train` command line under torchrun on phantom shards made by `lus 
 phantom` + `lus prep pack`; the table shows samples/s and the memory format the
 convolutions computed in (the run's summary.json: channels_last where the config asks for
 it, DeepSpeed included) and the peak GPU memory of the busiest rank
-(torch.cuda.max_memory_allocated, recorded by a thin per-rank wrapper around `lus train`). Without a usable GPU it prints why and exits 0
-(a skip); with one GPU the 2-rank cells are skipped (NCCL needs a GPU per rank).
+(torch.cuda.max_memory_allocated, recorded by a thin per-rank wrapper around `lus train`).
+Without a usable GPU it prints why and exits 0 (a skip); with one GPU the 2-rank cells are
+skipped (NCCL needs a GPU per rank).
 """
 from __future__ import annotations
 

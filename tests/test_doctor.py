@@ -127,7 +127,8 @@ def test_report_says_how_channels_last_runs_on_each_backend():
 
 
 @pytest.mark.parametrize("json_text, overrides, reason", [
-    ('{"zero_optimization": {"stage": 3}}', [], "zero_optimization.stage 3: the engine runs ZeRO 0, 1 or 2"),
+    ('{"zero_optimization": {"stage": 3}}', [],
+     "zero_optimization.stage 3: the engine runs ZeRO 0, 1 or 2"),
     ('{"fp16": {"enabled": true}}', [], "fp16.enabled: the engine trains in fp32 or bf16"),
     ('{"zero_optimization": {"stage": 2}}', ["optim.name=sgd"], "optim.name=sgd under ZeRO-2"),
     ('{"bf16": {"enabled": true}}', ["train.ema_decay=0.9"], "train.ema_decay with DeepSpeed bf16"),

@@ -115,8 +115,8 @@ def test_gpu_smoke_every_family_trains_on_gpus(tmp_path):
     assert {r["family"] for r in rows} == set(FAMILIES)
     assert all(r["samples_per_s"] > 0 and r["peak_gpu_mib"] > 0 for r in rows), rows
     for r in rows:                  # what the shipped configs ask for, on every backend
-        wanted = "channels_last" if load_run_config(
-            r["family"], CONFIGS_DIR / f"{r['family']}.yaml", []).model.channels_last else "contiguous"
+        cfg = load_run_config(r["family"], CONFIGS_DIR / f"{r['family']}.yaml", [])
+        wanted = "channels_last" if cfg.model.channels_last else "contiguous"
         assert r["memory_format"] == wanted, r
 
 

@@ -69,8 +69,8 @@ def run_cells(cells: list[list[str]], work: Path, nproc: int = 2,
 def run_launch(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
     """A timeout kills the whole run (launcher, ranks, loader workers: nothing left behind
     for the rest of the suite) and fails with all the run printed, not its first lines."""
-    env = {**child_env(), "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT),
-                                                                      os.environ.get("PYTHONPATH")]))}
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = {**child_env(), "PYTHONPATH": path}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, cwd=ROOT)
     try:

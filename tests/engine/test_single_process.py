@@ -69,7 +69,8 @@ def test_ema_is_refused_under_deepspeed_bf16_and_off_by_default(tmp_path):
     ds = load_run_config("regstn", None, ["dist.backend=deepspeed", "train.ema_decay=0.99"])
     with pytest.raises(ConfigError, match="DeepSpeed bf16"):
         runnable(ds, one_process_session(tmp_path, "deepspeed", bf16="true"))
-    assert runnable(ds, one_process_session(tmp_path, "deepspeed"))["zero_optimization"]["stage"] == 2
+    fp32 = runnable(ds, one_process_session(tmp_path, "deepspeed"))
+    assert fp32["zero_optimization"]["stage"] == 2 and fp32["bf16"]["enabled"] is False
     assert build_ema(net, ds).decay == 0.99
     assert build_ema(net, load_run_config("regstn", None, [])) is None
     with pytest.raises(ConfigError, match="ema_decay"):
