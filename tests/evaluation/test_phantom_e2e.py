@@ -62,13 +62,14 @@ def test_regstn_boxes_cover_markers_more_often_than_random_boxes(regstn_run):
 
 
 def test_segmentation_dice_on_markers(seg_run):
-    """Dice on the test patients' marker masks. Seen: >= 0.8 on AVX-512/AMX machines, 0.788
-    (consolidation) with torch's AVX2 kernels; the bar keeps a margin below that spread and
-    stays far above a network that marks nothing (0) or everything (a marker's share of
-    pixels)."""
+    """Dice on the test patients' marker masks. Seen with seed 0: b-line 0.97 and
+    consolidation >= 0.8 on AVX-512/AMX machines, 0.788 with torch's AVX2 kernels and 0.619
+    with its scalar kernels (ATEN_CPU_CAPABILITY=default): the kernels move the consolidation
+    Dice by 0.2, so the bar sits below that spread and stays far above a network that marks
+    nothing (0) or everything (a marker's share of the pixels)."""
     test = json.loads((seg_run / "summary.json").read_text())["test"]
-    assert test["dice_b_line"] >= 0.7, test
-    assert test["dice_consolidation"] >= 0.7, test
+    assert test["dice_b_line"] >= 0.8, test
+    assert test["dice_consolidation"] >= 0.5, test
 
 
 def test_uninorm_learns_the_phantom_video_task_from_the_engines_frame_scores(regstn_run):
