@@ -45,9 +45,9 @@ def family_of(config: str) -> str:
 
 
 def family_metric(config: str) -> str:
-    from lus_dist import families
+    from lus_dist.engine import registry
 
-    return families.get(family_of(config)).best_metric
+    return registry.get(family_of(config)).best_metric
 
 
 def cell_argv(config: str, backend: str, precision: str, shards: Path, run_dir: Path) -> list[str]:

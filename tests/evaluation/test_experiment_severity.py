@@ -177,7 +177,7 @@ def test_severity_experiment_runs_on_the_real_clips(tmp_path, lus_ok):
     out = tmp_path / "exp"
     lus_ok("experiment", "severity", "--data", str(REAL_BLUES), "--spec", str(spec), "--out",
            str(out), "max_frames=2", "frame.epochs=1", "seeds=[0]", "aggregator.epochs=5",
-           "frame.overrides=[train.max_steps_per_epoch=3, predict_splits=[holdout,test]]")
+           "frame.overrides=[train.max_steps_per_epoch=3, 'predict_splits=[holdout,test]']")
     text = (out / "report" / "report.md").read_text()
     assert "284 clips of 50 patients" in text
     assert pd.read_csv(out / "report" / "severity.csv")["Folds x seeds"].tolist() == [5] * 4
