@@ -14,6 +14,8 @@ namespace, which are by construction ours (daemons, step daemons, job processes)
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import shutil
@@ -28,6 +30,19 @@ from hpc.slurm_conf import ClusterLayout, parse_scontrol_record, render_hosts, r
 TERMINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
                    "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
 MUNGE_KEY = Path("/etc/munge/munge.key")
+SETUP_LOCK = Path("/run/lus-slurm-setup.lock")
+
+
+@contextlib.contextmanager
+def machine_setup_lock():
+    """Held while the machine-wide pieces are made (packages, the munge key): two clusters
+    starting at once (parallel test workers, two users) must not race apt-get or mungekey."""
+    with open(SETUP_LOCK, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 class SlurmUnavailable(RuntimeError):
@@ -111,7 +126,9 @@ class LocalSlurmCluster:
     def up(self, timeout: float = 90.0) -> "LocalSlurmCluster":
         if os.geteuid() != 0:
             raise SlurmUnavailable("the local Slurm cluster needs root (namespaces, munge, slurmd)")
-        ensure_installed()
+        with machine_setup_lock():
+            ensure_installed()
+            self._ensure_munge_key()
         if self._holder_pid() is not None:
             raise RuntimeError(f"a local cluster is already running from {self.workdir}; "
                                f"run `lus cluster down --dir {self.workdir}` first")
@@ -232,6 +249,9 @@ class LocalSlurmCluster:
         self.munge_dir.mkdir(parents=True)
         self.munge_dir.chmod(0o755)  # munged insists on execute permission for all
         shutil.chown(self.munge_dir, "munge", "munge")
+
+    @staticmethod
+    def _ensure_munge_key() -> None:
         if not MUNGE_KEY.exists():
             subprocess.run(["mungekey", "--create", f"--keyfile={MUNGE_KEY}"], check=True)
             shutil.chown(MUNGE_KEY, "munge", "munge")

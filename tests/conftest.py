@@ -4,6 +4,8 @@ from __future__ import annotations
 import os
 
 import pytest
+from suite_budget import (pytest_addoption, pytest_runtest_logreport,  # noqa: F401 (hooks)
+                          pytest_sessionfinish, pytest_sessionstart)
 
 
 @pytest.fixture(scope="module")
@@ -22,3 +24,4 @@ def slurm2(tmp_path_factory):
         yield cluster
     finally:
         cluster.down()
+
