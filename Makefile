@@ -9,6 +9,11 @@ STAMP  := $(VENV)/.lus-installed
 DEMO_OUT ?= demo_out
 DEMO_ARGS ?=
 PYTEST_ARGS ?=
+# The suite shares out over TEST_WORKERS pytest-xdist processes (most tests wait on
+# subprocesses, ranks and daemons, so three keep two cores busy); tests/worker_groups.py keeps
+# the tests of one costly fixture on one worker and starts the longest groups first.
+# TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 3
 
 export OMP_NUM_THREADS ?= 1
 export RAY_USAGE_STATS_ENABLED := 0
@@ -32,7 +37,7 @@ demo: install
 	$(VENV)/bin/lus demo --out $(DEMO_OUT) $(DEMO_ARGS)
 
 test: install
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder $(PYTEST_ARGS)
 
 bench: install
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

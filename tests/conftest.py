@@ -6,6 +6,7 @@ import os
 import pytest
 from suite_budget import (pytest_addoption, pytest_runtest_logreport,  # noqa: F401 (hooks)
                           pytest_sessionfinish, pytest_sessionstart)
+from worker_groups import pytest_collection_modifyitems  # noqa: F401 (hook)
 
 
 @pytest.fixture(scope="module")

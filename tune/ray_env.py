@@ -104,7 +104,11 @@ def init_kwargs(opts: RayOptions) -> dict:
         return {"address": opts.address, "include_dashboard": False,
                 "log_to_driver": opts.log_to_driver, "configure_logging": False,
                 "runtime_env": RUNTIME_ENV}
+    # "local": always a new instance of our own, never the latest `ray start` cluster on the
+    # machine (which ray.init() would otherwise join: another user's, or one inside a Slurm
+    # job's network namespace that this process cannot even reach).
     return {
+        "address": "local",
         "num_cpus": opts.num_cpus,
         "num_gpus": opts.num_gpus,
         "resources": {TRAIN_DRIVER_RESOURCE: opts.train_driver_slots},

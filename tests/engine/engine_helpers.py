@@ -66,6 +66,15 @@ def run_cells(cells: list[list[str]], work: Path, nproc: int = 2,
                        str(Path(__file__).with_name("train_cells.py")), str(spec)], timeout)
 
 
+def cell_output(launch: subprocess.CompletedProcess, k: int) -> str:
+    """Rank 0's standard output of cell k of a run_cells launch."""
+    from train_cells import CELL_MARK
+
+    parts = launch.stdout.split(CELL_MARK)
+    mine = [p for p in parts[1:] if p.split("\n", 1)[0] == str(k)]
+    return mine[0] if mine else ""
+
+
 def run_launch(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
     """A timeout kills the whole run (launcher, ranks, loader workers: nothing left behind
     for the rest of the suite) and fails with all the run printed, not its first lines."""

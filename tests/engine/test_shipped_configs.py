@@ -12,15 +12,13 @@ identical weights, and in fp32 DeepSpeed must reach DDP's weights."""
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from engine_helpers import CONFIGS, child_env, explain, run_cells, summary
+from engine_helpers import CONFIGS, explain, run_cells, summary
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
@@ -54,24 +52,6 @@ def cell_argv(config: str, backend: str, precision: str, shards: Path, run_dir: 
     return ["train", family_of(config), "--config", str(CONFIGS / f"{config}.yaml"),
             "--run-dir", str(run_dir), f"data.root={shards}", "train.epochs=1",
             f"train.max_steps_per_epoch={STEPS}", *BACKENDS[backend], *PRECISIONS[precision]]
-
-
-@pytest.fixture(scope="module")
-def small_shards(tmp_path_factory) -> Path:
-    """The phantom, as small as every shipped config allows: 14-frame clips (504 frames; the
-    shipped batch sizes still make STEPS steps per rank: pretrain 64 frames, cnnlstm 4
-    clips) packed at 32 px. Evaluation in bf16 is the costly part of a cell on a CPU
-    without native bf16 (15-30x slower than fp32), so the cells read as little as they can."""
-    from data_prep.phantom import make_phantom
-
-    base = tmp_path_factory.mktemp("shipped_phantom")
-    make_phantom(base / "raw", seed=0, frames_per_video=(14, 14), size=64)
-    proc = subprocess.run([sys.executable, "-m", "lus", "prep", "pack", "--layout", "iclus",
-                           "--src", str(base / "raw" / "iclus"), "--out", str(base / "shards"),
-                           "--size", "32", "--workers", "1"], env=child_env(),
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return base / "shards"
 
 
 @pytest.fixture(scope="module")

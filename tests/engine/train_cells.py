@@ -20,6 +20,9 @@ from datetime import timedelta
 from pathlib import Path
 
 
+CELL_MARK = "train_cells: output of cell "
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -53,6 +56,8 @@ def main() -> int:
             store.set(f"port{k}", str(free_port()))
         os.environ["MASTER_PORT"] = store.get(f"port{k}").decode()
         print(f"train_cells: cell {k}: lus {' '.join(argv)}", file=sys.stderr, flush=True)
+        if rank == 0:            # where each cell's own output starts (engine_helpers.cell_output)
+            print(f"{CELL_MARK}{k}", flush=True)
         codes.append(lus_main(argv))
         meet(store, f"done{k}", world)
     if rank == 0:                    # rank 0 serves the store: it leaves last

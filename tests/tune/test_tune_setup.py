@@ -26,6 +26,7 @@ def test_ray_env_is_explicit_and_quiet():
 def test_embedded_ray_binds_loopback_with_a_driver_slot():
     kw = init_kwargs(RayOptions(num_cpus=2))
     assert kw["_node_ip_address"] == "127.0.0.1" and kw["include_dashboard"] is False
+    assert kw["address"] == "local"     # a cluster of its own, never the machine's latest
     assert kw["resources"] == {TRAIN_DRIVER_RESOURCE: 1}
     assert 75 * 2**20 <= kw["object_store_memory"] <= 256 * 2**20
     assert len(kw["_temp_dir"]) < 40   # Ray's socket paths under it must stay < 107 bytes
