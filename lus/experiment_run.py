@@ -92,7 +92,7 @@ def _write_report(exp, cfg, args, jobs, out, command, wall, manifest, facts) -> 
 def _submit(cfg, args, jobs, out: Path) -> int:
     from .experiment_slurm import SlurmError, submit
 
-    report_args = ["experiment", *argv_without(args.argv, "--launcher"), "--stage", "report"]
+    report_args = ["experiment", *args.argv, "--stage", "report"]
     try:
         ids = submit(jobs, cfg.slurm, out, report_args, f"lus-{args.experiment}")
     except (SlurmError, ValueError) as exc:
