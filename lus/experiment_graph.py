@@ -20,6 +20,7 @@ STAGES = ("pretrain", "regstn", "cnnlstm", "report")   # a run's stage is its fa
 # a run's state as `lus experiment status` says it
 DONE, RUNNING, PENDING, FAILED, CANCELLED, NOT_STARTED = (
     "done", "running", "pending", "failed", "cancelled", "not started")
+STATE_ORDER = (DONE, RUNNING, PENDING, FAILED, CANCELLED, NOT_STARTED)
 LIVE = {"PENDING": PENDING, "CONFIGURING": RUNNING, "RUNNING": RUNNING, "COMPLETING": RUNNING,
          "REQUEUED": PENDING, "REQUEUE_HOLD": PENDING, "REQUEUE_FED": PENDING,
          "RESIZING": RUNNING, "SUSPENDED": RUNNING, "STOPPED": RUNNING, "SIGNALING": RUNNING,
@@ -119,7 +120,8 @@ def run_states(jobs: list, finished: set[str], slurm: dict[str, str]) -> dict[st
         elif s in LIVE:
             states[j.name] = (LIVE[s], s.lower())
         elif s:
-            states[j.name] = (FAILED, s.lower() + (", no summary.json" if s == "COMPLETED" else ""))
+            why = {"FAILED": "", "COMPLETED": "completed, no summary.json"}.get(s, s.lower())
+            states[j.name] = (FAILED, why)
         else:
             states[j.name] = (NOT_STARTED, "")
     # a cancelled job is a failure of its own only when nothing it reads failed (scancel)

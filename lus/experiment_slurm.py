@@ -18,8 +18,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .experiment_graph import (LIVE, StageResources, local_facts, run_states, sbatch_argv,
-                               stage_of, to_launch)
+from .experiment_graph import (LIVE, STATE_ORDER, StageResources, local_facts, run_states,
+                               sbatch_argv, stage_of, to_launch)
 from .experiment_jobs import Job, log_path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,16 +116,18 @@ def submit(jobs: list[Job], resources: StageResources, out: Path, report_args: l
     ids, new = dict(live), {}
     (out / "logs").mkdir(parents=True, exist_ok=True)
     env = {"LUS_ROOT": str(ROOT), "LUS_PYTHON": sys.executable}
-    for job, waits in to_launch(jobs, finished, live):
-        argv = sbatch_argv(str(SCRIPT), lus_args(job), getattr(resources, stage_of(job)),
-                           f"{tag}:{job.name}", str(log_path(out / "logs", job)),
-                           {**env, "RUN_DIR": str(job.run_dir)}, [ids[a] for a in waits])
-        ids[job.name] = new[job.name] = _client(argv).strip().split(";")[0]
-    report = sbatch_argv(str(SCRIPT), report_args, resources.report, f"{tag}:report",
-                         str(out / "logs" / "report.out"), {**env, "LUS_PLAIN": "1"},
-                         after_any=[ids[j.name] for j in jobs if j.name in ids])
-    new["report"] = _client(report).strip().split(";")[0]
-    _write_ids(out, {**recorded, **new})
+    try:     # what was submitted is recorded even when a later sbatch is refused
+        for job, waits in to_launch(jobs, finished, live):
+            argv = sbatch_argv(str(SCRIPT), lus_args(job), getattr(resources, stage_of(job)),
+                               f"{tag}:{job.name}", str(log_path(out / "logs", job)),
+                               {**env, "RUN_DIR": str(job.run_dir)}, [ids[a] for a in waits])
+            ids[job.name] = new[job.name] = _client(argv).strip().split(";")[0]
+        report = sbatch_argv(str(SCRIPT), report_args, resources.report, f"{tag}:report",
+                             str(out / "logs" / "report.out"), {**env, "LUS_PLAIN": "1"},
+                             after_any=[ids[j.name] for j in jobs if j.name in ids])
+        new["report"] = _client(report).strip().split(";")[0]
+    finally:
+        _write_ids(out, {**recorded, **new})
     return new
 
 
@@ -139,8 +141,8 @@ def status_text(out: Path) -> tuple[str, bool]:
     for j in jobs:
         st, why = states[j.name]
         lines.append(f"{j.name:<{width}}  {st:<11}  {ids.get(j.name, '-'):>8}  {why}".rstrip())
-    counts = {s: sum(1 for v, _ in states.values() if v == s) for s, _ in states.values()}
-    lines.append(", ".join(f"{n} {s}" for s, n in counts.items()))
+    counts = [(sum(1 for v, _ in states.values() if v == s), s) for s in STATE_ORDER]
+    lines.append(", ".join(f"{n} {s}" for n, s in counts if n))
     if "report" in ids:
         rs = job_states([ids["report"]]).get(ids["report"], "unknown to Slurm")
         lines.append(f"report job {ids['report']}: {rs.lower()}")
@@ -153,6 +155,7 @@ def _read_ids(out: Path) -> dict[str, str]:
 
 
 def _write_ids(out: Path, ids: dict[str, str]) -> None:
+    (out / "report").mkdir(parents=True, exist_ok=True)
     tmp = out / "report" / (JOBS_FILE + ".tmp")
     tmp.write_text(json.dumps(ids, indent=1))
     os.replace(tmp, out / "report" / JOBS_FILE)

@@ -54,7 +54,7 @@ def test_states_come_from_summaries_first_then_slurm():
     facts = {"pre": "FAILED", "frame": "CANCELLED", "lstm": "PENDING", "scratch": "COMPLETED"}
     states = run_states(GRAPH, {"scratch"}, facts)
     assert states["scratch"] == ("done", "")
-    assert states["pre"] == ("failed", "failed")
+    assert states["pre"] == ("failed", "")
     assert states["frame"] == ("cancelled", "reads pre, which failed")
     assert states["lstm2"] == ("cancelled", "reads pre, which failed")   # never submitted
     assert states["lstm"][0] == "cancelled"   # Slurm has not cancelled it yet: it will
@@ -109,3 +109,39 @@ def test_the_pocus_plan_is_a_graph_both_launchers_accept(tmp_path):
     assert all(order.index(a) < order.index(j.name) for j in jobs for a in j.after)
     taken = dependants(jobs, {"pretrain/seed0/fold0"})
     assert sorted(taken) == ["pretrained/cnnlstm/seed0/fold0", "pretrained/frame/seed0/fold0"]
+
+
+# ---------------------------------------------------------------- the launchers' edges
+def test_status_of_a_local_experiment_reads_its_run_dirs_and_exit_codes(tmp_path, capsys):
+    """No Slurm involved: the local launcher's exit codes say failed / skipped."""
+    import json
+
+    from lus.experiment import main
+    from lus.experiment_graph import SKIPPED
+    from lus.experiment_slurm import write_plan
+
+    jobs = [Job(j.name, j.family, tmp_path / "runs" / j.name, j.cmd, after=j.after) for j in GRAPH]
+    write_plan(jobs, tmp_path)
+    for name in ("scratch",):
+        (tmp_path / "runs" / name).mkdir(parents=True)
+        (tmp_path / "runs" / name / "summary.json").write_text("{}")
+    codes = {"scratch": 0, "pre": 2, "frame": SKIPPED, "lstm": SKIPPED, "lstm2": SKIPPED}
+    (tmp_path / "report" / "exit_codes.json").write_text(json.dumps(codes))
+    assert main(["status", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "1 done, 1 failed, 3 cancelled" in out
+    assert [line.split()[:2] for line in out.splitlines()[1:3]] == [["lstm", "cancelled"], ["scratch", "done"]]
+    assert main(["status", str(tmp_path / "nope")]) == 2
+    assert "plan.json: no such file" in capsys.readouterr().err
+
+
+def test_submitting_without_slurm_or_a_lus_command_is_a_one_line_error(tmp_path, monkeypatch):
+    from lus.experiment_slurm import SlurmError, lus_args, submit
+
+    with pytest.raises(ValueError, match="not a `lus` command"):
+        lus_args(Job("x", "regstn", tmp_path, ["python", "-c", "pass"]))
+    assert lus_args(GRAPH[0]) == ["train", "cnnlstm"]
+    monkeypatch.setenv("PATH", str(tmp_path))          # no sbatch, squeue, sacct here
+    with pytest.raises(SlurmError, match="sbatch: not found"):
+        submit(GRAPH, StageResources(), tmp_path, ["experiment"], "t")
+    assert not (tmp_path / "report" / "slurm_jobs.json").read_text().strip("{}\n ")
