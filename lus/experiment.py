@@ -15,19 +15,19 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import shlex
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from lus_dist.aggregator.train import AggregatorConfig
-from lus_dist.io.config import ConfigError, load_config, save_config
+from lus_dist.io.config import ConfigError
 from lus_dist.models.imagenet import IMAGENET, imagenet_weights
 
+from .experiment_graph import StageResources
 from .experiment_jobs import (DEFAULT_ROUTES, ROUTES, Experiment, TrainStep, frame_encoder,
-                              plan_jobs, run_jobs)
+                              plan_jobs)
+from .experiment_run import argv_without, run_experiment, status_main
 from .experiment_report import (collect, frame_predictions_as_video_classes,  # noqa: F401
                                 merge_predictions, write_report)
 
@@ -98,6 +98,9 @@ class PocusExperimentConfig:
     # finished runs' resumable checkpoints (RUN_DIR/checkpoints) are deleted unless true;
     # best.pt and encoder.pt stay
     keep_checkpoints: bool = False
+    # --launcher slurm: per stage nodes, processes / GPUs per node, CPUs, time, partition,
+    # sbatch flags (e.g. slurm.regstn.gpus_per_node=4)
+    slurm: StageResources = field(default_factory=StageResources)
 
     def __post_init__(self) -> None:
         if not self.routes or set(self.routes) - set(ROUTES):
@@ -148,7 +151,12 @@ def _parser() -> argparse.ArgumentParser:
                "--out runs/held_out\n  lus experiment severity --data ../shared/data/covid_blues "
                "--spec configs/ingest/covid_blues.yaml --out runs/blues_severity\n"
                "  lus experiment prospective --data ../shared/data/covid_blues --spec "
-               "configs/ingest/covid_blues.yaml --source ../shared/data/pocus --out runs/blues_covid",
+               "configs/ingest/covid_blues.yaml --source ../shared/data/pocus --out runs/blues_covid"
+               "\n\non a Slurm cluster (each run a job, the report the last; returns at once):\n"
+               "  lus experiment pocus --data ../shared/data/pocus --out runs/pocus --launcher slurm "
+               "slurm.regstn.gpus_per_node=1 slurm.regstn.partition=gpu\n"
+               "  lus experiment status runs/pocus     # done / running / pending / failed per run\n"
+               "  (again after a failure: finished runs are kept, the rest resubmitted)",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("experiment", choices=list(EXPERIMENTS))
     p.add_argument("--data", required=True, help="pocus: POCUS-layout folder (videos/<probe>/...); "
@@ -164,6 +172,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--source", default=None,
                    help="prospective: POCUS-layout folder the zero-shot model trains on")
     p.add_argument("--config", default=None, help="experiment YAML (the experiment's config class)")
+    p.add_argument("--launcher", choices=("local", "slurm"), default="local",
+                   help="local: the runs as processes here (`parallel` at once), then the report; "
+                   "slurm: every run an sbatch job (afterok on the runs it reads) and a report "
+                   "job, submitted at once (resources: the config's `slurm` section)")
+    p.add_argument("--stage", choices=("report",), default=None, help=argparse.SUPPRESS)
     p.add_argument("overrides", nargs="*", help="key=value, e.g. size=128 cnnlstm.epochs=20")
     return p
 
@@ -238,46 +251,12 @@ POCUS = Experiment(PocusExperimentConfig, "POCUS-layout folder", _pocus_check, _
 
 # ---------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["status"]:
+        return status_main(argv[1:])
     args = _parser().parse_intermixed_args(argv)
     module, attr = EXPERIMENTS[args.experiment].split(":")
     experiment = getattr(importlib.import_module(module), attr)
-    command = shlex.join(["lus", "experiment", *(argv if argv is not None else sys.argv[1:])])
+    args.argv = argv
+    command = shlex.join(["lus", "experiment", *argv_without(argv, "--stage")])
     return run_experiment(experiment, args, command)
-
-
-def run_experiment(exp: Experiment, args, command: str) -> int:
-    """Config -> pack -> the plan's training runs -> report, for every experiment: a bad
-    config or input folder is a usage error (2), a failed run makes the exit code 1."""
-    t0 = time.time()
-    overrides = list(args.overrides) + ([f"folds={args.folds}"] if args.folds else [])
-    try:
-        cfg = load_config(exp.config_cls, args.config, overrides)
-        cfg.aggregator.validate()
-        bad = exp.check(args)
-    except (ConfigError, ValueError) as exc:
-        print(f"lus experiment: {exc}", file=sys.stderr)
-        return 2
-    if bad:
-        print(f"lus experiment: {bad}", file=sys.stderr)
-        return 2
-    out = Path(args.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "report" / "experiment.yaml")
-    try:
-        manifest = exp.prepare(cfg, args, out)
-    except Exception as exc:  # ingest/pack errors name the file; show them plainly
-        print(f"lus experiment: packing failed: {exc}", file=sys.stderr)
-        return 1
-    print(f"packed {manifest.n_videos} clips, {manifest.n_frames} frames in "
-          f"{time.time() - t0:.0f} s", flush=True)
-    jobs = exp.plan(cfg, args, out)
-    reused = sum(j.done() for j in jobs)
-    codes = run_jobs(jobs, cfg.parallel, out / "logs", cfg.keep_checkpoints)
-    wall = f"{(time.time() - t0) / 60:.1f} min" + (
-        f" ({reused} of {len(jobs)} training runs were finished by an earlier invocation and "
-        "reused)" if reused else "")
-    report = exp.report(cfg, args, jobs, out, command, wall, manifest)
-    print("\n" + report.read_text())
-    print(f"\nreport: {report}\nwall time: {(time.time() - t0) / 60:.1f} min")
-    (out / "report" / "exit_codes.json").write_text(json.dumps(codes, indent=1))
-    return 0 if all(c == 0 for c in codes.values()) else 1

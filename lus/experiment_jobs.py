@@ -25,6 +25,8 @@ from hpc.dist import child_env
 from lus_dist.engine.checkpoint import CHECKPOINT_DIR
 from lus_dist.models.encoder import ENCODER_FILE
 
+from .experiment_graph import SKIPPED, check_graph, dependants, to_launch
+
 ROUTES = ("scratch", "pretrained", "weights")
 DEFAULT_ROUTES = ("scratch", "pretrained")   # `weights` needs a file
 ENCODER_KEY = "model.kwargs.encoder_weights"
@@ -156,43 +158,53 @@ def route_jobs(cfg, out: Path, shards: Path, route: str, tag: str, fold: int | N
 
 def run_jobs(jobs: list[Job], parallel: int, logs: Path,
              keep_checkpoints: bool = False) -> dict[str, int]:
-    """Run up to `parallel` jobs at once, each when the jobs it reads have succeeded (one
-    that failed fails its dependants, named); a finished run (summary.json) is not rerun,
-    so re-invoking the experiment after an interruption continues where it stopped.
+    """The local launcher: run up to `parallel` jobs at once on this machine, each when the
+    jobs it reads have succeeded; the graph rules (`experiment_graph`) say what is left to
+    run (a finished run, with its summary.json, is not rerun, so re-invoking the experiment
+    after an interruption continues where it stopped) and what a failure skips (named).
+    Exit codes by run name; a skipped run's is SKIPPED.
 
     A run that finishes here loses its resumable checkpoints unless `keep_checkpoints`: the
     experiment never resumes a finished run, and at ResNet-18 size they were two thirds of
     an 18 GB default experiment. best.pt, encoder.pt, predictions and metrics stay; a failed
     run keeps everything, to resume or inspect."""
+    check_graph(jobs)
     logs.mkdir(parents=True, exist_ok=True)
     codes = {j.name: 0 for j in jobs if j.done()}
-    pending = [j for j in jobs if not j.done()]
+    pending = [j for j, _ in to_launch(jobs, set(codes))]
     running: list[tuple[Job, subprocess.Popen, float]] = []
     while pending or running:
-        for job in [j for j in pending if any(codes.get(a, 0) != 0 for a in j.after)]:
-            pending.remove(job)
-            codes[job.name] = 1
-            print(f"[skipped] {job.name}: {', '.join(job.after)} failed", flush=True)
+        failed = {n for n, c in codes.items() if c not in (0, SKIPPED)}
+        for name, roots in dependants(pending, failed).items():
+            pending = [j for j in pending if j.name != name]
+            codes[name] = SKIPPED
+            print(f"[skipped] {name}: {', '.join(roots)} failed", flush=True)
         ready = [j for j in pending if all(codes.get(a) == 0 for a in j.after)]
         while ready and len(running) < max(1, parallel):
             job = ready.pop(0)
             pending.remove(job)
-            print(f"[start] {job.name}: {shlex.join(job.cmd)}", flush=True)
-            with log_path(logs, job).open("w") as fh:
-                running.append((job, subprocess.Popen(job.cmd, stdout=fh, stderr=subprocess.STDOUT,
-                                                      env=child_env()), time.time()))
+            running.append((job, _start(job, logs), time.time()))
         time.sleep(1)
         for item in [r for r in running if r[1].poll() is not None]:
-            job, proc, t0 = item
             running.remove(item)
-            codes[job.name] = proc.returncode
-            if proc.returncode == 0 and job.done() and not keep_checkpoints:
-                shutil.rmtree(job.run_dir / CHECKPOINT_DIR, ignore_errors=True)
-            status = "ok" if proc.returncode == 0 else f"FAILED (exit {proc.returncode})"
-            print(f"[{status}] {job.name} in {time.time() - t0:.0f} s", flush=True)
-            if proc.returncode != 0:
-                print("\n".join(log_path(logs, job).read_text().splitlines()[-15:]), flush=True)
+            codes[item[0].name] = _finish(*item, logs, keep_checkpoints)
     return codes
+
+
+def _start(job: Job, logs: Path) -> subprocess.Popen:
+    print(f"[start] {job.name}: {shlex.join(job.cmd)}", flush=True)
+    with log_path(logs, job).open("w") as fh:
+        return subprocess.Popen(job.cmd, stdout=fh, stderr=subprocess.STDOUT, env=child_env())
+
+
+def _finish(job: Job, proc: subprocess.Popen, t0: float, logs: Path, keep_checkpoints: bool) -> int:
+    if proc.returncode == 0 and job.done() and not keep_checkpoints:
+        shutil.rmtree(job.run_dir / CHECKPOINT_DIR, ignore_errors=True)
+    status = "ok" if proc.returncode == 0 else f"FAILED (exit {proc.returncode})"
+    print(f"[{status}] {job.name} in {time.time() - t0:.0f} s", flush=True)
+    if proc.returncode != 0:
+        print("\n".join(log_path(logs, job).read_text().splitlines()[-15:]), flush=True)
+    return proc.returncode
 
 
 def log_path(logs: Path, job: Job) -> Path:

@@ -20,6 +20,7 @@ from lus_dist.aggregator.train import AggregatorConfig
 from lus_dist.io.config import ConfigError
 
 from .experiment import PocusExperimentConfig, _frame_default, pocus_folder, prepare_shards
+from .experiment_graph import StageResources
 from .experiment_jobs import (ENCODER_KEY, Experiment, Job, TrainStep, fold_grid, frame_model_name,
                               train_cmd)
 from .experiment_severity import frame_jobs, pack_table, table_folder
@@ -52,6 +53,9 @@ class ProspectiveExperimentConfig:
     aggregator: AggregatorConfig = field(default_factory=lambda: AggregatorConfig(
         target="video_label", sord=False, zero_score_gap=0.0, epochs=30))
     keep_checkpoints: bool = False
+    # --launcher slurm: per stage nodes, processes / GPUs per node, CPUs, time, partition,
+    # sbatch flags (e.g. slurm.regstn.gpus_per_node=4)
+    slurm: StageResources = field(default_factory=StageResources)
 
     def __post_init__(self) -> None:
         if self.here_init not in ("scratch", "source"):

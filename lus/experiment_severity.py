@@ -20,6 +20,7 @@ from pathlib import Path
 from lus_dist.aggregator.train import AggregatorConfig
 from lus_dist.io.config import ConfigError
 
+from .experiment_graph import StageResources
 from .experiment_jobs import Experiment, Job, TrainStep, fold_grid, train_cmd
 
 
@@ -51,6 +52,9 @@ class SeverityExperimentConfig:
         target="video_score", sord=True, epochs=30))
     examples: bool = True          # STN crop picture and one localisation GIF per score
     keep_checkpoints: bool = False
+    # --launcher slurm: per stage nodes, processes / GPUs per node, CPUs, time, partition,
+    # sbatch flags (e.g. slurm.regstn.gpus_per_node=4)
+    slurm: StageResources = field(default_factory=StageResources)
 
     def __post_init__(self) -> None:
         if self.folds < 3:

@@ -12,6 +12,7 @@ from data_prep.records import LoadedVideo, VideoSource
 from data_prep.ingest_pocus import subsample, with_frame_labels
 from lus.experiment import (PocusExperimentConfig, frame_predictions_as_video_classes, main,
                             merge_predictions, plan_jobs)
+from lus.experiment_graph import SKIPPED
 from lus.experiment_jobs import Job, run_jobs
 from lus_dist.io.config import ConfigError
 from lus_dist.evaluation.report import decisions_metrics
@@ -124,11 +125,13 @@ def test_a_failed_run_skips_the_runs_that_read_it(tmp_path, capsys):
             f"pathlib.Path({str(tmp_path / 'ok' / 'summary.json')!r}).write_text('{{}}')"
     jobs = [Job("bad", "pretrain", tmp_path / "bad", [py, "-c", "raise SystemExit(3)"]),
             Job("child", "regstn", tmp_path / "child", [py, "-c", "pass"], after=["bad"]),
+            Job("grandchild", "cnnlstm", tmp_path / "gc", [py, "-c", "pass"], after=["child"]),
             Job("ok", "pretrain", tmp_path / "ok", [py, "-c", write]),
             Job("after-ok", "regstn", tmp_path / "a", [py, "-c", "pass"], after=["ok"])]
     codes = run_jobs(jobs, 2, tmp_path / "logs")
-    assert codes == {"bad": 3, "child": 1, "ok": 0, "after-ok": 0}
-    assert "[skipped] child: bad failed" in capsys.readouterr().out
+    assert codes == {"bad": 3, "child": SKIPPED, "grandchild": SKIPPED, "ok": 0, "after-ok": 0}
+    out = capsys.readouterr().out
+    assert "[skipped] child: bad failed" in out and "[skipped] grandchild: bad failed" in out
 
 
 @pytest.mark.parametrize("keep", [False, True])

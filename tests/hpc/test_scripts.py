@@ -18,7 +18,7 @@ from hpc.world import port_from_job_id
 ROOT = Path(__file__).resolve().parents[2]
 PY = sys.executable
 OURS = ["common.sh", "train_regstn.sh", "train_seg.sh", "train_cnnlstm.sh", "pretrain.sh",
-        "prep_array.sh", "eval.sh"]
+        "prep_array.sh", "eval.sh", "experiment_run.sh"]
 
 
 @pytest.fixture
