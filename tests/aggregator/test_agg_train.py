@@ -42,7 +42,10 @@ def test_batched_folds_learn_the_reference_neutral_elements(tnorm, off):
     assert not torch.allclose(model.neutral, torch.full_like(model.neutral, 0.3))  # it learned
 
 
+@pytest.mark.learning
 def test_uninorm_beats_argmax_mean_on_informative_predictions():
+    # mean F1 over folds 0.933 vs 0.031 (pooled 0.943 vs 0.018) under torch's AVX2 and
+    # scalar kernels alike: float64 on fixed scores
     preds = synthetic_predictions(n_videos=40, seed=2)
     cfg = AggregatorConfig(off_diagonal="max", linear=True, lr=0.1, init_neutral=0.5)
     result = run_protocol(preds, cfg, "kfold", k=5, seed=0)
@@ -51,10 +54,12 @@ def test_uninorm_beats_argmax_mean_on_informative_predictions():
     assert result.pooled["uninorm"]["weighted_f1"] >= result.pooled["argmax_mean"]["weighted_f1"]
 
 
+@pytest.mark.learning
 def test_a_fitted_aggregator_is_graded_on_unseen_videos_with_the_baselines_beside():
     """Fit on one set of videos, grade once on another (what a sweep's --test-predictions
     does): the uninorm learned from informative scores beats chance there too, and the
-    baselines are computed on exactly the same videos."""
+    baselines are computed on exactly the same videos. Measured under torch's AVX2 and scalar
+    kernels alike: uninorm 1.0, argmax_mean 0.048, untrained uninorm 0.048."""
     cfg = AggregatorConfig(off_diagonal="max", linear=True, lr=0.1, init_neutral=0.5)
     model = fit_all(synthetic_predictions(n_videos=40, seed=2), cfg)
     unseen = synthetic_predictions(n_videos=30, seed=5)
