@@ -40,7 +40,8 @@ def main() -> None:
     preds = synthetic_predictions(n_videos=args.videos, lengths=(40, 160), seed=0)
     batch = pad_videos(preds)
     y = batch.video_score
-    cfg = AggregatorConfig(epochs=args.epochs)  # the README's settings are the defaults
+    # the README's settings are the defaults; the reference loop returns its last epoch
+    cfg = AggregatorConfig(epochs=args.epochs, early_stop="last")
     folds = make_folds(batch.patient_id, y, "kfold", k=args.folds, seed=0)
     print(f"{args.videos} videos, {int(batch.mask.sum())} frames, lengths "
           f"{batch.lengths.min()}-{batch.lengths.max()}, {args.folds} folds, {args.epochs} epochs")
@@ -64,7 +65,7 @@ def main() -> None:
         ref.append(ref_train(videos, y[idx], 4, lr=cfg.lr, epochs=cfg.epochs,
                              gamma=cfg.lr_gamma, milestones=cfg.lr_milestones,
                              kind=cfg.tnorm, off=cfg.off_diagonal, init=cfg.init_neutral,
-                             gap=cfg.zero_score_gap))
+                             gap=cfg.zero_score_gap, logit_scale=cfg.logit_scale))
     reference = time.perf_counter() - t0
     diff = (model.neutral.detach() - torch.stack(ref)).abs().max().item()
 

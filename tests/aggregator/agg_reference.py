@@ -64,8 +64,10 @@ def ref_sord(label, num_classes, gap, multiplier=2.0):
 
 
 def ref_train(videos, labels, num_classes, lr=0.01, epochs=30, gamma=1.0,
-              milestones=(15, 20, 25), kind="product", off="min", init=0.0, gap=0.5):
-    """One fold, the authors' loop: videos is a list of (C, T) tensors. Returns neutral."""
+              milestones=(15, 20, 25), kind="product", off="min", init=0.0, gap=0.5,
+              logit_scale=1.0):
+    """One fold, the authors' loop (their logits: logit_scale 1): videos is a list of
+    (C, T) tensors. Returns neutral."""
     neutral = torch.nn.Parameter(torch.full((num_classes,), init, dtype=torch.float64))
     opt = torch.optim.Adam([neutral], lr=lr)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, list(milestones), gamma=gamma)
@@ -74,7 +76,7 @@ def ref_train(videos, labels, num_classes, lr=0.01, epochs=30, gamma=1.0,
         opt.zero_grad()
         for x, t in zip(videos, targets):
             out = ref_uninorm(x, neutral, kind, off)
-            loss = -(t * torch.log_softmax(out, 0)).sum()
+            loss = -(t * torch.log_softmax(out * logit_scale, 0)).sum()
             loss.backward()
         opt.step()
         with torch.no_grad():

@@ -29,19 +29,23 @@ def small_problem(**kw):
 def test_batched_folds_learn_the_reference_neutral_elements(tnorm, off):
     batch, y, folds = small_problem()
     cfg = AggregatorConfig(tnorm=tnorm, off_diagonal=off, lr=0.05, epochs=8,
-                           lr_milestones=[3, 5], lr_gamma=0.5, init_neutral=0.3)
+                           lr_milestones=[3, 5], lr_gamma=0.5, init_neutral=0.3,
+                           early_stop="last")
     model = fit(pack(batch.x, batch.mask), torch.from_numpy(y), torch.from_numpy(folds.train),
                 cfg, 4)
     for f in range(folds.num_folds):
         idx = np.nonzero(folds.train[f])[0]
         videos = [batch.x[v, :int(batch.mask[v].sum())].T for v in idx]
         ref = ref_train(videos, y[idx], 4, lr=0.05, epochs=8, gamma=0.5, milestones=(3, 5),
-                        kind=tnorm, off=off, init=0.3)
+                        kind=tnorm, off=off, init=0.3, logit_scale=cfg.logit_scale)
         assert torch.allclose(model.neutral[f].detach(), ref, atol=1e-6, rtol=0)
     assert not torch.allclose(model.neutral, torch.full_like(model.neutral, 0.3))  # it learned
 
 
+@pytest.mark.learning
 def test_uninorm_beats_argmax_mean_on_informative_predictions():
+    # mean F1 over folds 0.933 vs 0.031 (pooled 0.943 vs 0.018) under torch's AVX2 and
+    # scalar kernels alike: float64 on fixed scores
     preds = synthetic_predictions(n_videos=40, seed=2)
     cfg = AggregatorConfig(off_diagonal="max", linear=True, lr=0.1, init_neutral=0.5)
     result = run_protocol(preds, cfg, "kfold", k=5, seed=0)
@@ -50,10 +54,12 @@ def test_uninorm_beats_argmax_mean_on_informative_predictions():
     assert result.pooled["uninorm"]["weighted_f1"] >= result.pooled["argmax_mean"]["weighted_f1"]
 
 
+@pytest.mark.learning
 def test_a_fitted_aggregator_is_graded_on_unseen_videos_with_the_baselines_beside():
     """Fit on one set of videos, grade once on another (what a sweep's --test-predictions
     does): the uninorm learned from informative scores beats chance there too, and the
-    baselines are computed on exactly the same videos."""
+    baselines are computed on exactly the same videos. Measured under torch's AVX2 and scalar
+    kernels alike: uninorm 1.0, argmax_mean 0.048, untrained uninorm 0.048."""
     cfg = AggregatorConfig(off_diagonal="max", linear=True, lr=0.1, init_neutral=0.5)
     model = fit_all(synthetic_predictions(n_videos=40, seed=2), cfg)
     unseen = synthetic_predictions(n_videos=30, seed=5)
@@ -80,10 +86,11 @@ def test_train_acc_early_stop_keeps_the_best_pre_step_parameters():
     packed, targets = pack(batch.x, batch.mask), torch.from_numpy(y)
     train = torch.from_numpy(folds.train)
     base = dict(lr=0.2, epochs=6, init_neutral=0.5)
+    last = dict(base, early_stop="last")
     stopped = fit(packed, targets, train, AggregatorConfig(early_stop="train_acc", **base), 4)
     # parameters before the step of epoch j == a "last" run of j epochs (j = 0: the init)
-    history = [build_model(AggregatorConfig(**base), 4, n_models=train.shape[0])]
-    history += [fit(packed, targets, train, AggregatorConfig(**{**base, "epochs": j}), 4)
+    history = [build_model(AggregatorConfig(**last), 4, n_models=train.shape[0])]
+    history += [fit(packed, targets, train, AggregatorConfig(**{**last, "epochs": j}), 4)
                 for j in range(1, 6)]
     with torch.no_grad():
         acc = torch.stack([((m(packed).argmax(-1) == targets) & train).sum(1) for m in history])

@@ -38,6 +38,7 @@ def assert_trained_and_ranks_agree(run_dir: Path, proc) -> dict:
     return s
 
 
+@pytest.mark.learning
 def test_regstn_ddp_reaches_frame_f1_on_phantom(engine_shards, tmp_path):
     """The `lus demo` config: 2 DDP ranks, phantom train split -> test split F1, the best
     epoch picked on training patients held out of training."""

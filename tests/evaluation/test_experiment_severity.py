@@ -72,6 +72,7 @@ def test_the_plan_picks_each_epoch_on_the_next_fold_and_keeps_its_frames(tmp_pat
     assert not any(j.after for j in jobs)
 
 
+@pytest.mark.learning
 def test_the_uninorm_is_fitted_on_validation_frames_and_graded_on_the_test_fold():
     """Validation videos teach the uninorm; only test videos are graded, and every
     aggregator (uninorm, mean, max, majority) is graded on the same test frames."""

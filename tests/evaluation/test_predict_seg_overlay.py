@@ -46,6 +46,7 @@ def marker_clip(phantom, tmp_path):
     return tmp_path / "markers.npy", np.stack([it["mask"].numpy().astype(np.uint8) for it in items])
 
 
+@pytest.mark.learning
 def test_overlay_uses_each_runs_own_preprocessing(frame48_run, seg_run, marker_clip):
     from lus_dist.evaluation.predict import load_run, overlay_masks, read_clip, seg_masks
     from lus_dist.training.metrics import dice_iou, segmentation_confusion

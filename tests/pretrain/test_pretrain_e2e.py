@@ -5,6 +5,7 @@ computed. The family plug-in wires exactly these calls into the shared loop."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from torch.utils.data import DataLoader, Subset
 
@@ -26,6 +27,7 @@ def knn_on_held_fold(model, root) -> float:
                        DataLoader(held, batch_size=64), k=10)
 
 
+@pytest.mark.learning
 def test_pretraining_lowers_the_loss_and_reports_knn(pretrain_shards, tmp_path):
     torch.manual_seed(SEED)
     torch.set_num_threads(1)
