@@ -41,6 +41,8 @@ def run_dir_conflict(run_dir: Path, resume: str | None) -> str | None:
     without another run's files; `--resume auto` continues the run the directory holds;
     a checkpoint path continues that checkpoint's run, which may be this directory's own
     or start a new directory, never land beside another run."""
+    if run_dir.exists() and not run_dir.is_dir():
+        return f"{run_dir} is a file, not a directory; give --run-dir a directory"
     found = [name for name in RUN_FILES if (run_dir / name).exists()]
     own = run_dir / CHECKPOINT_DIR
     if not found or resume == "auto" or (resume and Path(resume).resolve().is_relative_to(

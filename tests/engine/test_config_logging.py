@@ -118,6 +118,9 @@ def test_a_new_run_refuses_a_directory_holding_another_run(tmp_path):
     other = tmp_path / "other" / "checkpoints" / "step-000000004"
     assert "not the run of" in run_dir_conflict(run, str(other))
     assert run_dir_conflict(tmp_path / "new", str(other)) is None   # from it, in a new dir
+    (tmp_path / "file").write_text("")
+    assert run_dir_conflict(tmp_path / "file", "auto") == (
+        f"{tmp_path / 'file'} is a file, not a directory; give --run-dir a directory")
 
 
 def test_other_ranks_write_nothing_and_progress_is_plain_without_a_tty(tmp_path, capsys):
