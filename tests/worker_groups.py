@@ -37,6 +37,7 @@ def longest_first(groups: list[str], slow: set[str]) -> list[str]:
     return [g for g in unique if g in slow] + [g for g in unique if g not in slow]
 
 
+@pytest.hookimpl(tryfirst=True)      # before xdist reads the groups off the markers
 def pytest_collection_modifyitems(config, items):
     groups = {}
     for item in items:
