@@ -25,4 +25,3 @@ def slurm2(tmp_path_factory):
         yield cluster
     finally:
         cluster.down()
-

@@ -9,6 +9,13 @@ import pytest
 from engine_helpers import child_env
 
 
+def lus_ok(*args: str) -> None:
+    """`lus ARGS` as a subprocess, failing the fixture with its error output."""
+    proc = subprocess.run([sys.executable, "-m", "lus", *args], env=child_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
 @pytest.fixture(scope="session")
 def engine_shards(request, tmp_path_factory) -> Path:
     """The lead's session phantom shards if tests/conftest.py provides them, else our own."""
@@ -17,12 +24,9 @@ def engine_shards(request, tmp_path_factory) -> Path:
     except pytest.FixtureLookupError:
         pass
     base = tmp_path_factory.mktemp("engine_phantom")
-    for cmd in (["prep", "phantom", "--out", str(base / "raw"), "--seed", "0"],
-                ["prep", "pack", "--layout", "iclus", "--src", str(base / "raw" / "iclus"),
-                 "--out", str(base / "shards"), "--size", "64", "--workers", "1"]):
-        proc = subprocess.run([sys.executable, "-m", "lus", *cmd], env=child_env(),
-                              capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stderr[-3000:]
+    lus_ok("prep", "phantom", "--out", str(base / "raw"), "--seed", "0")
+    lus_ok("prep", "pack", "--layout", "iclus", "--src", str(base / "raw" / "iclus"),
+           "--out", str(base / "shards"), "--size", "64", "--workers", "1")
     return base / "shards"
 
 
@@ -36,9 +40,6 @@ def small_shards(tmp_path_factory) -> Path:
 
     base = tmp_path_factory.mktemp("shipped_phantom")
     make_phantom(base / "raw", seed=0, frames_per_video=(14, 14), size=64)
-    proc = subprocess.run([sys.executable, "-m", "lus", "prep", "pack", "--layout", "iclus",
-                           "--src", str(base / "raw" / "iclus"), "--out", str(base / "shards"),
-                           "--size", "32", "--workers", "1"], env=child_env(),
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    lus_ok("prep", "pack", "--layout", "iclus", "--src", str(base / "raw" / "iclus"),
+           "--out", str(base / "shards"), "--size", "32", "--workers", "1")
     return base / "shards"
