@@ -131,7 +131,7 @@ class PocusExperimentConfig:
 
 # name -> "module:attribute" of its Experiment (imported when chosen)
 EXPERIMENTS = {"pocus": "lus.experiment:POCUS", "severity": "lus.experiment_severity:SEVERITY",
-               "prospective": "lus.experiment_prospective:PROSPECTIVE"}
+               "prospective": "lus.experiment_prospective:PROSPECTIVE", "roy": "lus.experiment_roy:ROY"}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -144,7 +144,10 @@ def _parser() -> argparse.ArgumentParser:
                     "per-video score table (--spec): frame scorers from weak labels (Reg-STN "
                     "and baselines), the uninorm vs mean / max / majority of frame scores, k "
                     "folds by patient. `prospective`: a patient-level class of the same layout "
-                    "from a model trained on --source POCUS clips (zero-shot) and trained here.",
+                    "from a model trained on --source POCUS clips (zero-shot) and trained here. "
+                    "`roy`: an ICLUS-layout folder (a score per frame): Roy et al.'s Table 1 "
+                    "(Reg-STN and baselines, Settings 1 and 2) and video table (the uninorm and "
+                    "its baselines), k folds by patient x seeds.",
         epilog="example:\n  lus experiment pocus --data ../shared/data/pocus --out runs/pocus\n"
                "  lus experiment pocus --data DIR --out runs/big size=224 cnnlstm.epochs=40 "
                "frame.epochs=30\n  lus experiment pocus --data train_dir --test-data other_dir "
@@ -152,15 +155,20 @@ def _parser() -> argparse.ArgumentParser:
                "--spec configs/ingest/covid_blues.yaml --out runs/blues_severity\n"
                "  lus experiment prospective --data ../shared/data/covid_blues --spec "
                "configs/ingest/covid_blues.yaml --source ../shared/data/pocus --out runs/blues_covid"
+               "\n  lus prep phantom --out data/phantom_raw && lus experiment roy --data "
+               "data/phantom_raw/iclus --out runs/roy seeds=[0] frame.epochs=3"
                "\n\non a Slurm cluster (each run a job, the report the last; returns at once):\n"
                "  lus experiment pocus --data ../shared/data/pocus --out runs/pocus --launcher slurm "
                "slurm.regstn.gpus_per_node=1 slurm.regstn.partition=gpu\n"
+               "  lus experiment roy --data ICLUS_DIR --out runs/roy --launcher slurm "
+               "slurm.regstn.gpus_per_node=1 slurm.regstn.time=02:00:00\n"
                "  lus experiment status runs/pocus     # done / running / pending / failed per run\n"
                "  (again after a failure: finished runs are kept, the rest resubmitted)",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("experiment", choices=list(EXPERIMENTS))
     p.add_argument("--data", required=True, help="pocus: POCUS-layout folder (videos/<probe>/...); "
-                   "severity, prospective: the clips + tables folder --spec describes")
+                   "severity, prospective: the clips + tables folder --spec describes; "
+                   "roy: an ICLUS-layout folder (frame table dataset.csv|xlsx|parquet)")
     p.add_argument("--out", required=True, help="output folder (shards, runs, report)")
     p.add_argument("--folds", type=int, default=None, help="CV folds (default 5)")
     p.add_argument("--test-data", default=None,

@@ -4,6 +4,8 @@ video's own frames with the crop boxes and each frame's score), as `lus predict`
 them. Every example comes from a test fold, scored by the model of that fold."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from lus_dist.shards.format import SCORE_CLASSES
@@ -17,8 +19,6 @@ def example_videos(manifest, runs: list) -> dict[int, tuple]:
     whose test fold holds a video of that score, its first such video by id."""
     from lus_dist.engine.registry import load_run_config
 
-    from pathlib import Path
-
     v = manifest.videos
     src = Path(manifest.provenance.get("src", "."))   # sources are relative to the pack's --src
     found: dict[int, tuple] = {}
@@ -30,6 +30,21 @@ def example_videos(manifest, runs: list) -> dict[int, tuple]:
                 row = rows[np.argsort(v["video_id"][rows])[0]]
                 found[score] = (run_dir, str(v["video_id"][row]), str(src / v["source"][row]))
     return dict(sorted(found.items()))
+
+
+def packed_clip(shards: str | Path, manifest, video_id: str):
+    """A video's frames as they were packed (display uint8 (T,H,W,C), model input float
+    (T,C,H,W)): for layouts whose videos are rows of a table, not clip files (ICLUS)."""
+    import torch
+
+    from lus_dist.shards.reader import ShardDataset
+
+    v = manifest.videos
+    row = int(np.flatnonzero(v["video_id"] == video_id)[0])
+    ds = ShardDataset(shards, mode="clip", clip_len=int(v["n_frames"][row]),
+                      patients=[v["patient_id"][row]], manifest=manifest)
+    x = ds[int(np.flatnonzero(ds.video_rows == row)[0])]["frames"]
+    return (x * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy(), x
 
 
 def localisation_examples(rep, res: dict, manifest) -> None:
@@ -51,7 +66,8 @@ def localisation_examples(rep, res: dict, manifest) -> None:
         for score, (run_dir, video_id, clip) in example_videos(manifest, r["runs"]).items():
             try:
                 run = load_run(run_dir, "regstn")
-                frames, x = read_clip(clip, run.preprocessing)
+                frames, x = (read_clip(clip, run.preprocessing) if Path(clip).is_file()
+                             else packed_clip(run.config.data.root, manifest, video_id))
             except PredictError as exc:
                 rep.text(f"_Note: no example for score {score} ({exc})_")
                 continue

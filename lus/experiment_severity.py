@@ -24,7 +24,8 @@ from .experiment_graph import StageResources
 from .experiment_jobs import Experiment, Job, TrainStep, fold_grid, train_cmd
 
 
-def _severity_frame_default() -> TrainStep:
+def frame_step_default() -> TrainStep:
+    """The frame scorers' recipe of the severity and Roy experiments."""
     # the POCUS frame recipe (cosine per step, EMA, augmentations, bf16 where native) with
     # SORD targets over the 4 scores; validation frames are kept (predict_splits) to fit
     # the uninorm on
@@ -47,7 +48,7 @@ class SeverityExperimentConfig:
     seeds: list[int] = field(default_factory=lambda: [0, 1])
     # frame scorers by model.name: Reg-STN (its crops are drawn) and Table 1 baselines
     models: list[str] = field(default_factory=lambda: ["regstn_fixed"])
-    frame: TrainStep = field(default_factory=_severity_frame_default)
+    frame: TrainStep = field(default_factory=frame_step_default)
     aggregator: AggregatorConfig = field(default_factory=lambda: AggregatorConfig(
         target="video_score", sord=True, epochs=30))
     examples: bool = True          # STN crop picture and one localisation GIF per score

@@ -17,7 +17,7 @@ SHARED_FIXTURES = {
     "phantom": "phantom-runs", "regstn_run": "phantom-runs", "seg_run": "phantom-runs",
     "cnnlstm_run": "phantom-runs",
     "engine_shards": "engine-shards",
-    "hpc_phantom": "slurm-cluster", "slurm2": "slurm-cluster",
+    "hpc_phantom": "slurm-cluster", "slurm2": "slurm-cluster", "roy_local": "slurm-cluster",
     "pretrain_shards": "pretrain-shards",
 }
 
