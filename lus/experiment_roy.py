@@ -18,11 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lus_dist.aggregator.train import AggregatorConfig
-from lus_dist.io.config import ConfigError
 
 from .experiment_graph import StageResources
 from .experiment_jobs import Experiment, Job, TrainStep
-from .experiment_severity import frame_jobs, frame_step_default
+from .experiment_severity import check_frame_grid, frame_jobs, frame_step_default
 
 # Reg-STN (fixed-scale crops) and the frame baselines of Roy et al.'s Table 1 that need no
 # outside weights: a plain CNN with cross-entropy and with SORD, and the CNN with one
@@ -52,13 +51,7 @@ class RoyExperimentConfig:
     slurm: StageResources = field(default_factory=StageResources)
 
     def __post_init__(self) -> None:
-        if self.folds < 3:
-            raise ConfigError(f"folds must be >= 3 (a test, a validation and a training fold), "
-                              f"got {self.folds}")
-        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
-            raise ConfigError(f"seeds must be distinct and at least one, got {self.seeds}")
-        if not self.models or len(set(self.models)) != len(self.models):
-            raise ConfigError(f"models must be distinct model names, got {self.models}")
+        check_frame_grid(self.folds, self.seeds, self.models)
         if self.published:   # checked now, not after hours of training
             from .experiment_roy_report import read_published
 

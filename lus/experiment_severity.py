@@ -58,13 +58,18 @@ class SeverityExperimentConfig:
     slurm: StageResources = field(default_factory=StageResources)
 
     def __post_init__(self) -> None:
-        if self.folds < 3:
-            raise ConfigError(f"folds must be >= 3 (a test, a validation and a training fold), "
-                              f"got {self.folds}")
-        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
-            raise ConfigError(f"seeds must be distinct and at least one, got {self.seeds}")
-        if not self.models or len(set(self.models)) != len(self.models):
-            raise ConfigError(f"models must be distinct model names, got {self.models}")
+        check_frame_grid(self.folds, self.seeds, self.models)
+
+
+def check_frame_grid(folds: int, seeds: list[int], models: list[str]) -> None:
+    """The folds x seeds x frame models of a frame-scorer experiment, or a ConfigError."""
+    if folds < 3:
+        raise ConfigError(f"folds must be >= 3 (a test, a validation and a training fold), "
+                          f"got {folds}")
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"seeds must be distinct and at least one, got {seeds}")
+    if not models or len(set(models)) != len(models):
+        raise ConfigError(f"models must be distinct model names, got {models}")
 
 
 # ---------------------------------------------------------------- data

@@ -44,12 +44,15 @@ PATHS = {
 STEPS = "train.epochs=1 train.max_steps_per_epoch=2"
 EXPERIMENT = ("--folds 3 size=32 max_frames=6 'seeds=[0]' 'routes=[scratch]' frame.epochs=1 "
               "cnnlstm.epochs=1 aggregator.epochs=5")    # the README's quick experiment settings
+ROY = ("--folds 3 size=32 'seeds=[0]' 'models=[regstn_fixed,cnn_sord]' frame.epochs=1 "
+       "aggregator.epochs=5")                           # and its quick Roy et al. settings
 SMALL = [
     (r"^make demo$", f'make demo DEMO_ARGS="{STEPS}"'),
     (r"^(.*(\blus train |slurm/train_\w+\.sh|slurm/pretrain\.sh|\blus tune (regstn|cnnlstm) ).*)$",
      rf"\1 {STEPS}"),
     (r"--trials \d+\b", "--trials 1"),
     (r"^(.*\blus experiment pocus\b.*)$", rf"\1 {EXPERIMENT}"),
+    (r"^(.*\blus experiment roy\b.*)$", rf"\1 {ROY}"),
     (r"^(.*\blus gpu-smoke\b.*)$", r"\1 --steps 2"),
 ]
 # Lines that are not run, and why.
@@ -142,6 +145,7 @@ def test_readme_parses_into_the_blocks_it_shows():
     for pattern, _ in SMALL:
         assert any(re.search(pattern, without_comment(x)) for x in lines), pattern
     assert EXPERIMENT in re.sub(r"\s+", " ", README.read_text())
+    assert ROY in re.sub(r"\s+", " ", README.read_text())
     assert as_run("lus train regstn --config c.yaml x=1  # note") == f"lus train regstn --config c.yaml x=1 {STEPS}"
     assert kind("DATA=d sbatch --nodes 2 slurm/train_regstn.sh") == "sbatch"
     assert kind("SRC=a lus cluster run --dir d -- sbatch s.sh") == "cluster"
