@@ -44,7 +44,9 @@ def netns_cmd(*args: str) -> list[str]:
             sys.executable, "-m", "lus", *args]
 
 
-def run_lus(args: list[str], tmp_path: Path, timeout: float = 150) -> subprocess.CompletedProcess:
+def run_lus(args: list[str], tmp_path: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    # a guard against a hung sweep, not a speed target: a resumed sweep of a few trials takes
+    # ~60 s alone and over 150 s on 2 cores shared with the rest of the suite
     proc = subprocess.run(netns_cmd(*args), cwd=tmp_path, env=tune_env(tmp_path),
                           capture_output=True, text=True, timeout=timeout)
     return proc
