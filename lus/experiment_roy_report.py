@@ -121,9 +121,9 @@ def table2(res: dict, published: dict | None) -> Table:
                             "frame scores go through every aggregator")
 
 
-def published_text(cfg) -> str:
-    if cfg.published:
-        return f"Published rows: `{cfg.published}` ({read_published(cfg.published)['source']})."
+def published_text(cfg, published: dict | None) -> str:
+    if published is not None:
+        return f"Published rows: `{cfg.published}` ({published['source']})."
     return (f"Published rows say `not given`: the figures are in {WHERE}. Give them with "
             "`published=FILE` (its shape: `lus/experiment_roy_report.py:read_published`) to "
             "print them beside ours.")
@@ -149,7 +149,7 @@ def write_report(cfg, res: dict, out: Path, command: str, wall: str, manifest) -
     published = read_published(cfg.published) if cfg.published else None
     rep = Report("Roy et al. 2020's experiment: frame scorers and the uninorm", out / "report")
     rep.text(header_text(command, wall) + "\n\n" + data_text(cfg, manifest))
-    rep.text(SELECTION + "\n\n" + published_text(cfg))
+    rep.text(SELECTION + "\n\n" + published_text(cfg, published))
     if res["missing"]:
         rep.text("**Missing results**:\n\n" + "\n".join(f"- {m}" for m in res["missing"]))
     rep.table(table1(res, published), "table1_frames")
